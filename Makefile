@@ -1,0 +1,43 @@
+# Thermocline: two commands on a fresh clone.
+#   make run   - set up and run the main job on the embedded default (local Ray, synthetic events, local lake)
+#   make test  - set up and run the tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Keep Ray on loopback and away from any stale cluster file (PLATFORM_NOTES).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup run test lint typecheck bench bench-router clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/thermocline run --config engine/default.yaml
+
+test: setup lint typecheck
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+bench-router: setup
+	$(BIN)/python benchmarks/router_throughput.py
+
+bench: setup
+	$(BIN)/python benchmarks/end_to_end.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache lake
