@@ -162,7 +162,9 @@ def _normalize_time(column: pa.ChunkedArray | None, n: int) -> pa.Array:
         # Times without a zone offset are taken as UTC (the common telemetry convention).
         zoned = pc.match_substring_regex(arr, r"(Z|z|[+-]\d\d(:?\d\d)?)$")
         with_zone = pc.if_else(zoned, arr, pc.binary_join_element_wise(arr, "Z", ""))
-        return _cast_or_null(with_zone, TIME_TYPE)
+        # Parse at microseconds (clients send them), then truncate to milliseconds.
+        parsed = _cast_or_null(with_zone, pa.timestamp("us", "UTC"))
+        return pc.cast(parsed, TIME_TYPE, safe=False)
     return pa.nulls(n, TIME_TYPE)
 
 

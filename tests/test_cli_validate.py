@@ -12,7 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "engine.cli", *args],
-        capture_output=True, text=True, cwd=ROOT, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
     )
 
 

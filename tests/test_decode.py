@@ -86,11 +86,12 @@ def test_iso_strings_and_epoch_millis_in_one_block() -> None:
         event(3, event_time="2026-11-26T12:30:00.123+02:00"),
         event(4, event_time="2026-11-26T10:30:00.123"),  # no zone: taken as UTC
         event(5, event_time=millis + 0.9),  # fractional epoch millis are truncated
+        event(6, event_time="2026-11-26T10:30:00.123456Z"),  # microseconds are truncated
     ]
     out = decode_ndjson(b"\n".join(lines))
     assert out.dead.num_rows == 0
-    assert out.good.column("event_time").to_pylist() == [when] * 5
-    assert out.good.column("event_id").to_pylist() == ["e1", "e2", "e3", "e4", "e5"]
+    assert out.good.column("event_time").to_pylist() == [when] * 6
+    assert out.good.column("event_id").to_pylist() == ["e1", "e2", "e3", "e4", "e5", "e6"]
 
 
 def test_blank_lines_are_not_events_and_raw_bytes_are_exact() -> None:

@@ -1,0 +1,43 @@
+"""Tiny runs of the benchmarks: they start, check their own results, and print one JSON record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(module: str, *args: str, results: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, "--results", str(results)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert json.loads((results / f"{record['benchmark']}.json").read_text()) == record
+    return record
+
+
+def test_router_throughput_smoke(tmp_path: Path) -> None:
+    record = run_benchmark(
+        "benchmarks.router_throughput",
+        "--rows",
+        "20000",
+        "--decode-rows",
+        "2000",
+        "--repeat",
+        "1",
+        results=tmp_path,
+    )
+    assert record["rows"] == 20_000 and record["rules"] == 6
+    for key in ("classify", "split", "bare_expressions", "bare_split", "decode"):
+        assert record[f"{key}_events_per_s"] > 0
+    assert abs(sum(record["rule_share"].values()) - 1) < 1e-3
+    assert (tmp_path / "router_throughput.png").stat().st_size > 0
