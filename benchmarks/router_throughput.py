@@ -28,7 +28,8 @@ rules:
   - {name: stale, route: cold, when: {age: {gt: 1h}}}
   - name: vip-live
     route: hot
-    when: {all: [{field: tier, eq: vip}, {age: {lte: 30s}}, {not: {field: region, matches: "^test-"}}]}
+    when:
+      all: [{field: tier, eq: vip}, {age: {lte: 30s}}, {not: {field: region, matches: "^test-"}}]
   - {name: low-quality, route: cold, when: {field: quality_score, lt: 0.05}}
   - {name: endgame, route: warm, when: {field: level, gte: 90}}
   - {name: test-traffic, route: cold, when: {field: region, matches: "^test-"}}

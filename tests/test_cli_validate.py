@@ -39,6 +39,6 @@ def test_invalid_policy_prints_errors_and_fails(tmp_path: Path) -> None:
 
 
 def test_router_import_does_not_load_ray() -> None:
-    code = "import sys, routers; r = routers.Router.from_yaml('rules: []'); print('ray' in sys.modules)"
+    code = "import sys, routers; routers.Router.from_yaml('rules: []'); print('ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
