@@ -10,6 +10,7 @@ lines``. Blank (whitespace-only) lines are not events and are skipped.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -32,7 +33,11 @@ DEAD_LETTER_SCHEMA: Final[pa.Schema] = pa.schema(
 _WHOLE_BLOCK: Final[int] = 1 << 30
 _ROW = re.compile(r"in row (\d+)")
 _TYPE_CHANGE = re.compile(r"Column\(([^)]*)\) changed from (\w+) to (\w+)")
-_WHITESPACE: Final[bytes] = b" \t\r\n"
+_WHITESPACE_BYTES: Final[np.ndarray] = np.frombuffer(b" \t\r\n", dtype=np.uint8)
+#: Piece sizes once a block needs recovery: a piece halves after a failure and doubles after a
+#: clean read, so dense errors cost small re-reads and sparse ones few Arrow calls (~30 us each).
+_RECOVERY_MIN_LINES: Final[int] = 32
+_RECOVERY_MAX_LINES: Final[int] = 4096
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,13 @@ class _Lines:
         newlines = np.flatnonzero(arr == ord("\n"))
         starts = np.concatenate(([0], newlines + 1))
         ends = np.concatenate((newlines, [len(arr)]))
-        # A line is blank when it holds no byte other than whitespace: count non-whitespace bytes
-        # per line from a running sum instead of looking at lines one by one.
-        solid = np.cumsum(~np.isin(arr, np.frombuffer(_WHITESPACE, dtype=np.uint8)), dtype=np.int64)
-        solid = np.concatenate(([0], solid))
-        keep = (solid[ends] - solid[starts]) > 0
+        # Only a line that is empty or starts with whitespace can be blank; those are rare, so
+        # they alone are checked one by one.
+        first = arr[np.minimum(starts, max(len(arr) - 1, 0))] if len(arr) else starts
+        maybe = np.flatnonzero((ends == starts) | np.isin(first, _WHITESPACE_BYTES))
+        keep = np.ones(len(starts), dtype=bool)
+        for i in maybe.tolist():
+            keep[i] = bool(data[starts[i] : ends[i]].strip())
         self.starts = starts[keep]
         self.ends = ends[keep]
         self.buffer = pa.py_buffer(data)
@@ -86,23 +93,46 @@ class _Lines:
         )
 
 
-def _read(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
-    explicit = pa.schema([(name, pa.string()) for name in schema.string_roles])
+def _read(buffer: pa.Buffer, schema: EventSchema, quoted_time: bool = False) -> pa.Table:
+    roles = list(schema.string_roles) + ([schema.time] if quoted_time else [])
     return pj.read_json(
         pa.BufferReader(buffer),
         read_options=pj.ReadOptions(use_threads=True, block_size=_WHOLE_BLOCK),
         parse_options=pj.ParseOptions(
-            explicit_schema=explicit, unexpected_field_behavior="infer", newlines_in_values=False
+            explicit_schema=pa.schema([(name, pa.string()) for name in roles]),
+            unexpected_field_behavior="infer",
+            newlines_in_values=False,
         ),
     )
 
 
-def _bad_reason(message: str, schema: EventSchema) -> tuple[str, bool]:
+def _quote_times(data: bytes, schema: EventSchema) -> bytes:
+    """Rewrite ``"time": 123`` as ``"time": "123"`` so mixed ISO/epoch times share one column.
+
+    One regex pass over the whole block (RE2, linear). Inside a JSON string a quote is escaped,
+    so only real ``"time":`` members match (a nested member of the same name is quoted too).
+    """
+    name = re.escape(json.dumps(schema.time))
+    rewritten = pc.replace_substring_regex(
+        pa.array([data], pa.large_binary()),
+        pattern=name + r"(\s*):(\s*)(-?[0-9][0-9.eE+-]*)",
+        replacement=name.replace("\\", "") + r'\1:\2"\3"',
+    )
+    return bytes(rewritten[0].as_buffer())
+
+
+def _is_time_switch(message: str, schema: EventSchema) -> bool:
+    change = _TYPE_CHANGE.search(message)
+    return change is not None and change.group(1).strip("/") == schema.time
+
+
+def _bad_reason(message: str, explicit: tuple[str, ...]) -> tuple[str, bool]:
     """Reason for a row Arrow rejected, and whether it is rather the start of a new type segment.
 
-    A string role (id, key, type) has an explicit type, so a row that breaks it is bad. Any other
+    A column read with an explicit type (the string roles) cannot change, so a row that breaks it
+    is bad. Any other
     column's type is inferred from the rows before; when it changes, neither side is known to be
-    wrong (ISO vs epoch times are both fine), so a new segment starts and ``_unify`` decides.
+    wrong, so a new segment starts and ``_unify`` decides.
     """
     change = _TYPE_CHANGE.search(message)
     if change is None:
@@ -110,35 +140,42 @@ def _bad_reason(message: str, schema: EventSchema) -> tuple[str, bool]:
     column = change.group(1).strip("/").replace("/", ".")
     if column == "":
         return "not_an_object", False
-    return f"bad_type:{column}", column not in schema.string_roles
+    return f"bad_type:{column}", column not in explicit
 
 
 def _read_with_recovery(
-    lines: _Lines, schema: EventSchema
+    lines: _Lines, schema: EventSchema, quoted_time: bool
 ) -> tuple[list[tuple[int, pa.Table]], list[tuple[int, str]]]:
-    """Read the block in contiguous segments around the lines Arrow rejects."""
+    """Read the block in contiguous pieces around the lines Arrow rejects.
+
+    A bad line costs one extra read of the piece it was in; pieces shrink where errors are dense.
+    """
     segments: list[tuple[int, pa.Table]] = []
     bad: list[tuple[int, str]] = []
-    pos, total = 0, len(lines)
+    explicit = (*schema.string_roles, *((schema.time,) if quoted_time else ()))
+    pos, total, size = 0, len(lines), _RECOVERY_MAX_LINES // 4
     while pos < total:
+        stop = min(total, pos + size)
         try:
-            segments.append((pos, _read(lines.span(pos, total), schema)))
-            break
+            segments.append((pos, _read(lines.span(pos, stop), schema, quoted_time)))
+            pos, size = stop, min(size * 2, _RECOVERY_MAX_LINES)
+            continue
         except pa.ArrowInvalid as exc:
+            size = max(size // 2, _RECOVERY_MIN_LINES)
             found = _ROW.search(str(exc))
             if found is None:  # an error Arrow does not place: give up on this line only
                 row, reason, starts_segment = 0, "invalid_json", False
             else:
                 row = int(found.group(1))
-                reason, starts_segment = _bad_reason(str(exc), schema)
-            if row > 0:
-                # Everything before the failing row parsed together, so it parses alone too.
-                segments.append((pos, _read(lines.span(pos, pos + row), schema)))
-            if starts_segment and row > 0:
-                pos += row  # the failing row begins the next segment
-            else:
-                bad.append((pos + row, reason))
-                pos += row + 1
+                reason, starts_segment = _bad_reason(str(exc), explicit)
+        if row > 0:
+            # Everything before the failing row parsed together, so it parses alone too.
+            segments.append((pos, _read(lines.span(pos, pos + row), schema, quoted_time)))
+        if starts_segment and row > 0:
+            pos += row  # the failing row begins the next piece
+        else:
+            bad.append((pos + row, reason))
+            pos += row + 1
     return segments, bad
 
 
@@ -159,12 +196,20 @@ def _normalize_time(column: pa.ChunkedArray | None, n: int) -> pa.Array:
             TIME_TYPE
         )
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        # Epoch milliseconds that arrived as numbers but were quoted to share the column.
+        numeric = pc.match_substring_regex(arr, r"^-?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?$")
+        has_numeric = pc.any(numeric).as_py()
+        iso = pc.if_else(numeric, None, arr) if has_numeric else arr
         # Times without a zone offset are taken as UTC (the common telemetry convention).
-        zoned = pc.match_substring_regex(arr, r"(Z|z|[+-]\d\d(:?\d\d)?)$")
-        with_zone = pc.if_else(zoned, arr, pc.binary_join_element_wise(arr, "Z", ""))
+        zoned = pc.match_substring_regex(iso, r"(Z|z|[+-]\d\d(:?\d\d)?)$")
+        with_zone = pc.if_else(zoned, iso, pc.binary_join_element_wise(iso, "Z", ""))
         # Parse at microseconds (clients send them), then truncate to milliseconds.
-        parsed = _cast_or_null(with_zone, pa.timestamp("us", "UTC"))
-        return pc.cast(parsed, TIME_TYPE, safe=False)
+        parsed = pc.cast(_cast_or_null(with_zone, pa.timestamp("us", "UTC")), TIME_TYPE, safe=False)
+        if not has_numeric:
+            return parsed
+        millis = _cast_or_null(pc.if_else(numeric, arr, None), pa.float64())
+        as_time = pc.cast(pc.cast(pc.floor(millis), pa.int64(), safe=False), TIME_TYPE)
+        return pc.if_else(numeric, as_time, parsed)
     return pa.nulls(n, TIME_TYPE)
 
 
@@ -234,13 +279,21 @@ def decode_ndjson(data: bytes, schema: EventSchema | None = None) -> Decoded:
         b'{oops'
     """
     schema = schema or EventSchema()
+    original = data
     lines: _Lines | None = None
+    quoted_time = False
+    bad: list[tuple[int, str]] = []
     try:
         segments = [(0, _read(pa.py_buffer(data), schema))]
-        bad: list[tuple[int, str]] = []
-    except pa.ArrowInvalid:
-        lines = _Lines(data)
-        segments, bad = _read_with_recovery(lines, schema)
+    except pa.ArrowInvalid as first_error:
+        if _is_time_switch(str(first_error), schema):
+            # ISO strings and epoch numbers in one block: read every time as a string.
+            data, quoted_time = _quote_times(data, schema), True
+        try:
+            segments = [(0, _read(pa.py_buffer(data), schema, quoted_time))]
+        except pa.ArrowInvalid:
+            lines = _Lines(data)
+            segments, bad = _read_with_recovery(lines, schema, quoted_time)
 
     tables: list[pa.Table] = []
     good_lines: list[np.ndarray] = []
@@ -260,8 +313,8 @@ def decode_ndjson(data: bytes, schema: EventSchema | None = None) -> Decoded:
     dead = _empty(DEAD_LETTER_SCHEMA)
     if bad:
         bad.sort()
-        if lines is None:
-            lines = _Lines(data)
+        if lines is None or quoted_time:
+            lines = _Lines(original)  # the raw bytes as they came, not the rewritten ones
         idx = np.fromiter((b[0] for b in bad), dtype=np.int64, count=len(bad))
         dead = pa.RecordBatch.from_arrays(
             [lines.raw(idx), pa.array([b[1] for b in bad], pa.string()), pa.array(idx)],

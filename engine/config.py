@@ -1,0 +1,222 @@
+"""Pipeline configuration: one YAML file, validated at load, frozen.
+
+Unknown keys and bad values are rejected with their dotted path, the value and what was expected
+(``hot.actors: Input should be greater than 0, got 0``). :func:`load_config` is the only place that
+reads configuration; environment overrides are explicit arguments of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from routers import ConfigError, Policy, PolicyError, parse_duration_ms
+
+__all__ = [
+    "ColdConfig",
+    "HotConfig",
+    "PipelineConfig",
+    "SourceConfig",
+    "WarmConfig",
+    "load_config",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _duration(value: Any) -> str:
+    parse_duration_ms(value)  # raises ValueError with the expected form
+    return str(value)
+
+
+class SourceConfig(_Frozen):
+    """Where events come from.
+
+    ``synthetic`` generates seeded game telemetry; ``file`` reads NDJSON or Parquet (a file or a
+    folder of them).
+    """
+
+    kind: Literal["synthetic", "file"] = "synthetic"
+    #: synthetic: events to generate.
+    events: int = Field(1_000_000, ge=0)
+    #: synthetic: events per second of wall time (None: as fast as the pipeline takes them).
+    rate: float | None = Field(None, gt=0)
+    players: int = Field(100_000, ge=1)
+    seed: int = 42
+    #: Events per source block: the unit of decode, routing and position tracking.
+    block_rows: int = Field(20_000, ge=1)
+    partitions: int = Field(1, ge=1)
+    #: Shares of events that arrive late (seconds to minutes), stale (hours) or malformed.
+    late_share: float = Field(0.05, ge=0, le=1)
+    stale_share: float = Field(0.02, ge=0, le=1)
+    malformed_share: float = Field(0.001, ge=0, le=1)
+    #: file: a path (file or folder); format from the extension unless given.
+    path: str | None = None
+    format: Literal["auto", "ndjson", "parquet"] = "auto"
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> SourceConfig:
+        if self.kind == "file" and not self.path:
+            raise ValueError("kind 'file' needs 'path': a file or folder of .ndjson/.parquet")
+        return self
+
+
+class HotConfig(_Frozen):
+    """Hot path: keyed stateful actors."""
+
+    actors: int = Field(2, ge=1)
+    #: Fixed number of key groups hashed from the key; actors own key groups.
+    key_groups: int = Field(256, ge=1, le=65_536)
+    #: Calls in flight per actor before the driver waits (backpressure).
+    max_in_flight: int = Field(4, ge=1)
+    processor: str = "player_features"
+    options: dict[str, Any] = Field(default_factory=dict)
+    #: CPU reserved per actor (fractional lets hot actors share cores on small machines).
+    num_cpus: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _groups_cover_actors(self) -> HotConfig:
+        if self.key_groups < self.actors:
+            raise ValueError(
+                f"key_groups ({self.key_groups}) must be >= actors ({self.actors}): "
+                "every actor owns at least one key group"
+            )
+        return self
+
+
+class WarmConfig(_Frozen):
+    """Warm path: micro-batches on a size or time trigger, one Ray task each."""
+
+    max_batch_rows: int = Field(100_000, ge=1)
+    max_delay: str = "2s"
+    max_in_flight: int = Field(2, ge=1)
+    processor: str = "minute_kpis"
+    output_name: str = Field("minute_kpis", pattern=r"^[A-Za-z0-9_-]+$")
+    options: dict[str, Any] = Field(default_factory=dict)
+    num_cpus: float = Field(0.5, ge=0)
+
+    _check_delay = field_validator("max_delay")(_duration)
+
+    @property
+    def max_delay_s(self) -> float:
+        return parse_duration_ms(self.max_delay) / 1000
+
+
+class ColdConfig(_Frozen):
+    """Cold path: the Parquet lake."""
+
+    lake_uri: str = "lake"
+    flush_rows: int = Field(200_000, ge=1)
+    flush_interval: str = "10s"
+    #: Extra Hive partition columns after dt/hour (values are percent-encoded, never raw paths).
+    partition_by: tuple[str, ...] = ()
+    #: fsspec storage options (e.g. S3 endpoint); kept out of reprs and logs.
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
+    num_cpus: float = Field(0.5, ge=0)
+
+    _check_interval = field_validator("flush_interval")(_duration)
+
+    @property
+    def flush_interval_s(self) -> float:
+        return parse_duration_ms(self.flush_interval) / 1000
+
+
+class PipelineConfig(_Frozen):
+    """The whole pipeline: source, routing policy, and each path's settings and bounds.
+
+    Example:
+        >>> cfg = PipelineConfig.from_dict({"hot": {"actors": 3}, "source": {"events": 10}})
+        >>> cfg.hot.actors, cfg.policy.default
+        (3, 'warm')
+        >>> PipelineConfig.from_dict({"hot": {"actorz": 3}})
+        Traceback (most recent call last):
+        ...
+        routers.errors.ConfigError: hot.actorz: unknown key (Extra inputs are not permitted), got 3
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    policy: Policy = Field(default_factory=Policy)
+    hot: HotConfig = Field(default_factory=HotConfig)
+    warm: WarmConfig = Field(default_factory=WarmConfig)
+    cold: ColdConfig = Field(default_factory=ColdConfig)
+    #: Seconds between progress lines (0: none).
+    progress_every_s: float = Field(1.0, ge=0)
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Policy:
+        if isinstance(value, Policy):
+            return value
+        return Policy.from_dict(value, path="policy")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:
+        """Validate plain data into a config; every problem is reported by dotted path.
+
+        Raises:
+            ConfigError: listing each ``path: message, got value``.
+        """
+        try:
+            return cls.model_validate(dict(data))
+        except PolicyError:
+            raise
+        except ValidationError as exc:
+            raise ConfigError([_describe(e) for e in exc.errors()]) from None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    path = ""
+    for part in error["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = f"unknown key ({message})"
+    inputs = error.get("input")
+    got = "" if error["type"] == "missing" or isinstance(inputs, Mapping) else f", got {inputs!r}"
+    return f"{path or '<config>'}: {message}{got}"
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> PipelineConfig:
+    """Load a pipeline config from YAML, then apply explicit overrides.
+
+    Args:
+        path: a YAML file; ``None`` for the defaults.
+        overrides: dotted keys to values, e.g. ``{"source.events": 1000, "cold.lake_uri": "x"}``
+            (the CLI's flags end up here).
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, unknown keys or bad values, by dotted path.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{path}: not valid YAML ({exc})"]) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError([f"{path}: expected a mapping at the top level, got {loaded!r}"])
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    [f"{dotted}: cannot override inside {part!r}, a {type(child).__name__}"]
+                )
+            node = child
+        node[leaf] = value
+    return PipelineConfig.from_dict(data)

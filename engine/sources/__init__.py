@@ -1,0 +1,9 @@
+"""Event sources: each yields blocks of events with their source positions."""
+
+from __future__ import annotations
+
+from engine.sources.base import Source, SourceBlock
+from engine.sources.files import FileSource
+from engine.sources.synthetic import EVENT_MIX, SyntheticSource
+
+__all__ = ["EVENT_MIX", "FileSource", "Source", "SourceBlock", "SyntheticSource"]
