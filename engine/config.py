@@ -77,8 +77,10 @@ class HotConfig(_Frozen):
     max_in_flight: int = Field(4, ge=1)
     processor: str = "player_features"
     options: dict[str, Any] = Field(default_factory=dict)
-    #: CPU reserved per actor (fractional lets hot actors share cores on small machines).
-    num_cpus: float = Field(0.5, ge=0)
+    #: CPU reserved per actor (fractional: on the embedded default all paths share few cores).
+    num_cpus: float = Field(0.25, ge=0)
+    #: Custom Ray resources per actor, e.g. ``{hot: 1}`` to land on cluster.yaml's hot nodes.
+    resources: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _groups_cover_actors(self) -> HotConfig:
@@ -98,8 +100,11 @@ class WarmConfig(_Frozen):
     max_in_flight: int = Field(2, ge=1)
     processor: str = "minute_kpis"
     output_name: str = Field("minute_kpis", pattern=r"^[A-Za-z0-9_-]+$")
+    #: Bytes bound of the micro-batch buffer (the size trigger fires on rows or bytes).
+    max_batch_bytes: int = Field(64 << 20, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
-    num_cpus: float = Field(0.5, ge=0)
+    num_cpus: float = Field(0.25, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
 
     _check_delay = field_validator("max_delay")(_duration)
 
@@ -113,12 +118,15 @@ class ColdConfig(_Frozen):
 
     lake_uri: str = "lake"
     flush_rows: int = Field(200_000, ge=1)
+    #: Bytes bound of the writer's buffer (a flush fires on rows, bytes or interval).
+    flush_bytes: int = Field(128 << 20, ge=1)
     flush_interval: str = "10s"
     #: Extra Hive partition columns after dt/hour (values are percent-encoded, never raw paths).
     partition_by: tuple[str, ...] = ()
     #: fsspec storage options (e.g. S3 endpoint); kept out of reprs and logs.
     storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
-    num_cpus: float = Field(0.5, ge=0)
+    num_cpus: float = Field(0.25, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
 
     _check_interval = field_validator("flush_interval")(_duration)
 

@@ -48,13 +48,13 @@ class SyntheticSource(Source):
         start_ms: event time of the first event (epoch ms); default: now.
         rate: emitted events per wall-clock second (None: as fast as consumed).
         block_rows: events per block.
-        partitions: blocks are dealt round-robin to this many partitions (``synthetic-N``).
+        partitions: blocks are dealt round-robin to this many partitions (``"0"``, ``"1"``, ...).
         late_share, stale_share, malformed_share: shares of such events.
 
     Example:
         >>> src = SyntheticSource(events=5, block_rows=3, start_ms=0, malformed_share=0)
         >>> [(b.partition, b.first_offset, b.last_offset) for b in src.blocks()]
-        [('synthetic-0', 0, 2), ('synthetic-0', 3, 4)]
+        [('0', 0, 2), ('0', 3, 4)]
     """
 
     name = "synthetic"
@@ -102,7 +102,7 @@ class SyntheticSource(Source):
             offset = next_offset[partition]
             next_offset[partition] += rows
             yield SourceBlock(
-                partition=f"{self.name}-{partition}",
+                partition=str(partition),
                 first_offset=offset,
                 last_offset=offset + rows - 1,
                 data=self.block_bytes(first, rows),

@@ -1,0 +1,134 @@
+"""Cold path: a lake writer actor buffers cold rows and dead letters, and flushes them as files.
+
+A flush writes, per source partition, the buffered rows of a contiguous range of blocks to
+``events/dt=/hour=/`` (see :mod:`engine.lake`), named after that range's first and last offsets,
+plus the dead letters of the same range to ``_dead_letter/``. A flush fires at ``flush_rows``,
+``flush_bytes`` or ``flush_interval`` (checked on each call) and at the end. Only after its flush
+returns are the blocks reported done, so a position is never committed before its rows are durable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, file_stem
+from routers import EventSchema
+
+__all__ = ["ColdWriter", "FlushReport"]
+
+
+@dataclass(frozen=True)
+class FlushReport:
+    """Blocks made durable by a call, and how many rows of each kind were written."""
+
+    seqs: list[int]
+    cold_rows: int
+    dead_rows: int
+    files: list[str]
+
+
+@dataclass
+class _Pending:
+    seq: int
+    first: int
+    last: int
+    cold: pa.RecordBatch
+    dead: pa.RecordBatch
+
+
+@ray.remote
+class ColdWriter:
+    """The lake writer. Calls run one at a time, in order."""
+
+    def __init__(
+        self,
+        lake_uri: str,
+        storage_options: dict[str, Any],
+        source_name: str,
+        schema: EventSchema,
+        partition_by: tuple[str, ...],
+        flush_rows: int,
+        flush_bytes: int,
+        flush_interval_s: float,
+    ) -> None:
+        self.lake = Lake(lake_uri, storage_options)
+        self.source_name = source_name
+        self.schema = schema
+        self.partition_by = partition_by
+        self.flush_rows = flush_rows
+        self.flush_bytes = flush_bytes
+        self.flush_interval_s = flush_interval_s
+        self._pending: dict[str, list[_Pending]] = defaultdict(list)
+        self._rows = 0
+        self._bytes = 0
+        self._oldest: float | None = None
+
+    def write(
+        self,
+        seq: int,
+        partition: str,
+        first: int,
+        last: int,
+        cold: pa.RecordBatch,
+        dead: pa.RecordBatch,
+    ) -> FlushReport:
+        """Buffer one block's cold rows and dead letters; flush if a trigger fires."""
+        self._pending[partition].append(_Pending(seq, first, last, cold, dead))
+        self._rows += cold.num_rows + dead.num_rows
+        self._bytes += cold.nbytes + dead.nbytes
+        self._oldest = self._oldest or time.monotonic()
+        if (
+            self._rows >= self.flush_rows
+            or self._bytes >= self.flush_bytes
+            or time.monotonic() - self._oldest >= self.flush_interval_s
+        ):
+            return self.flush()
+        return FlushReport([], 0, 0, [])
+
+    def flush(self) -> FlushReport:
+        """Write everything buffered; return the blocks that are now durable."""
+        seqs: list[int] = []
+        files: list[str] = []
+        cold_rows = dead_rows = 0
+        for partition, blocks in self._pending.items():
+            stem = file_stem(self.source_name, partition, blocks[0].first, blocks[-1].last)
+            batches = [b.cold for b in blocks if b.cold.num_rows]
+            cold = pa.Table.from_batches(batches) if batches else pa.table({})
+            if cold.num_rows:
+                files += self.lake.write_partitioned(
+                    cold, self.schema.time, stem, EVENTS_DIR, self.partition_by
+                )
+            dead_batches = [_with_position(b, self.source_name, partition) for b in blocks]
+            dead = pa.concat_tables(dead_batches)
+            if dead.num_rows:
+                files.append(self.lake.write_parquet(dead, f"{DEAD_LETTER_DIR}/{stem}.parquet"))
+            cold_rows += cold.num_rows
+            dead_rows += dead.num_rows
+            seqs += [b.seq for b in blocks]
+        self._pending.clear()
+        self._rows = self._bytes = 0
+        self._oldest = None
+        return FlushReport(sorted(seqs), cold_rows, dead_rows, files)
+
+    def write_output(self, table: pa.Table, relative_path: str) -> str:
+        """Write a path's output table (e.g. hot alerts) to the lake."""
+        return self.lake.write_parquet(table, relative_path)
+
+
+def _with_position(block: _Pending, source: str, partition: str) -> pa.Table:
+    """Dead letters of one block with where they came from (source, partition, offset)."""
+    dead = pa.Table.from_batches([block.dead])
+    n = dead.num_rows
+    offsets = pc.add(dead["line"], block.first) if n else pa.array([], pa.int64())
+    return (
+        dead.append_column("source", pa.array([source] * n, pa.string()))
+        .append_column("partition", pa.array([partition] * n, pa.string()))
+        .append_column("offset", offsets)
+    )

@@ -1,0 +1,148 @@
+"""Hot path: keyed stateful Ray actors, each owning a contiguous range of key groups."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from engine.config import HotConfig
+from engine.keys import actor_of_groups, key_groups
+from engine.processors import hot_processor
+from routers import EventSchema
+
+__all__ = ["HotActor", "HotPath", "HotResult"]
+
+
+@dataclass(frozen=True)
+class HotResult:
+    """What one hot call reports back: rows applied, ingest-to-state latency, output rows."""
+
+    rows: int
+    latency_s: float
+    output: pa.RecordBatch | None
+
+
+@ray.remote
+class HotActor:
+    """Holds one processor instance and the state of its key groups' keys.
+
+    Calls run one at a time in submission order (a Ray actor's default), so a key's rows are
+    applied in the order the driver sent them.
+    """
+
+    def __init__(self, processor: str, schema: EventSchema, options: dict[str, Any]) -> None:
+        import engine.processors  # noqa: F401 - registers the built-in processors in this worker
+
+        self.processor = hot_processor(processor)(schema, **options)
+
+    def process(self, batch: pa.RecordBatch, ingest_ts: float) -> HotResult:
+        output = self.processor.process(batch)
+        return HotResult(batch.num_rows, time.time() - ingest_ts, output)
+
+    def state(self) -> pa.Table:
+        return self.processor.state()
+
+
+class HotPath:
+    """Driver side of the hot path: routes each batch's rows to the owners of their key groups.
+
+    Each call carries all of one block's rows for one actor (never one event). At most
+    ``max_in_flight`` calls per actor are outstanding; :meth:`submit` waits beyond that. A block
+    is done on this path when every call carrying its rows has returned.
+    """
+
+    def __init__(self, config: HotConfig, schema: EventSchema) -> None:
+        hot_processor(config.processor)  # fail fast, in the driver, on an unknown name
+        self.config = config
+        self.schema = schema
+        self.owner = actor_of_groups(config.key_groups, config.actors)
+        options: dict[str, Any] = {"num_cpus": config.num_cpus}
+        if config.resources:
+            options["resources"] = dict(config.resources)
+        self.actors = [
+            HotActor.options(**options).remote(config.processor, schema, dict(config.options))
+            for _ in range(config.actors)
+        ]
+        self.inflight: list[dict[ray.ObjectRef, int]] = [{} for _ in self.actors]
+        self._calls_left: dict[int, int] = {}
+        self.latencies: list[tuple[float, int]] = []
+        #: Output rows of the processor (e.g. alerts) not yet taken by the pipeline.
+        self.outputs: list[pa.RecordBatch] = []
+        self.rows_done = 0
+
+    @property
+    def calls_in_flight(self) -> int:
+        return sum(len(calls) for calls in self.inflight)
+
+    def submit(self, batch: pa.RecordBatch, seq: int, ingest_ts: float) -> list[int]:
+        """Send the rows of block ``seq`` to their actors.
+
+        Returns:
+            Blocks that became done on this path meanwhile (``seq`` itself when it has no rows).
+        """
+        if batch.num_rows == 0:
+            return [seq]
+        actor_ids = self.owner[key_groups(batch.column(self.schema.key), self.config.key_groups)]
+        order = np.argsort(actor_ids, kind="stable")  # one take groups rows by actor, order kept
+        grouped = batch.take(pa.array(order))
+        bounds = np.searchsorted(actor_ids[order], np.arange(len(self.actors) + 1))
+        spans = [
+            (a, lo, hi) for a, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+        ]
+        spans = [(a, int(lo), int(hi)) for a, lo, hi in spans if hi > lo]
+        self._calls_left[seq] = len(spans)
+        done: list[int] = []
+        for actor, lo, hi in spans:
+            while len(self.inflight[actor]) >= self.config.max_in_flight:
+                done += self._wait(list(self.inflight[actor]), num_returns=1)
+            ref = self.actors[actor].process.remote(grouped.slice(lo, hi - lo), ingest_ts)
+            self.inflight[actor][ref] = seq
+        return done
+
+    def poll(self, timeout: float | None = 0) -> list[int]:
+        """Blocks done on this path, waiting up to ``timeout`` s (None: until all calls return)."""
+        refs = [ref for calls in self.inflight for ref in calls]
+        if not refs:
+            return []
+        return self._wait(refs, num_returns=len(refs), timeout=timeout)
+
+    def _wait(
+        self, refs: list[ray.ObjectRef], num_returns: int, timeout: float | None = None
+    ) -> list[int]:
+        ready, _ = ray.wait(refs, num_returns=num_returns, timeout=timeout)
+        done = []
+        for ref, result in zip(ready, ray.get(ready), strict=True):
+            seq = next(calls.pop(ref) for calls in self.inflight if ref in calls)
+            self.latencies.append((result.latency_s, result.rows))
+            self.rows_done += result.rows
+            if result.output is not None and result.output.num_rows:
+                self.outputs.append(result.output)
+            self._calls_left[seq] -= 1
+            if self._calls_left[seq] == 0:
+                del self._calls_left[seq]
+                done.append(seq)
+        return done
+
+    def state(self) -> pa.Table:
+        """The state of every key, from all actors (one row per key)."""
+        return pa.concat_tables(ray.get([actor.state.remote() for actor in self.actors]))
+
+    def latency_percentiles(self) -> dict[str, float | None]:
+        """p50/p99 of ingest-to-state latency in milliseconds, weighted by rows."""
+        if not self.latencies:
+            return {"p50_ms": None, "p99_ms": None}
+        lat = np.array([latency for latency, _ in self.latencies])
+        weights = np.array([rows for _, rows in self.latencies], dtype=np.float64)
+        order = np.argsort(lat)
+        cumulative = np.cumsum(weights[order]) / weights.sum()
+
+        def pick(q: float) -> float:
+            index = min(int(np.searchsorted(cumulative, q)), len(lat) - 1)
+            return round(float(lat[order][index] * 1000), 3)
+
+        return {"p50_ms": pick(0.50), "p99_ms": pick(0.99)}

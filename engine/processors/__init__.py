@@ -1,0 +1,27 @@
+"""Processors: user code run on the hot and warm paths, and the built-in ones."""
+
+from __future__ import annotations
+
+from engine.processors.base import (
+    HotProcessor,
+    WarmProcessor,
+    hot_processor,
+    register_hot,
+    register_warm,
+    warm_processor,
+)
+from engine.processors.minute_kpis import MinuteKpis, merge_kpis
+from engine.processors.player_features import ALERT_SCHEMA, PlayerFeatures
+
+__all__ = [
+    "ALERT_SCHEMA",
+    "HotProcessor",
+    "MinuteKpis",
+    "PlayerFeatures",
+    "WarmProcessor",
+    "hot_processor",
+    "merge_kpis",
+    "register_hot",
+    "register_warm",
+    "warm_processor",
+]

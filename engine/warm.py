@@ -1,0 +1,168 @@
+"""Warm path: rows accumulate into micro-batches; each runs as one Ray task.
+
+A micro-batch is cut when the buffer reaches ``max_batch_rows`` (or ``max_batch_bytes``), or when
+its oldest row has waited ``max_delay``, whichever first. At most ``max_in_flight`` tasks run;
+beyond that the driver waits (backpressure), so the buffer never holds more than one batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from engine.config import WarmConfig
+from engine.lake import Lake, file_stem
+from engine.processors import warm_processor
+from routers import EventSchema
+
+__all__ = ["WarmPath", "run_micro_batch"]
+
+
+@ray.remote
+def run_micro_batch(
+    processor: str,
+    schema: EventSchema,
+    options: dict[str, Any],
+    batch: pa.RecordBatch,
+    lake_uri: str,
+    storage_options: dict[str, Any],
+    relative_path: str,
+) -> int:
+    """Run the warm processor over one micro-batch and append its output to the lake.
+
+    Idempotent: the output file's name is fixed by the micro-batch's source range, so a retried
+    task overwrites its own file.
+    """
+    import engine.processors  # noqa: F401 - registers the built-in processors in this worker
+
+    output = warm_processor(processor)(schema, **options).process(batch)
+    Lake(lake_uri, storage_options).write_parquet(output, relative_path)
+    return batch.num_rows
+
+
+class WarmPath:
+    """Driver side of the warm path (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: WarmConfig,
+        schema: EventSchema,
+        lake_uri: str,
+        storage_options: dict[str, Any],
+        source_name: str,
+    ) -> None:
+        warm_processor(config.processor)  # fail fast, in the driver, on an unknown name
+        self.config = config
+        self.schema = schema
+        self.lake_uri = lake_uri
+        self.storage_options = storage_options
+        self.source_name = source_name
+        self._buffer: list[tuple[pa.RecordBatch, int, str, int]] = []  # batch, seq, part, offset
+        self._buffered_rows = 0
+        self._buffered_bytes = 0
+        self._oldest: float | None = None
+        self._inflight: dict[ray.ObjectRef, list[int]] = {}
+        self._tasks_left: dict[int, int] = defaultdict(int)
+        self._unsent: dict[int, int] = defaultdict(int)  # rows of a block still in the buffer
+        self.rows_done = 0
+        self.max_in_flight_seen = 0
+        self.max_buffered_rows_seen = 0
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._buffered_rows
+
+    @property
+    def tasks_in_flight(self) -> int:
+        return len(self._inflight)
+
+    def add(self, batch: pa.RecordBatch, seq: int, partition: str, first_offset: int) -> list[int]:
+        """Buffer the warm rows of block ``seq``; cut and submit micro-batches as they fill.
+
+        Returns:
+            Blocks that became done on this path meanwhile.
+        """
+        if batch.num_rows == 0:
+            return [seq] if self._tasks_left.get(seq, 0) == 0 else []
+        done: list[int] = []
+        rows = batch.num_rows
+        self._unsent[seq] += rows
+        start = 0
+        while start < rows:
+            room = self.config.max_batch_rows - self._buffered_rows
+            piece = batch.slice(start, min(room, rows - start))
+            self._buffer.append((piece, seq, partition, first_offset))
+            self._buffered_rows += piece.num_rows
+            self._buffered_bytes += piece.nbytes
+            self._oldest = self._oldest or time.monotonic()
+            start += piece.num_rows
+            self.max_buffered_rows_seen = max(self.max_buffered_rows_seen, self._buffered_rows)
+            if (
+                self._buffered_rows >= self.config.max_batch_rows
+                or self._buffered_bytes >= self.config.max_batch_bytes
+            ):
+                done += self._cut()
+        return done
+
+    def tick(self) -> list[int]:
+        """Apply the time trigger; returns blocks done meanwhile."""
+        if self._oldest is not None and time.monotonic() - self._oldest >= self.config.max_delay_s:
+            return self._cut()
+        return self.poll()
+
+    def flush(self) -> list[int]:
+        """Submit whatever is buffered (end of input)."""
+        return self._cut() if self._buffer else []
+
+    def _cut(self) -> list[int]:
+        done: list[int] = []
+        while len(self._inflight) >= self.config.max_in_flight:
+            done += self._wait(num_returns=1, timeout=None)
+        pieces, self._buffer = self._buffer, []
+        self._buffered_rows = self._buffered_bytes = 0
+        self._oldest = None
+        batch = pa.Table.from_batches([p[0] for p in pieces]).combine_chunks().to_batches()[0]
+        _, _, partition, first = pieces[0]
+        stem = file_stem(self.source_name, partition, first, pieces[-1][3])
+        relative = f"warm/{self.config.output_name}/{stem}-{pieces[0][1]:08d}.parquet"
+        ref = run_micro_batch.options(
+            num_cpus=self.config.num_cpus, resources=dict(self.config.resources) or None
+        ).remote(
+            self.config.processor,
+            self.schema,
+            dict(self.config.options),
+            batch,
+            self.lake_uri,
+            self.storage_options,
+            relative,
+        )
+        seqs = sorted({p[1] for p in pieces})
+        for piece, seq, _, _ in pieces:
+            self._unsent[seq] -= piece.num_rows
+        for seq in seqs:
+            self._tasks_left[seq] += 1
+        self._inflight[ref] = seqs
+        self.max_in_flight_seen = max(self.max_in_flight_seen, len(self._inflight))
+        return done
+
+    def poll(self, timeout: float | None = 0) -> list[int]:
+        """Blocks done on this path (all their tasks finished and nothing left in the buffer)."""
+        if not self._inflight:
+            return []
+        return self._wait(num_returns=len(self._inflight), timeout=timeout)
+
+    def _wait(self, num_returns: int, timeout: float | None) -> list[int]:
+        ready, _ = ray.wait(list(self._inflight), num_returns=num_returns, timeout=timeout)
+        done = []
+        for ref, rows in zip(ready, ray.get(ready), strict=True):
+            self.rows_done += rows
+            for seq in self._inflight.pop(ref):
+                self._tasks_left[seq] -= 1
+                if self._tasks_left[seq] == 0 and self._unsent[seq] == 0:
+                    del self._tasks_left[seq], self._unsent[seq]
+                    done.append(seq)
+        return done
