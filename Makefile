@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/thermocline run --config engine/default.yaml
+	$(BIN)/thermocline run --config examples/demo.yaml
 
 test: setup lint typecheck
 	$(BIN)/python -m pytest

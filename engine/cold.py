@@ -43,8 +43,7 @@ class _Pending:
     dead: pa.RecordBatch
 
 
-@ray.remote
-class ColdWriter:
+class _ColdWriter:
     """The lake writer. Calls run one at a time, in order."""
 
     def __init__(
@@ -120,6 +119,9 @@ class ColdWriter:
     def write_output(self, table: pa.Table, relative_path: str) -> str:
         """Write a path's output table (e.g. hot alerts) to the lake."""
         return self.lake.write_parquet(table, relative_path)
+
+
+ColdWriter = ray.remote(_ColdWriter)
 
 
 def _with_position(block: _Pending, source: str, partition: str) -> pa.Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +28,7 @@ class HotResult:
     output: pa.RecordBatch | None
 
 
-@ray.remote
-class HotActor:
+class _HotActor:
     """Holds one processor instance and the state of its key groups' keys.
 
     Calls run one at a time in submission order (a Ray actor's default), so a key's rows are
@@ -48,6 +48,9 @@ class HotActor:
         return self.processor.state()
 
 
+HotActor = ray.remote(_HotActor)
+
+
 class HotPath:
     """Driver side of the hot path: routes each batch's rows to the owners of their key groups.
 
@@ -64,7 +67,8 @@ class HotPath:
         options: dict[str, Any] = {"num_cpus": config.num_cpus}
         if config.resources:
             options["resources"] = dict(config.resources)
-        self.actors = [
+        # Ray's actor handles are typed loosely; Any keeps mypy honest about what it cannot see.
+        self.actors: list[Any] = [
             HotActor.options(**options).remote(config.processor, schema, dict(config.options))
             for _ in range(config.actors)
         ]
@@ -92,9 +96,10 @@ class HotPath:
         grouped = batch.take(pa.array(order))
         bounds = np.searchsorted(actor_ids[order], np.arange(len(self.actors) + 1))
         spans = [
-            (a, lo, hi) for a, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+            (a, int(lo), int(hi))
+            for a, (lo, hi) in enumerate(itertools.pairwise(bounds))
+            if hi > lo
         ]
-        spans = [(a, int(lo), int(hi)) for a, lo, hi in spans if hi > lo]
         self._calls_left[seq] = len(spans)
         done: list[int] = []
         for actor, lo, hi in spans:

@@ -16,6 +16,7 @@ instead of reading further from the source (backpressure), so memory stays bound
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -53,7 +54,7 @@ def init_local_ray(num_cpus: int | None = None) -> None:
         num_cpus=num_cpus or os.cpu_count() or 2,
         include_dashboard=False,
         log_to_driver=True,
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
     )
 
 
@@ -162,7 +163,7 @@ class Pipeline:
         self.tracker = PositionTracker()
         self.hot: HotPath | None = None
         self.warm: WarmPath | None = None
-        self.cold: ray.actor.ActorHandle | None = None
+        self.cold: Any = None  # the ColdWriter actor handle once running
 
     @property
     def source(self) -> Source:

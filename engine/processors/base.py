@@ -6,6 +6,7 @@ name fails with the list of known ones.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -94,19 +95,31 @@ def register_warm(name: str) -> Callable[[type[WarmProcessor]], type[WarmProcess
     return add
 
 
-def _lookup(registry: dict[str, type[_P]], name: str, path: str) -> type[_P]:
+def _lookup(registry: dict[str, type[_P]], name: str, path: str, base: type) -> type[_P]:
+    """A registered name, or ``package.module:Class`` for user code importable on every worker."""
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            found = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError([f"{path}: cannot import {name!r} ({exc})"]) from exc
+        if not (isinstance(found, type) and issubclass(found, base)):
+            raise ConfigError([f"{path}: {name!r} is not a {base.__name__} subclass"])
+        return found  # type: ignore[return-value]
     try:
         return registry[name]
     except KeyError:
         known = ", ".join(sorted(registry))
-        raise ConfigError([f"{path}: unknown processor {name!r}; known: {known}"]) from None
+        raise ConfigError(
+            [f"{path}: unknown processor {name!r}; known: {known}, or 'package.module:Class'"]
+        ) from None
 
 
 def hot_processor(name: str) -> type[HotProcessor]:
     """The hot processor class registered as ``name``."""
-    return _lookup(_HOT, name, "hot.processor")
+    return _lookup(_HOT, name, "hot.processor", HotProcessor)
 
 
 def warm_processor(name: str) -> type[WarmProcessor]:
     """The warm processor class registered as ``name``."""
-    return _lookup(_WARM, name, "warm.processor")
+    return _lookup(_WARM, name, "warm.processor", WarmProcessor)
