@@ -16,6 +16,7 @@ instead of reading further from the source (backpressure), so memory stays bound
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -30,6 +31,7 @@ import ray
 from engine.cold import ColdWriter, FlushReport
 from engine.config import PipelineConfig
 from engine.hot import HotPath
+from engine.lake import file_stem
 from engine.positions import PositionTracker
 from engine.sources import FileSource, Source, SourceBlock, SyntheticSource
 from engine.warm import WarmPath
@@ -227,8 +229,10 @@ class Pipeline:
                 report: FlushReport = ray.get(ref)
                 acked(report.seqs)
 
+        first: dict[str, int] = {}  # first offset of each partition in this run
         for seq, block in enumerate(self.source.blocks()):
             ingest_ts = time.time()
+            first.setdefault(block.partition, block.first_offset)
             good, dead, lines = self._decode(block)
             parts = self.router.split(good, now=self.clock())
             counts["events_in"] += lines
@@ -266,8 +270,13 @@ class Pipeline:
         acked(final.seqs)
         if self.hot.outputs:
             alerts = pa.Table.from_batches(self.hot.outputs)
-            stem = f"alerts-{int(time.time() * 1000)}"
-            ray.get(self.cold.write_output.remote(alerts, f"hot/alerts/{stem}.parquet"))
+            alerts = alerts.sort_by([(c, "ascending") for c in alerts.column_names])
+            # Named by the source ranges of the run, so a rerun of them overwrites, not adds.
+            ranges = sorted((p, first[p], last) for p, last in self.tracker.done().items())
+            stem = "_".join(file_stem(self.source.name, p, a, b) for p, a, b in ranges)
+            if len(stem) > 120:
+                stem = hashlib.sha1(stem.encode()).hexdigest()
+            ray.get(self.cold.write_output.remote(alerts, f"hot/alerts/alerts-{stem}.parquet"))
             alerts_written = alerts.num_rows
             self.hot.outputs.clear()
         elapsed = time.monotonic() - started
