@@ -158,13 +158,6 @@ class PipelineConfig(_Frozen):
     #: Seconds between progress lines (0: none).
     progress_every_s: float = Field(1.0, ge=0)
 
-    @field_validator("policy", mode="before")
-    @classmethod
-    def _policy(cls, value: Any) -> Policy:
-        if isinstance(value, Policy):
-            return value
-        return Policy.from_dict(value, path="policy")
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:
         """Validate plain data into a config; every problem is reported by dotted path.
@@ -172,12 +165,25 @@ class PipelineConfig(_Frozen):
         Raises:
             ConfigError: listing each ``path: message, got value``.
         """
+        data = dict(data)
+        problems: list[str] = []
+        policy = data.pop("policy", None)
+        if policy is not None and not isinstance(policy, Policy):
+            # The policy has its own loader (shared with `thermocline validate`); its messages
+            # already carry dotted paths, prefixed here with "policy.".
+            try:
+                data["policy"] = Policy.from_dict(policy, path="policy")
+            except PolicyError as exc:
+                problems += exc.problems
+        elif policy is not None:
+            data["policy"] = policy
         try:
-            return cls.model_validate(dict(data))
-        except PolicyError:
-            raise
+            config = cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError([_describe(e) for e in exc.errors()]) from None
+            problems += [_describe(e) for e in exc.errors()]
+        if problems:
+            raise ConfigError(problems)
+        return config
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -1,0 +1,90 @@
+"""Pipeline config: validated at load, unknown keys and bad values rejected by dotted path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config import PipelineConfig, load_config
+from engine.processors import hot_processor, warm_processor
+from routers import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def problems(data: dict) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        PipelineConfig.from_dict(data)
+    return info.value.problems
+
+
+def test_demo_config_loads() -> None:
+    config = load_config(ROOT / "examples" / "demo.yaml")
+    assert config.source.events == 1_000_000
+    assert [r.name for r in config.policy.rules][:2] == ["monetization", "session-live"]
+    assert config.warm.max_delay_s == 2.0
+
+
+def test_unknown_keys_named_with_their_path() -> None:
+    assert problems({"hot": {"actorz": 2}}) == [
+        "hot.actorz: unknown key (Extra inputs are not permitted), got 2"
+    ]
+    assert problems({"sink": {}})[0].startswith("sink: unknown key")
+
+
+def test_bad_values_named_with_their_path() -> None:
+    found = problems(
+        {"hot": {"actors": 0}, "warm": {"max_delay": "soon"}, "cold": {"flush_rows": -1}}
+    )
+    assert "hot.actors: Input should be greater than or equal to 1, got 0" in found
+    assert any(p.startswith("warm.max_delay: expected a duration like") for p in found)
+    assert any(p.startswith("cold.flush_rows:") for p in found)
+
+
+def test_cross_field_checks() -> None:
+    assert any(
+        "key_groups (2) must be >= actors (4)" in p
+        for p in problems({"hot": {"actors": 4, "key_groups": 2}})
+    )
+    assert any("needs 'path'" in p for p in problems({"source": {"kind": "file"}}))
+
+
+def test_policy_errors_carry_the_policy_prefix() -> None:
+    with pytest.raises(ConfigError) as info:
+        PipelineConfig.from_dict(
+            {
+                "policy": {
+                    "rules": [{"name": "a", "route": "tepid", "when": {"field": "x", "eq": 1}}]
+                }
+            }
+        )
+    assert info.value.problems == [
+        "policy.rules[0] (a).route: expected one of cold, hot, warm, got 'tepid'"
+    ]
+
+
+def test_overrides_and_file_errors(tmp_path: Path) -> None:
+    config = load_config(
+        ROOT / "examples" / "demo.yaml", {"source.events": 10, "cold.lake_uri": "s3://b/x"}
+    )
+    assert (config.source.events, config.cold.lake_uri) == (10, "s3://b/x")
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        load_config(bad)
+
+
+def test_processor_names() -> None:
+    with pytest.raises(ConfigError, match="unknown processor 'nope'; known: player_features"):
+        hot_processor("nope")
+    assert warm_processor("tests.slow:SlowKpis").__name__ == "SlowKpis"
+    with pytest.raises(ConfigError, match="is not a HotProcessor subclass"):
+        hot_processor("tests.slow:SlowKpis")
+
+
+def test_storage_secrets_stay_out_of_repr() -> None:
+    config = PipelineConfig.from_dict({"cold": {"storage_options": {"secret": "hunter2"}}})
+    assert "hunter2" not in repr(config)
