@@ -56,6 +56,8 @@ class SourceConfig(_Frozen):
     late_share: float = Field(0.05, ge=0, le=1)
     stale_share: float = Field(0.02, ge=0, le=1)
     malformed_share: float = Field(0.001, ge=0, le=1)
+    #: Share of events sending their time as an ISO-8601 string rather than epoch milliseconds.
+    iso_time_share: float = Field(0.0, ge=0, le=1)
     #: file: a path (file or folder); format from the extension unless given.
     path: str | None = None
     format: Literal["auto", "ndjson", "parquet"] = "auto"

@@ -35,12 +35,12 @@ from engine.lake import file_stem
 from engine.positions import PositionTracker
 from engine.sources import FileSource, Source, SourceBlock, SyntheticSource
 from engine.warm import WarmPath
-from routers import DEAD_LETTER_SCHEMA, Router, decode_ndjson
+from routers import DEAD_LETTER_SCHEMA, DecodeHints, Router, decode_ndjson
 
 __all__ = ["Pipeline", "Progress", "RunSummary", "init_local_ray", "source_from_config"]
 
-#: Lake-writer calls in flight: one being written while the next block is already queued.
-_COLD_IN_FLIGHT = 2
+#: Lake-writer calls in flight (each one block of cold rows): enough to cover a flush (~0.3 s).
+_COLD_IN_FLIGHT = 8
 _PATHS = 3  # hot, warm, cold
 
 
@@ -77,6 +77,7 @@ def source_from_config(config: PipelineConfig, start_ms: int | None = None) -> S
         late_share=s.late_share,
         stale_share=s.stale_share,
         malformed_share=s.malformed_share,
+        iso_time_share=s.iso_time_share,
     )
 
 
@@ -163,6 +164,7 @@ class Pipeline:
         self._source = source
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.tracker = PositionTracker()
+        self._hints: dict[str, DecodeHints] = {}  # per source partition
         self.hot: HotPath | None = None
         self.warm: WarmPath | None = None
         self.cold: Any = None  # the ColdWriter actor handle once running
@@ -309,7 +311,8 @@ class Pipeline:
 
     def _decode(self, block: SourceBlock) -> tuple[pa.RecordBatch, pa.RecordBatch, int]:
         if block.data is not None:
-            decoded = decode_ndjson(block.data, self.config.policy.schema)
+            hints = self._hints.setdefault(block.partition, DecodeHints())
+            decoded = decode_ndjson(block.data, self.config.policy.schema, hints)
             return decoded.good, decoded.dead, decoded.lines
         assert block.batch is not None
         empty = pa.RecordBatch.from_pylist([], schema=DEAD_LETTER_SCHEMA)

@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 from routers.conditions import AGE_COLUMN, Condition, age_ms
-from routers.decode import DEAD_LETTER_SCHEMA, Decoded, decode_ndjson
+from routers.decode import DEAD_LETTER_SCHEMA, Decoded, DecodeHints, decode_ndjson
 from routers.duration import parse_duration_ms
 from routers.errors import ConfigError, PolicyError, RouterError, ThermoclineError
 from routers.policy import Policy, Rule
@@ -25,6 +25,7 @@ __all__ = [
     "TIME_TYPE",
     "Condition",
     "ConfigError",
+    "DecodeHints",
     "Decoded",
     "EventSchema",
     "Policy",

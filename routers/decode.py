@@ -22,7 +22,7 @@ import pyarrow.json as pj
 
 from routers.schema import TIME_TYPE, EventSchema
 
-__all__ = ["DEAD_LETTER_SCHEMA", "Decoded", "decode_ndjson"]
+__all__ = ["DEAD_LETTER_SCHEMA", "DecodeHints", "Decoded", "decode_ndjson"]
 
 #: Columns of a dead-letter batch. ``line`` is the 0-based index among the block's non-blank lines.
 DEAD_LETTER_SCHEMA: Final[pa.Schema] = pa.schema(
@@ -37,6 +37,8 @@ _WHITESPACE_BYTES: Final[np.ndarray] = np.frombuffer(b" \t\r\n", dtype=np.uint8)
 #: Piece sizes once a block needs recovery: a piece halves after a failure and doubles after a
 #: clean read, so dense errors cost small re-reads and sparse ones few Arrow calls (~30 us each).
 _RECOVERY_MIN_LINES: Final[int] = 32
+#: Below this many lines, per-line Python work (slicing, joining) beats a pass over the block.
+_FEW_LINES: Final[int] = 64
 _RECOVERY_MAX_LINES: Final[int] = 4096
 
 
@@ -59,7 +61,11 @@ class Decoded:
 
 
 class _Lines:
-    """Byte ranges of the non-blank lines of a block (computed with numpy, once, on demand)."""
+    """Byte ranges of the non-blank lines of a block, and each one's index in the whole block.
+
+    Computed with numpy in one pass. A subset (:meth:`without`) blanks the other lines in a copy
+    of the bytes: Arrow skips blank lines, so its row numbers still count this subset's lines.
+    """
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -76,7 +82,9 @@ class _Lines:
             keep[i] = bool(data[starts[i] : ends[i]].strip())
         self.starts = starts[keep]
         self.ends = ends[keep]
+        self.index = np.arange(len(self.starts), dtype=np.int64)
         self.buffer = pa.py_buffer(data)
+        self.owned = False  # True once the bytes are a private copy that may be changed in place
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -86,6 +94,94 @@ class _Lines:
         begin = int(self.starts[first])
         return self.buffer.slice(begin, int(self.ends[stop - 1]) - begin)
 
+    def misshapen(self) -> list[tuple[int, str]]:
+        """Positions (in this set) of lines that cannot be a JSON object, with their reason.
+
+        Vectorized: a line whose first byte is not ``{`` or last byte not ``}`` is a candidate
+        (truncated or garbage lines, the usual corruption); only those few are looked at one by
+        one, to confirm and tell ``invalid_json`` from ``not_an_object``.
+        """
+        if not len(self):
+            return []
+        arr = np.frombuffer(self.data, dtype=np.uint8)
+        odd = (arr[self.starts] != ord("{")) | (arr[self.ends - 1] != ord("}"))
+        found = []
+        for i in np.flatnonzero(odd).tolist():
+            text = self.data[self.starts[i] : self.ends[i]].strip()
+            if text.startswith(b"{") and text.endswith(b"}"):
+                continue  # only padded with whitespace; Arrow decides
+            try:
+                json.loads(text)
+                found.append((i, "not_an_object"))
+            except ValueError:
+                found.append((i, "invalid_json"))
+        return found
+
+    def by_time_kind(self, time_column: str) -> list[_Lines]:
+        """This set split into lines whose time is a JSON string and the others, if both exist.
+
+        Arrow infers one type per column per read, so ISO strings and epoch numbers in one block
+        are read as two groups. One vectorized substring match over a zero-copy view of the lines.
+        """
+        if not len(self):
+            return [self]
+        offsets = np.append(self.starts, self.ends[-1]).astype(np.int64)
+        view = pa.Array.from_buffers(
+            pa.large_binary(), len(self), [None, pa.py_buffer(offsets), self.buffer]
+        )
+        # Lines are consecutive in the view; a blanked line between two only pads the earlier one.
+        pattern = re.escape(json.dumps(time_column)) + r'\s*:\s*"'
+        quoted = pc.match_substring_regex(view, pattern).to_numpy(zero_copy_only=False)
+        if quoted.all() or not quoted.any():
+            return [self]
+        # The smaller group first: it may be compacted out of bytes the larger one then blanks.
+        small, large = sorted([np.flatnonzero(quoted), np.flatnonzero(~quoted)], key=len)
+        return [self.without(large), self.without(small, in_place=True)]
+
+    def without(self, drop: np.ndarray | list[int], in_place: bool = False) -> _Lines:
+        """This set less the lines at positions ``drop``, blanked out.
+
+        Args:
+            drop: positions in this set.
+            in_place: blank this set's own bytes (when they are a private copy) instead of a new
+                copy; this set must not be used afterwards.
+        """
+        drop = np.asarray(drop, dtype=np.int64)
+        keep = np.ones(len(self), dtype=bool)
+        keep[drop] = False
+        if keep.sum() <= _FEW_LINES:
+            return self._compact(np.flatnonzero(keep))
+        data = self.data if in_place and self.owned else bytearray(self.data)
+        arr = np.frombuffer(data, dtype=np.uint8)
+        if len(drop) <= _FEW_LINES:
+            for i in drop.tolist():
+                arr[self.starts[i] : self.ends[i]] = ord(" ")
+        else:  # many lines: mark every dropped byte at once
+            delta = np.zeros(len(arr) + 1, dtype=np.int64)
+            np.add.at(delta, self.starts[drop], 1)
+            np.add.at(delta, self.ends[drop], -1)
+            arr[np.cumsum(delta[:-1]) > 0] = ord(" ")
+        subset = object.__new__(_Lines)
+        subset.data = data
+        subset.buffer = pa.py_buffer(data)
+        subset.starts, subset.ends = self.starts[keep], self.ends[keep]
+        subset.index = self.index[keep]
+        subset.owned = True
+        return subset
+
+    def _compact(self, keep: np.ndarray) -> _Lines:
+        """Only the lines at positions ``keep`` (few), joined into a new, small block."""
+        pieces = [self.data[self.starts[i] : self.ends[i]] for i in keep.tolist()]
+        subset = object.__new__(_Lines)
+        subset.data = b"\n".join(pieces)
+        subset.buffer = pa.py_buffer(subset.data)
+        lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+        subset.starts = np.cumsum(lengths + 1) - (lengths + 1)  # each line plus its newline
+        subset.ends = subset.starts + lengths
+        subset.index = self.index[keep]
+        subset.owned = False
+        return subset
+
     def raw(self, indices: np.ndarray) -> pa.Array:
         # Dead letters are the rare rows; slicing them one by one keeps their bytes exact.
         return pa.array(
@@ -93,37 +189,16 @@ class _Lines:
         )
 
 
-def _read(buffer: pa.Buffer, schema: EventSchema, quoted_time: bool = False) -> pa.Table:
-    roles = list(schema.string_roles) + ([schema.time] if quoted_time else [])
+def _read(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
     return pj.read_json(
         pa.BufferReader(buffer),
         read_options=pj.ReadOptions(use_threads=True, block_size=_WHOLE_BLOCK),
         parse_options=pj.ParseOptions(
-            explicit_schema=pa.schema([(name, pa.string()) for name in roles]),
+            explicit_schema=pa.schema([(name, pa.string()) for name in schema.string_roles]),
             unexpected_field_behavior="infer",
             newlines_in_values=False,
         ),
     )
-
-
-def _quote_times(data: bytes, schema: EventSchema) -> bytes:
-    """Rewrite ``"time": 123`` as ``"time": "123"`` so mixed ISO/epoch times share one column.
-
-    One regex pass over the whole block (RE2, linear). Inside a JSON string a quote is escaped,
-    so only real ``"time":`` members match (a nested member of the same name is quoted too).
-    """
-    name = re.escape(json.dumps(schema.time))
-    rewritten = pc.replace_substring_regex(
-        pa.array([data], pa.large_binary()),
-        pattern=name + r"(\s*):(\s*)(-?[0-9][0-9.eE+-]*)",
-        replacement=name.replace("\\", "") + r'\1:\2"\3"',
-    )
-    return bytes(rewritten[0].as_buffer())
-
-
-def _is_time_switch(message: str, schema: EventSchema) -> bool:
-    change = _TYPE_CHANGE.search(message)
-    return change is not None and change.group(1).strip("/") == schema.time
 
 
 def _bad_reason(message: str, explicit: tuple[str, ...]) -> tuple[str, bool]:
@@ -143,21 +218,48 @@ def _bad_reason(message: str, explicit: tuple[str, ...]) -> tuple[str, bool]:
     return f"bad_type:{column}", column not in explicit
 
 
-def _read_with_recovery(
-    lines: _Lines, schema: EventSchema, quoted_time: bool
-) -> tuple[list[tuple[int, pa.Table]], list[tuple[int, str]]]:
-    """Read the block in contiguous pieces around the lines Arrow rejects.
+_Read = tuple[list[tuple[np.ndarray, pa.Table]], list[tuple[int, str]]]
+
+
+def _read_lines(lines: _Lines, schema: EventSchema, whole: bool = True) -> _Read:
+    """Read a set of lines: whole if it parses, else misshapen lines out, by time kind, in pieces.
+
+    Returns:
+        Segments as (block line index of each row, table), and (block line index, reason) of
+        the lines that are bad.
+    """
+    if whole:
+        try:
+            return [(lines.index, _read(lines.buffer, schema))], []
+        except pa.ArrowInvalid:
+            pass
+    misshapen = lines.misshapen()
+    bad = [(int(lines.index[i]), reason) for i, reason in misshapen]
+    if misshapen:
+        lines = lines.without([i for i, _ in misshapen])  # a private copy from here on
+    segments: list[tuple[np.ndarray, pa.Table]] = []
+    for group in lines.by_time_kind(schema.time):
+        try:
+            segments.append((group.index, _read(group.buffer, schema)))
+        except pa.ArrowInvalid:
+            more_segments, more_bad = _read_in_pieces(group, schema)
+            segments += more_segments
+            bad += more_bad
+    return segments, bad
+
+
+def _read_in_pieces(lines: _Lines, schema: EventSchema) -> _Read:
+    """Read contiguous pieces around the lines Arrow rejects.
 
     A bad line costs one extra read of the piece it was in; pieces shrink where errors are dense.
     """
-    segments: list[tuple[int, pa.Table]] = []
+    segments: list[tuple[np.ndarray, pa.Table]] = []
     bad: list[tuple[int, str]] = []
-    explicit = (*schema.string_roles, *((schema.time,) if quoted_time else ()))
     pos, total, size = 0, len(lines), _RECOVERY_MAX_LINES // 4
     while pos < total:
         stop = min(total, pos + size)
         try:
-            segments.append((pos, _read(lines.span(pos, stop), schema, quoted_time)))
+            segments.append((lines.index[pos:stop], _read(lines.span(pos, stop), schema)))
             pos, size = stop, min(size * 2, _RECOVERY_MAX_LINES)
             continue
         except pa.ArrowInvalid as exc:
@@ -167,14 +269,15 @@ def _read_with_recovery(
                 row, reason, starts_segment = 0, "invalid_json", False
             else:
                 row = int(found.group(1))
-                reason, starts_segment = _bad_reason(str(exc), explicit)
+                reason, starts_segment = _bad_reason(str(exc), schema.string_roles)
         if row > 0:
             # Everything before the failing row parsed together, so it parses alone too.
-            segments.append((pos, _read(lines.span(pos, pos + row), schema, quoted_time)))
+            prefix = _read(lines.span(pos, pos + row), schema)
+            segments.append((lines.index[pos : pos + row], prefix))
         if starts_segment and row > 0:
             pos += row  # the failing row begins the next piece
         else:
-            bad.append((pos + row, reason))
+            bad.append((int(lines.index[pos + row]), reason))
             pos += row + 1
     return segments, bad
 
@@ -226,7 +329,7 @@ def _cast_or_null(arr: pa.Array, target: pa.DataType) -> pa.Array:
         )
 
 
-def _check_segment(table: pa.Table, schema: EventSchema) -> tuple[pa.Table, pa.Array]:
+def _check_roles(table: pa.Table, schema: EventSchema) -> tuple[pa.Table, pa.Array]:
     """Normalize the time role and return (table, reason per row: null when the row is good)."""
     n = table.num_rows
     original = table.column(schema.time) if schema.time in table.column_names else None
@@ -258,13 +361,30 @@ def _empty(schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([], schema=schema)
 
 
-def decode_ndjson(data: bytes, schema: EventSchema | None = None) -> Decoded:
+@dataclass
+class DecodeHints:
+    """What earlier blocks of one stream showed, so the next block skips reads that would fail.
+
+    Keep one per stream (a source partition) and pass it to every :func:`decode_ndjson` call;
+    results never depend on the hints, only the work done to reach them.
+
+    Attributes:
+        dirty: the last block had bad lines: skip the whole-block read that would fail again.
+    """
+
+    dirty: bool = False
+
+
+def decode_ndjson(
+    data: bytes, schema: EventSchema | None = None, hints: DecodeHints | None = None
+) -> Decoded:
     """Decode a block of newline-delimited JSON events.
 
     Args:
         data: one JSON object per line (``\\n``-separated; a trailing newline is optional).
         schema: role columns; the id, key and type roles must be JSON strings, the time role an
             ISO-8601 string (zone offset optional, UTC assumed) or epoch milliseconds.
+        hints: per-stream hints (see :class:`DecodeHints`), updated by the call.
 
     Returns:
         A :class:`Decoded` with the good events and the dead letters (raw line and a reason:
@@ -279,77 +399,78 @@ def decode_ndjson(data: bytes, schema: EventSchema | None = None) -> Decoded:
         b'{oops'
     """
     schema = schema or EventSchema()
-    original = data
+    hints = hints if hints is not None else DecodeHints()
     lines: _Lines | None = None
-    quoted_time = False
+    segments: list[tuple[np.ndarray, pa.Table]] = []
     bad: list[tuple[int, str]] = []
-    try:
-        segments = [(0, _read(pa.py_buffer(data), schema))]
-    except pa.ArrowInvalid as first_error:
-        if _is_time_switch(str(first_error), schema):
-            # ISO strings and epoch numbers in one block: read every time as a string.
-            data, quoted_time = _quote_times(data, schema), True
+    fast: pa.Table | None = None
+    if not hints.dirty:
         try:
-            segments = [(0, _read(pa.py_buffer(data), schema, quoted_time))]
+            fast = _read(pa.py_buffer(data), schema)
+            segments = [(np.arange(fast.num_rows, dtype=np.int64), fast)]  # row i = line i
         except pa.ArrowInvalid:
-            lines = _Lines(data)
-            segments, bad = _read_with_recovery(lines, schema, quoted_time)
+            fast = None
+    if fast is None:
+        lines = _Lines(data)
+        segments, bad = _read_lines(lines, schema, whole=not hints.dirty)
+    # A stream whose blocks keep having bad lines skips the whole-block read that would fail.
+    hints.dirty = bool(bad)
 
-    tables: list[pa.Table] = []
-    good_lines: list[np.ndarray] = []
-    for first, table in segments:
-        table, reason = _check_segment(table, schema)
-        rows = np.arange(first, first + table.num_rows, dtype=np.int64)
-        is_bad = reason.is_valid().to_numpy(zero_copy_only=False)
-        if is_bad.any():
-            bad.extend(zip(rows[is_bad].tolist(), reason.drop_null().to_pylist(), strict=True))
-            table = table.filter(pc.invert(reason.is_valid()))
-            rows = rows[~is_bad]
-        tables.append(table)
-        good_lines.append(rows)
+    tables = [table for _, table in segments]
+    rows = [index for index, _ in segments]
+    tables, rows = _unify(tables, rows, bad, schema)
+    table = _concat(tables, schema)
+    good_lines = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    if len(good_lines) > 1 and (np.diff(good_lines) < 0).any():
+        order = np.argsort(good_lines, kind="stable")  # groups read apart: back to line order
+        table, good_lines = table.take(pa.array(order)), good_lines[order]
+    table, reason = _check_roles(table, schema)
+    is_bad = reason.is_valid().to_numpy(zero_copy_only=False)
+    if is_bad.any():
+        bad.extend(zip(good_lines[is_bad].tolist(), reason.drop_null().to_pylist(), strict=True))
+        table = table.filter(pc.invert(reason.is_valid()))
+        good_lines = good_lines[~is_bad]
+    good = table.combine_chunks().to_batches()[0] if table.num_rows else _empty(table.schema)
 
-    tables, good_lines = _unify(tables, good_lines, bad)
-    good = _concat(tables, schema)
     dead = _empty(DEAD_LETTER_SCHEMA)
     if bad:
         bad.sort()
-        if lines is None or quoted_time:
-            lines = _Lines(original)  # the raw bytes as they came, not the rewritten ones
+        lines = lines or _Lines(data)
         idx = np.fromiter((b[0] for b in bad), dtype=np.int64, count=len(bad))
         dead = pa.RecordBatch.from_arrays(
             [lines.raw(idx), pa.array([b[1] for b in bad], pa.string()), pa.array(idx)],
             schema=DEAD_LETTER_SCHEMA,
         )
-    return Decoded(
-        good=good,
-        dead=dead,
-        good_lines=np.concatenate(good_lines) if good_lines else np.empty(0, np.int64),
-        lines=good.num_rows + dead.num_rows,
-    )
+    return Decoded(good=good, dead=dead, good_lines=good_lines, lines=good.num_rows + dead.num_rows)
 
 
 def _unify(
-    tables: list[pa.Table], rows: list[np.ndarray], bad: list[tuple[int, str]]
+    tables: list[pa.Table], rows: list[np.ndarray], bad: list[tuple[int, str]], schema: EventSchema
 ) -> tuple[list[pa.Table], list[np.ndarray]]:
     """Keep the segments whose payload types unify; the rows of the others become dead letters.
 
     Segments only exist on the slow path, and each infers its own payload types; a payload column
-    that is a number in one segment and a string in another cannot share one column.
+    that is a number in one segment and a string in another cannot share one column. The time
+    role is left out here: :func:`_concat` reconciles it.
     """
     if len(tables) < 2:
         return tables, rows
+
+    def payload(t: pa.Table) -> pa.Schema:
+        return pa.schema([f for f in t.schema if f.name != schema.time])
+
     try:
-        pa.unify_schemas([t.schema for t in tables], promote_options="permissive")
+        pa.unify_schemas([payload(t) for t in tables], promote_options="permissive")
         return tables, rows
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     kept, kept_rows = [tables[0]], [rows[0]]
-    unified = tables[0].schema
+    unified = payload(tables[0])
     for table, lines in zip(tables[1:], rows[1:], strict=True):
         try:
-            unified = pa.unify_schemas([unified, table.schema], promote_options="permissive")
+            unified = pa.unify_schemas([unified, payload(table)], promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError):
-            reason = f"bad_type:{_conflicting_column(unified, table.schema)}"
+            reason = f"bad_type:{_conflicting_column(unified, payload(table))}"
             bad.extend((int(line), reason) for line in lines)
             continue
         kept.append(table)
@@ -369,13 +490,26 @@ def _conflicting_column(left: pa.Schema, right: pa.Schema) -> str:
     return "schema"
 
 
-def _concat(tables: list[pa.Table], schema: EventSchema) -> pa.RecordBatch:
+def _concat(tables: list[pa.Table], schema: EventSchema) -> pa.Table:
+    """One table from the segments; a time column read as different types becomes strings."""
     if not tables:
         roles = [(name, pa.string()) for name in schema.string_roles]
-        return _empty(pa.schema([*roles, (schema.time, TIME_TYPE)]))
-    table = (
-        tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
-    )
-    if table.num_rows == 0:
-        return _empty(table.schema)
-    return table.combine_chunks().to_batches()[0]
+        return pa.table({n: pa.array([], t) for n, t in [*roles, (schema.time, pa.null())]})
+    kinds = {t.schema.field(schema.time).type for t in tables if schema.time in t.column_names}
+    if len(kinds) > 1:
+        tables = [_time_as_string(t, schema.time) for t in tables]
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _time_as_string(table: pa.Table, column: str) -> pa.Table:
+    if column not in table.column_names:
+        return table
+    values = table.column(column)
+    try:
+        text = pc.cast(values, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # Objects or lists: unusable as times; keep nulls as nulls (missing, not bad).
+        text = pc.if_else(values.is_valid(), pa.scalar("<unusable>"), pa.scalar(None, pa.string()))
+    return table.set_column(table.column_names.index(column), column, text)

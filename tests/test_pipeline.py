@@ -61,7 +61,7 @@ def make_config(lake: Path, **sections: dict[str, Any]) -> PipelineConfig:
 def synthetic(events: int = 24_000) -> SyntheticSource:
     return SyntheticSource(
         events=events, players=1_500, seed=7, start_ms=START_MS, block_rows=2_000,
-        late_share=0.1, stale_share=0.05, malformed_share=0.01,
+        late_share=0.1, stale_share=0.05, malformed_share=0.01, iso_time_share=0.1,
     )  # fmt: skip
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine.sources.base import Source, SourceBlock
 from engine.sources.files import FileSource
+from engine.sources.memory import MemorySource
 from engine.sources.synthetic import EVENT_MIX, SyntheticSource
 
-__all__ = ["EVENT_MIX", "FileSource", "Source", "SourceBlock", "SyntheticSource"]
+__all__ = ["EVENT_MIX", "FileSource", "MemorySource", "Source", "SourceBlock", "SyntheticSource"]

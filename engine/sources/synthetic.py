@@ -50,6 +50,8 @@ class SyntheticSource(Source):
         block_rows: events per block.
         partitions: blocks are dealt round-robin to this many partitions (``"0"``, ``"1"``, ...).
         late_share, stale_share, malformed_share: shares of such events.
+        iso_time_share: share of events whose time is an ISO-8601 string instead of epoch
+            milliseconds (a block mixing both costs the decoder a rewrite pass).
 
     Example:
         >>> src = SyntheticSource(events=5, block_rows=3, start_ms=0, malformed_share=0)
@@ -71,6 +73,7 @@ class SyntheticSource(Source):
         late_share: float = 0.05,
         stale_share: float = 0.02,
         malformed_share: float = 0.001,
+        iso_time_share: float = 0.0,
     ) -> None:
         self.events = events
         self.players = players
@@ -82,6 +85,7 @@ class SyntheticSource(Source):
         self.late_share = late_share
         self.stale_share = stale_share
         self.malformed_share = malformed_share
+        self.iso_time_share = iso_time_share
         self._closed = False
 
     def close(self) -> None:
@@ -125,7 +129,7 @@ class SyntheticSource(Source):
         event_ms = nominal - shift
 
         ms = pa.array(event_ms, pa.int64())
-        iso = rng.random(rows) < 0.1  # a tenth of clients send ISO-8601 strings
+        iso = rng.random(rows) < self.iso_time_share
         iso_text = pc.strftime(ms.cast(pa.timestamp("ms", "UTC")), format="%Y-%m-%dT%H:%M:%SZ")
         time_text = pc.if_else(
             pa.array(iso),
