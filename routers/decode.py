@@ -68,7 +68,7 @@ class _Lines:
     """
 
     def __init__(self, data: bytes) -> None:
-        self.data = data
+        self.data: bytes | bytearray = data
         arr = np.frombuffer(data, dtype=np.uint8)
         newlines = np.flatnonzero(arr == ord("\n"))
         starts = np.concatenate(([0], newlines + 1))
