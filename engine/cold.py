@@ -116,6 +116,9 @@ class _ColdWriter:
         self._oldest = None
         return FlushReport(sorted(seqs), cold_rows, dead_rows, files)
 
+    def ready(self) -> bool:
+        return True
+
     def write_output(self, table: pa.Table, relative_path: str) -> str:
         """Write a path's output table (e.g. hot alerts) to the lake."""
         return self.lake.write_parquet(table, relative_path)

@@ -47,6 +47,9 @@ class _HotActor:
     def state(self) -> pa.Table:
         return self.processor.state()
 
+    def ready(self) -> bool:
+        return True
+
 
 HotActor = ray.remote(_HotActor)
 
@@ -78,6 +81,10 @@ class HotPath:
         #: Output rows of the processor (e.g. alerts) not yet taken by the pipeline.
         self.outputs: list[pa.RecordBatch] = []
         self.rows_done = 0
+
+    def wait_ready(self) -> None:
+        """Block until every actor has started (its process is up and the processor built)."""
+        ray.get([actor.ready.remote() for actor in self.actors])
 
     @property
     def calls_in_flight(self) -> int:

@@ -22,7 +22,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final
 from urllib.parse import quote
 
+from datetime import datetime, timezone
+
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -112,19 +115,20 @@ class Lake:
         """
         if table.num_rows == 0:
             return []
-        keys = {"dt": pc.strftime(table[time_column], format="%Y-%m-%d")}
-        if hourly:
-            keys["hour"] = pc.strftime(table[time_column], format="%H")
+        # Integer hour (or day) buckets: formatting dates once per partition, not once per row.
+        bucket_ms = 3_600_000 if hourly else 86_400_000
+        millis = pc.cast(table[time_column], pa.int64()).to_numpy(zero_copy_only=False)
+        keys = {"__bucket": pa.array(np.floor_divide(millis, bucket_ms))}
         for column in partition_by:
             values = table[column] if column in table.column_names else pa.nulls(table.num_rows)
             keys[column] = pc.cast(values, pa.string())
         groups = pa.table(keys).append_column("__row", pa.array(range(table.num_rows)))
         written = []
         for names, rows in _group_rows(groups, list(keys)):
-            segment = "/".join(
-                f"{k}={v if k in ('dt', 'hour') else encode_partition_value(v)}"
-                for k, v in names.items()
-            )
+            start = datetime.fromtimestamp(names.pop("__bucket") * bucket_ms / 1000, timezone.utc)
+            parts = [f"dt={start:%Y-%m-%d}"] + ([f"hour={start:%H}"] if hourly else [])
+            parts += [f"{k}={encode_partition_value(v)}" for k, v in names.items()]
+            segment = "/".join(parts)
             written.append(
                 self.write_parquet(table.take(rows), f"{directory}/{segment}/{stem}.parquet")
             )

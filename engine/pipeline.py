@@ -204,6 +204,9 @@ class Pipeline:
             cfg.cold.flush_bytes,
             cfg.cold.flush_interval_s,
         )
+        # Deploy before consuming: the first events must not wait for worker processes to boot.
+        self.hot.wait_ready()
+        ray.get(self.cold.ready.remote())
 
     def run(self, progress: Callable[[Progress], None] | None = None) -> RunSummary:
         """Run until the source is exhausted and every path has finished; return a summary."""

@@ -1,0 +1,145 @@
+"""End to end on local Ray: pipeline throughput, hot latency at a fixed rate, and naive dispatch.
+
+One JSON record (also ``results/end_to_end.json``) and a PNG. The workload is generated once, in
+memory, so the generator's own cost is not counted as pipeline time:
+
+1. throughput: the demo pipeline (examples/demo.yaml) over ``--events`` events, as fast as it goes;
+2. latency: the same kind of events paced at ``--latency-rate`` events/s; hot-path p50/p99 from
+   ingest (block read) to state update, weighted by rows;
+3. naive: the hot processor fed one actor call per event (all calls in flight), the baseline.
+
+    python -m benchmarks.end_to_end                  # make bench
+    python -m benchmarks.end_to_end --events 20000 --latency-events 10000 --naive-events 200 --no-plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import pyarrow as pa  # noqa: E402
+import ray  # noqa: E402
+
+from benchmarks._common import RESULTS, emit  # noqa: E402
+from engine.config import PipelineConfig, load_config  # noqa: E402
+from engine.hot import HotActor  # noqa: E402
+from engine.pipeline import Pipeline, init_local_ray  # noqa: E402
+from engine.sources import MemorySource, SourceBlock, SyntheticSource  # noqa: E402
+from routers import Router, decode_ndjson  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def workload(events: int, block_rows: int, seed: int) -> list[SourceBlock]:
+    source = SyntheticSource(events=events, block_rows=block_rows, seed=seed, malformed_share=0.001)
+    return list(source.blocks())
+
+
+def run_pipeline(config: PipelineConfig, blocks: list[SourceBlock], rate: float | None) -> dict:
+    lake = tempfile.mkdtemp(prefix="tc-bench-lake-")
+    try:
+        config = config.model_copy(
+            update={
+                "cold": config.cold.model_copy(update={"lake_uri": lake}),
+                "progress_every_s": 0,
+            }
+        )
+        summary = Pipeline(config, source=MemorySource(blocks, "synthetic", rate=rate)).run()
+        assert summary.hot + summary.warm + summary.cold + summary.dead_letter == summary.events_in
+        return summary.to_json()
+    finally:
+        shutil.rmtree(lake, ignore_errors=True)
+
+
+def naive(config: PipelineConfig, blocks: list[SourceBlock], events: int) -> float:
+    """Events/s through one hot actor with one call per event (every call in flight at once)."""
+    router = Router(config.policy)
+    decoded = decode_ndjson(blocks[0].data or b"", config.policy.schema).good
+    rows = router.split(decoded)["hot"].slice(0, events)
+    singles = [rows.slice(i, 1) for i in range(rows.num_rows)]
+    actor = HotActor.remote(config.hot.processor, config.policy.schema, dict(config.hot.options))
+    ray.get(actor.state.remote())  # started
+    started = time.perf_counter()
+    ray.get([actor.process.remote(one, time.time()) for one in singles])
+    elapsed = time.perf_counter() - started
+    state = ray.get(actor.state.remote())
+    assert pa.compute.sum(state["events_total"]).as_py() == len(singles)
+    ray.kill(actor)
+    return len(singles) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--latency-events", type=int, default=1_000_000)
+    parser.add_argument("--latency-rate", type=float, default=100_000)
+    parser.add_argument("--naive-events", type=int, default=5_000)
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    config = load_config(ROOT / "examples" / "demo.yaml")
+    init_local_ray(args.num_cpus)
+    throughput = run_pipeline(config, workload(args.events, 50_000, seed=1), rate=None)
+    # Smaller blocks when paced: a block every 0.1 s at 100K/s, as a steady stream would bring.
+    latency = run_pipeline(
+        config, workload(args.latency_events, 10_000, seed=2), rate=args.latency_rate
+    )
+    naive_rate = naive(
+        config, workload(max(args.naive_events * 8, 10_000), 50_000, seed=3), args.naive_events
+    )
+    record = {
+        "cpus": args.num_cpus,
+        "events": throughput["events_in"],
+        "events_per_s": throughput["events_per_s"],
+        "elapsed_s": throughput["elapsed_s"],
+        "split": {t: throughput[t] for t in ("hot", "warm", "cold", "dead_letter")},
+        "hot_latency_at_full_speed_ms": throughput["hot_latency_ms"],
+        "latency_rate_events_per_s": args.latency_rate,
+        "latency_events": latency["events_in"],
+        "achieved_rate_events_per_s": latency["events_per_s"],
+        "hot_latency_ms": latency["hot_latency_ms"],
+        "naive_events_per_s": round(naive_rate),
+        "naive_events": args.naive_events,
+        "speedup_vs_naive": round(throughput["events_per_s"] / naive_rate, 1),
+        "targets": {"events_per_s": 500_000, "speedup_vs_naive": 200, "hot_p99_ms": 50},
+    }
+    emit("end_to_end", record, args.results)
+    ray.shutdown()
+    if not args.no_plot:
+        plot(record, args.results)
+
+
+def plot(record: dict, results: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.bar(["pipeline", "naive\n(1 call/event)"],
+             [record["events_per_s"], record["naive_events_per_s"]], color=["C0", "C7"])  # fmt: skip
+    left.axhline(500_000, color="C3", linestyle="--", label="target 500K/s")
+    left.set_yscale("log")
+    left.set_ylabel("events/s (log)")
+    left.set_title(f"throughput, {record['cpus']} CPUs ({record['speedup_vs_naive']}x naive)")
+    left.legend(fontsize=8)
+    lat = record["hot_latency_ms"]
+    right.bar(["p50", "p99"], [lat["p50_ms"] or 0, lat["p99_ms"] or 0], color="C1")
+    right.axhline(50, color="C3", linestyle="--", label="p99 target 50 ms")
+    right.set_ylabel("ms, ingest to hot state")
+    right.set_title(f"hot latency at {record['latency_rate_events_per_s']:,.0f} events/s")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results / "end_to_end.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()
