@@ -19,10 +19,9 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
 from typing import Any, Final
 from urllib.parse import quote
-
-from datetime import datetime, timezone
 
 import fsspec
 import numpy as np

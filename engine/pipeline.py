@@ -206,6 +206,7 @@ class Pipeline:
         )
         # Deploy before consuming: the first events must not wait for worker processes to boot.
         self.hot.wait_ready()
+        self.warm.wait_ready()
         ray.get(self.cold.ready.remote())
 
     def run(self, progress: Callable[[Progress], None] | None = None) -> RunSummary:

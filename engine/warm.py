@@ -44,6 +44,13 @@ def run_micro_batch(
     return batch.num_rows
 
 
+@ray.remote
+def _boot() -> bool:
+    import engine.processors  # noqa: F401 - the import a real micro-batch would pay for
+
+    return True
+
+
 class WarmPath:
     """Driver side of the warm path (see the module docstring)."""
 
@@ -71,6 +78,14 @@ class WarmPath:
         self.rows_done = 0
         self.max_in_flight_seen = 0
         self.max_buffered_rows_seen = 0
+
+    def wait_ready(self) -> None:
+        """Boot the worker processes the first micro-batches will run on (one per task slot)."""
+        options = {
+            "num_cpus": self.config.num_cpus,
+            "resources": dict(self.config.resources) or None,
+        }
+        ray.get([_boot.options(**options).remote() for _ in range(self.config.max_in_flight)])
 
     @property
     def buffered_rows(self) -> int:

@@ -41,3 +41,14 @@ def test_router_throughput_smoke(tmp_path: Path) -> None:
         assert record[f"{key}_events_per_s"] > 0
     assert abs(sum(record["rule_share"].values()) - 1) < 1e-3
     assert (tmp_path / "router_throughput.png").stat().st_size > 0
+
+
+def test_end_to_end_smoke(tmp_path: Path) -> None:
+    record = run_benchmark(
+        "benchmarks.end_to_end", "--events", "20000", "--latency-events", "10000",
+        "--naive-events", "200", "--no-plot", results=tmp_path,
+    )  # fmt: skip
+    assert record["events"] == 20_000
+    assert sum(record["split"].values()) == 20_000
+    assert record["events_per_s"] > 0 and record["naive_events_per_s"] > 0
+    assert record["hot_latency_ms"]["p99_ms"] >= record["hot_latency_ms"]["p50_ms"] > 0
