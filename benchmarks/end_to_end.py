@@ -10,7 +10,7 @@ memory, so the generator's own cost is not counted as pipeline time:
 3. naive: the hot processor fed one actor call per event (all calls in flight), the baseline.
 
     python -m benchmarks.end_to_end                  # make bench
-    python -m benchmarks.end_to_end --events 20000 --latency-events 10000 --naive-events 200 --no-plot
+    python -m benchmarks.end_to_end --events 20000 --latency-events 10000 --naive-events 200
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ def plot(record: dict, results: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.bar(["pipeline", "naive\n(1 call/event)"],
-             [record["events_per_s"], record["naive_events_per_s"]], color=["C0", "C7"])  # fmt: skip
+    rates = [record["events_per_s"], record["naive_events_per_s"]]
+    left.bar(["pipeline", "naive\n(1 call/event)"], rates, color=["C0", "C7"])
     left.axhline(500_000, color="C3", linestyle="--", label="target 500K/s")
     left.set_yscale("log")
     left.set_ylabel("events/s (log)")
