@@ -34,10 +34,10 @@ typecheck: setup
 	$(BIN)/mypy
 
 bench-router: setup
-	$(BIN)/python benchmarks/router_throughput.py
+	$(BIN)/python -m benchmarks.router_throughput
 
 bench: setup
-	$(BIN)/python benchmarks/end_to_end.py
+	$(BIN)/python -m benchmarks.end_to_end
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache lake

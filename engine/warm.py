@@ -7,6 +7,7 @@ beyond that the driver waits (backpressure), so the buffer never holds more than
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from engine.cold import _THROUGHPUT_NICENESS
 from engine.config import WarmConfig
 from engine.lake import Lake, file_stem
 from engine.processors import warm_processor
@@ -39,6 +41,7 @@ def run_micro_batch(
     """
     import engine.processors  # noqa: F401 - registers the built-in processors in this worker
 
+    _yield_cpu_to_hot()
     output = warm_processor(processor)(schema, **options).process(batch)
     Lake(lake_uri, storage_options).write_parquet(output, relative_path)
     return batch.num_rows
@@ -48,7 +51,14 @@ def run_micro_batch(
 def _boot() -> bool:
     import engine.processors  # noqa: F401 - the import a real micro-batch would pay for
 
+    _yield_cpu_to_hot()
     return True
+
+
+def _yield_cpu_to_hot() -> None:
+    """Lower this worker's CPU priority once (see ``engine.cold._THROUGHPUT_NICENESS``)."""
+    if os.getpriority(os.PRIO_PROCESS, 0) < _THROUGHPUT_NICENESS:
+        os.setpriority(os.PRIO_PROCESS, 0, _THROUGHPUT_NICENESS)
 
 
 class WarmPath:
