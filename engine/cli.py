@@ -34,17 +34,28 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_progress(p: Any) -> None:
-    r = p.routed
-    rate = p.events_in / p.elapsed_s if p.elapsed_s else 0
-    print(
-        f"[{p.elapsed_s:6.1f}s] in {p.events_in:>10,} ({rate:>9,.0f}/s) | "
-        f"hot {r['hot']:>9,} calls={p.hot_calls_in_flight} | "
-        f"warm {r['warm']:>9,} buffered={p.warm_buffered_rows:,} tasks={p.warm_tasks_in_flight} | "
-        f"cold {r['cold']:>9,} writes={p.cold_calls_in_flight} | dead {p.dead_letter:,}",
-        file=sys.stderr,
-        flush=True,
-    )
+class _ProgressPrinter:
+    """One line per progress report: rows/s since the last line per path, queues, in-flight."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, dict[str, int]] = (0.0, {"in": 0, "hot": 0, "warm": 0, "cold": 0})
+
+    def __call__(self, p: Any) -> None:
+        now = {"in": p.events_in, **p.routed}
+        then, before = self._last
+        span = max(p.elapsed_s - then, 1e-9)
+        rate = {k: (now[k] - before[k]) / span for k in now}
+        self._last = (p.elapsed_s, now)
+        print(
+            f"[{p.elapsed_s:6.1f}s] in {now['in']:>10,} {rate['in']:>9,.0f}/s | "
+            f"hot {rate['hot']:>8,.0f}/s calls={p.hot_calls_in_flight} | "
+            f"warm {rate['warm']:>8,.0f}/s queued={p.warm_buffered_rows:,} "
+            f"tasks={p.warm_tasks_in_flight} | "
+            f"cold {rate['cold']:>8,.0f}/s writes={p.cold_calls_in_flight} | "
+            f"dead {p.dead_letter:,}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -68,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     from engine.pipeline import Pipeline, init_local_ray
 
     init_local_ray(args.num_cpus)
-    summary = Pipeline(config).run(progress=_print_progress)
+    summary = Pipeline(config).run(progress=_ProgressPrinter())
     result = summary.to_json()
     total = summary.hot + summary.warm + summary.cold + summary.dead_letter
     print(

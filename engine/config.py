@@ -58,6 +58,18 @@ class SourceConfig(_Frozen):
     malformed_share: float = Field(0.001, ge=0, le=1)
     #: Share of events sending their time as an ISO-8601 string rather than epoch milliseconds.
     iso_time_share: float = Field(0.0, ge=0, le=1)
+    #: synthetic: event types and their relative weights (default: engine.sources.EVENT_MIX).
+    event_mix: dict[str, float] | None = None
+
+    @field_validator("event_mix")
+    @classmethod
+    def _positive_mix(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
+        if mix is not None and (
+            not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0
+        ):
+            raise ValueError("expected event types with weights >= 0 and a positive total")
+        return mix
+
     #: file: a path (file or folder); format from the extension unless given.
     path: str | None = None
     format: Literal["auto", "ndjson", "parquet"] = "auto"

@@ -78,6 +78,7 @@ def source_from_config(config: PipelineConfig, start_ms: int | None = None) -> S
         stale_share=s.stale_share,
         malformed_share=s.malformed_share,
         iso_time_share=s.iso_time_share,
+        event_mix=s.event_mix,
     )
 
 

@@ -88,3 +88,23 @@ def test_processor_names() -> None:
 def test_storage_secrets_stay_out_of_repr() -> None:
     config = PipelineConfig.from_dict({"cold": {"storage_options": {"secret": "hunter2"}}})
     assert "hunter2" not in repr(config)
+
+
+def test_event_mix_is_validated_and_used() -> None:
+    assert any(
+        p.startswith("source.event_mix: expected event types")
+        for p in problems({"source": {"event_mix": {"a": -1}}})
+    )
+    from engine.pipeline import source_from_config
+
+    config = PipelineConfig.from_dict(
+        {
+            "source": {
+                "events": 2_000,
+                "event_mix": {"purchase": 1, "refund": 0},
+                "malformed_share": 0,
+            }
+        }
+    )
+    data = b"".join(b.data or b"" for b in source_from_config(config).blocks())
+    assert data.count(b'"event_type":"purchase"') == 2_000

@@ -51,7 +51,8 @@ class SyntheticSource(Source):
         partitions: blocks are dealt round-robin to this many partitions (``"0"``, ``"1"``, ...).
         late_share, stale_share, malformed_share: shares of such events.
         iso_time_share: share of events whose time is an ISO-8601 string instead of epoch
-            milliseconds (a block mixing both costs the decoder a rewrite pass).
+            milliseconds (a block mixing both is read by the decoder as two groups).
+        event_mix: event types and relative weights (default :data:`EVENT_MIX`).
 
     Example:
         >>> src = SyntheticSource(events=5, block_rows=3, start_ms=0, malformed_share=0)
@@ -74,6 +75,7 @@ class SyntheticSource(Source):
         stale_share: float = 0.02,
         malformed_share: float = 0.001,
         iso_time_share: float = 0.0,
+        event_mix: dict[str, float] | None = None,
     ) -> None:
         self.events = events
         self.players = players
@@ -86,6 +88,10 @@ class SyntheticSource(Source):
         self.stale_share = stale_share
         self.malformed_share = malformed_share
         self.iso_time_share = iso_time_share
+        mix = event_mix or EVENT_MIX
+        total = sum(mix.values())
+        self._kinds = np.array(list(mix))
+        self._kind_p = np.array([w / total for w in mix.values()])
         self._closed = False
 
     def close(self) -> None:
@@ -116,8 +122,7 @@ class SyntheticSource(Source):
         """NDJSON of events ``first`` .. ``first + rows - 1`` (deterministic per seed and index)."""
         rng = np.random.default_rng([self.seed, first])
         seq = np.arange(first, first + rows)
-        kinds = np.array(list(EVENT_MIX))
-        event_type = kinds[rng.choice(len(kinds), rows, p=list(EVENT_MIX.values()))]
+        event_type = self._kinds[rng.choice(len(self._kinds), rows, p=self._kind_p)]
         nominal = self.start_ms + (seq * _NOMINAL_STEP_MS).astype(np.int64)
         roll = rng.random(rows)
         late = rng.integers(5_000, 600_000, rows)  # 5 s to 10 min
