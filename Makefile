@@ -10,9 +10,19 @@ STAMP := $(VENV)/.installed
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup run test lint typecheck bench bench-router clean
+KAFKA_LIBS := .cache/kafka/libs
+KAFKA_STAMP := $(KAFKA_LIBS)/.installed
 
-setup: $(STAMP)
+.PHONY: setup run test lint typecheck bench bench-router bench-kafka kafka-jars clean
+
+setup: $(STAMP) $(KAFKA_STAMP)
+
+# Apache Kafka's jars from Maven Central, for the tests' real KRaft broker (needs java and mvn).
+kafka-jars: $(KAFKA_STAMP)
+
+$(KAFKA_STAMP): scripts/kafka/pom.xml
+	mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS)
+	touch $(KAFKA_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,4 +50,4 @@ bench: setup
 	$(BIN)/python -m benchmarks.end_to_end
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache lake
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache lake

@@ -36,3 +36,73 @@ def ray_local() -> Iterator[None]:
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real Kafka broker: ``KAFKA_BOOTSTRAP`` if set, else a KRaft broker started for the session."""
+    existing = os.environ.get("KAFKA_BOOTSTRAP")
+    if existing:
+        yield existing
+        return
+    from scripts.services import start_kafka
+
+    broker = start_kafka()
+    yield broker.address
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server: ``S3_ENDPOINT_URL`` if set, else moto's server for the session.
+
+    With moto, dummy credentials and the region go into the environment (as users configure
+    s3fs through the standard AWS variables), so Ray workers see them too.
+    """
+    existing = os.environ.get("S3_ENDPOINT_URL")
+    if existing:
+        yield existing
+        return
+    from scripts.services import start_s3
+
+    server = start_s3()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server.address
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def topic(kafka_bootstrap: str) -> Iterator[str]:
+    """A fresh 6-partition topic per test."""
+    import uuid
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    name = f"events-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(name, num_partitions=6, replication_factor=1)])
+    yield name
+    admin.delete_topics([name])
+    admin.close()
+
+
+@pytest.fixture
+def s3_lake(s3_endpoint: str) -> Iterator[tuple[str, dict]]:
+    """A fresh bucket; yields (lake URI, fsspec storage options)."""
+    import uuid
+
+    import s3fs
+
+    bucket = f"lake-{uuid.uuid4().hex[:10]}"
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir(bucket)
+    yield f"s3://{bucket}/lake", options
+    fs.rm(bucket, recursive=True)
