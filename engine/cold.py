@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, file_stem
@@ -45,7 +44,7 @@ class _Pending:
     first: int
     last: int
     cold: pa.RecordBatch
-    dead: pa.RecordBatch
+    dead: pa.Table
 
 
 class _ColdWriter:
@@ -84,7 +83,7 @@ class _ColdWriter:
         first: int,
         last: int,
         cold: pa.RecordBatch,
-        dead: pa.RecordBatch,
+        dead: pa.Table,
     ) -> FlushReport:
         """Buffer one block's cold rows and dead letters; flush if a trigger fires."""
         self._pending[partition].append(_Pending(seq, first, last, cold, dead))
@@ -112,8 +111,7 @@ class _ColdWriter:
                 files += self.lake.write_partitioned(
                     cold, self.schema.time, stem, EVENTS_DIR, self.partition_by
                 )
-            dead_batches = [_with_position(b, self.source_name, partition) for b in blocks]
-            dead = pa.concat_tables(dead_batches)
+            dead = pa.concat_tables([_with_source(b, self.source_name, partition) for b in blocks])
             if dead.num_rows:
                 files.append(self.lake.write_parquet(dead, f"{DEAD_LETTER_DIR}/{stem}.parquet"))
             cold_rows += cold.num_rows
@@ -135,13 +133,9 @@ class _ColdWriter:
 ColdWriter = ray.remote(_ColdWriter)
 
 
-def _with_position(block: _Pending, source: str, partition: str) -> pa.Table:
-    """Dead letters of one block with where they came from (source, partition, offset)."""
-    dead = pa.Table.from_batches([block.dead])
-    n = dead.num_rows
-    offsets = pc.add(dead["line"], block.first) if n else pa.array([], pa.int64())
-    return (
-        dead.append_column("source", pa.array([source] * n, pa.string()))
-        .append_column("partition", pa.array([partition] * n, pa.string()))
-        .append_column("offset", offsets)
+def _with_source(block: _Pending, source: str, partition: str) -> pa.Table:
+    """Dead letters of one block with where they came from (their offsets are already there)."""
+    n = block.dead.num_rows
+    return block.dead.append_column("source", pa.array([source] * n, pa.string())).append_column(
+        "partition", pa.array([partition] * n, pa.string())
     )

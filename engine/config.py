@@ -35,14 +35,18 @@ def _duration(value: Any) -> str:
     return str(value)
 
 
+def _optional_duration(value: Any) -> str | None:
+    return None if value is None else _duration(value)
+
+
 class SourceConfig(_Frozen):
     """Where events come from.
 
     ``synthetic`` generates seeded game telemetry; ``file`` reads NDJSON or Parquet (a file or a
-    folder of them).
+    folder of them); ``kafka`` consumes topics as a consumer group member.
     """
 
-    kind: Literal["synthetic", "file"] = "synthetic"
+    kind: Literal["synthetic", "file", "kafka"] = "synthetic"
     #: synthetic: events to generate.
     events: int = Field(1_000_000, ge=0)
     #: synthetic: events per second of wall time (None: as fast as the pipeline takes them).
@@ -74,10 +78,28 @@ class SourceConfig(_Frozen):
     path: str | None = None
     format: Literal["auto", "ndjson", "parquet"] = "auto"
 
+    #: kafka: ``host:port[,host:port]``, topics, consumer group.
+    bootstrap: str | None = None
+    topics: tuple[str, ...] = ()
+    group: str = "thermocline"
+    #: kafka: where partitions without a checkpoint or commit start: committed (else earliest),
+    #: earliest, latest, or an epoch-milliseconds timestamp.
+    start: Literal["committed", "earliest", "latest"] | int = "committed"
+    #: kafka: records per poll; stop after this long idle / this many records (None: never).
+    max_records: int = Field(20_000, ge=1)
+    idle_timeout: str | None = None
+    max_events: int | None = Field(None, ge=0)
+    #: kafka: extra KafkaConsumer settings (e.g. security); kept out of reprs and logs.
+    consumer: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    _check_idle = field_validator("idle_timeout")(_optional_duration)
+
     @model_validator(mode="after")
-    def _file_needs_path(self) -> SourceConfig:
+    def _kind_needs(self) -> SourceConfig:
         if self.kind == "file" and not self.path:
             raise ValueError("kind 'file' needs 'path': a file or folder of .ndjson/.parquet")
+        if self.kind == "kafka" and (not self.bootstrap or not self.topics):
+            raise ValueError("kind 'kafka' needs 'bootstrap' (host:port) and 'topics' (a list)")
         return self
 
 
@@ -171,6 +193,12 @@ class PipelineConfig(_Frozen):
     cold: ColdConfig = Field(default_factory=ColdConfig)
     #: Seconds between progress lines (0: none).
     progress_every_s: float = Field(1.0, ge=0)
+    #: How often a checkpointed source (Kafka) is checkpointed: drain, flush, snapshot, commit.
+    checkpoint_interval: str = "5s"
+    #: Kafka topic the hot path's output rows (alerts) are produced to (None: lake only).
+    alerts_topic: str | None = None
+
+    _check_checkpoint = field_validator("checkpoint_interval")(_duration)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:

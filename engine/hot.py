@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from engine.config import HotConfig
@@ -38,11 +39,33 @@ class _HotActor:
     def __init__(self, processor: str, schema: EventSchema, options: dict[str, Any]) -> None:
         import engine.processors  # noqa: F401 - registers the built-in processors in this worker
 
+        self.schema = schema
         self.processor = hot_processor(processor)(schema, **options)
+        #: Source partition each key's rows came from, so state is saved per source partition.
+        self.partition_of: dict[str, str] = {}
 
-    def process(self, batch: pa.RecordBatch, ingest_ts: float) -> HotResult:
+    def process(self, batch: pa.RecordBatch, ingest_ts: float, partition: str = "") -> HotResult:
         output = self.processor.process(batch)
+        # One partition per call: a dict update over the call's distinct keys (C-level loop).
+        self.partition_of.update(
+            dict.fromkeys(pc.unique(batch.column(self.schema.key)).to_pylist(), partition)
+        )
         return HotResult(batch.num_rows, time.time() - ingest_ts, output)
+
+    def snapshot(self) -> pa.Table:
+        """The processor's snapshot with each key's source partition (``__partition``)."""
+        rows = self.processor.snapshot()
+        keys = rows.column(self.schema.key).to_pylist()
+        owners = [self.partition_of.get(k, "") for k in keys]
+        return rows.append_column("__partition", pa.array(owners, pa.string()))
+
+    def restore(self, rows: pa.Table) -> int:
+        """Add the snapshot rows of keys this actor owns; returns how many."""
+        partitions = rows.column("__partition").to_pylist()
+        keys = rows.column(self.schema.key).to_pylist()
+        self.partition_of.update(zip(keys, partitions, strict=True))
+        self.processor.restore(rows.drop_columns(["__partition"]))
+        return rows.num_rows
 
     def state(self) -> pa.Table:
         return self.processor.state()
@@ -90,7 +113,9 @@ class HotPath:
     def calls_in_flight(self) -> int:
         return sum(len(calls) for calls in self.inflight)
 
-    def submit(self, batch: pa.RecordBatch, seq: int, ingest_ts: float) -> list[int]:
+    def submit(
+        self, batch: pa.RecordBatch, seq: int, ingest_ts: float, partition: str = ""
+    ) -> list[int]:
         """Send the rows of block ``seq`` to their actors.
 
         Returns:
@@ -112,7 +137,9 @@ class HotPath:
         for actor, lo, hi in spans:
             while len(self.inflight[actor]) >= self.config.max_in_flight:
                 done += self._wait(list(self.inflight[actor]), num_returns=1)
-            ref = self.actors[actor].process.remote(grouped.slice(lo, hi - lo), ingest_ts)
+            ref = self.actors[actor].process.remote(
+                grouped.slice(lo, hi - lo), ingest_ts, partition
+            )
             self.inflight[actor][ref] = seq
         return done
 
@@ -139,6 +166,23 @@ class HotPath:
                 del self._calls_left[seq]
                 done.append(seq)
         return done
+
+    def snapshot(self) -> pa.Table:
+        """Snapshot rows of every key from all actors; call with no call in flight."""
+        return pa.concat_tables(ray.get([actor.snapshot.remote() for actor in self.actors]))
+
+    def restore(self, rows: pa.Table) -> None:
+        """Send snapshot rows to the actors that own their keys' key groups."""
+        if rows.num_rows == 0:
+            return
+        owners = self.owner[key_groups(rows.column(self.schema.key), self.config.key_groups)]
+        ray.get(
+            [
+                actor.restore.remote(rows.filter(pa.array(owners == i)))
+                for i, actor in enumerate(self.actors)
+                if (owners == i).any()
+            ]
+        )
 
     def state(self) -> pa.Table:
         """The state of every key, from all actors (one row per key)."""

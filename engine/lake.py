@@ -133,6 +133,30 @@ class Lake:
             )
         return written
 
+    def write_text(self, text: str, relative: str) -> str:
+        """Write a small text file atomically (temporary name, then rename)."""
+        final = self.path(relative)
+        folder, name = final.rsplit("/", 1)
+        self.fs.makedirs(folder, exist_ok=True)
+        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open(temporary, "wb") as handle:
+            handle.write(text.encode())
+        self.fs.mv(temporary, final)
+        return final
+
+    def read_text(self, relative: str) -> str | None:
+        """A small text file's content, or None when it does not exist."""
+        try:
+            with self.fs.open(self.path(relative), "rb") as handle:
+                return bytes(handle.read()).decode()
+        except FileNotFoundError:
+            return None
+
+    def files(self, directory: str) -> list[str]:
+        """Every file below ``directory`` (full paths; empty when it does not exist)."""
+        path = self.path(directory)
+        return sorted(self.fs.find(path)) if self.fs.exists(path) else []
+
     def read(self, directory: str) -> pa.Table:
         """Read a lake directory back as one table (Hive partition columns included)."""
         import pyarrow.dataset as ds

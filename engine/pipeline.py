@@ -25,17 +25,29 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
+from engine.checkpoint import Checkpoints
 from engine.cold import ColdWriter, FlushReport
 from engine.config import PipelineConfig
 from engine.hot import HotPath
-from engine.lake import file_stem
+from engine.lake import Lake, file_stem
 from engine.positions import PositionTracker
+from engine.sinks import KafkaSink
 from engine.sources import FileSource, Source, SourceBlock, SyntheticSource
+from engine.sources.kafka import KafkaSource
 from engine.warm import WarmPath
-from routers import DEAD_LETTER_SCHEMA, DecodeHints, Router, decode_ndjson
+from routers import (
+    DEAD_LETTER_SCHEMA,
+    ConfigError,
+    DecodeHints,
+    Router,
+    decode_ndjson,
+    parse_duration_ms,
+)
 
 __all__ = ["Pipeline", "Progress", "RunSummary", "init_local_ray", "source_from_config"]
 
@@ -63,6 +75,20 @@ def init_local_ray(num_cpus: int | None = None) -> None:
 def source_from_config(config: PipelineConfig, start_ms: int | None = None) -> Source:
     """The source a config describes."""
     s = config.source
+    if s.kind == "kafka":
+        assert s.bootstrap is not None  # checked at load
+        return KafkaSource(
+            s.bootstrap,
+            s.topics,
+            s.group,
+            start=s.start,
+            max_records=s.max_records,
+            idle_timeout_s=None
+            if s.idle_timeout is None
+            else parse_duration_ms(s.idle_timeout) / 1000,
+            max_events=s.max_events,
+            config=dict(s.consumer),
+        )
     if s.kind == "file":
         assert s.path is not None  # checked at load
         return FileSource(s.path, s.format, s.block_rows)
@@ -115,6 +141,7 @@ class RunSummary:
     alerts: int
     outputs: dict[str, str]
     bounds: dict[str, int] = field(default_factory=dict)
+    checkpoints: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -136,6 +163,7 @@ class RunSummary:
             "outputs": self.outputs,
             "done_positions": self.done_positions,
             "bounds": self.bounds,
+            "checkpoints": self.checkpoints,
         }
 
 
@@ -169,6 +197,16 @@ class Pipeline:
         self.hot: HotPath | None = None
         self.warm: WarmPath | None = None
         self.cold: Any = None  # the ColdWriter actor handle once running
+        self._cold_inflight: list[ray.ObjectRef] = []
+        self._counts = {"events_in": 0, "hot": 0, "warm": 0, "cold": 0, "dead_letter": 0}
+        self._first: dict[str, int] = {}  # first offset of each partition in this run
+        self._seq = 0
+        #: Partitions whose keys' state is in our actors, with the checkpoint it matches.
+        self._held: dict[str, int] = {}
+        self.checkpoints_taken = 0
+        self.alerts_written = 0
+        self.recovered_files: list[str] = []
+        self._alerts_sink: KafkaSink | None = None
 
     @property
     def source(self) -> Source:
@@ -185,9 +223,12 @@ class Pipeline:
         assert self.hot is not None, "run() first"
         return self.hot.state()
 
+    # -- lifecycle ----------------------------------------------------------------------------
+
     def _start_paths(self) -> None:
         cfg = self.config
         storage = dict(cfg.cold.storage_options)
+        self.lake = Lake(cfg.cold.lake_uri, storage)
         self.hot = HotPath(cfg.hot, cfg.policy.schema)
         self.warm = WarmPath(
             cfg.warm, cfg.policy.schema, cfg.cold.lake_uri, storage, self.source.name
@@ -205,103 +246,242 @@ class Pipeline:
             cfg.cold.flush_bytes,
             cfg.cold.flush_interval_s,
         )
+        self.checkpoints = Checkpoints(
+            self.lake, self.source.name, (f"warm/{cfg.warm.output_name}",)
+        )
+        if cfg.alerts_topic:
+            bootstrap = cfg.source.bootstrap
+            if not bootstrap:
+                raise ConfigError(["alerts_topic: needs a Kafka source.bootstrap to produce to"])
+            self._alerts_sink = KafkaSink(bootstrap, cfg.alerts_topic, key_column="player_id")
         # Deploy before consuming: the first events must not wait for worker processes to boot.
         self.hot.wait_ready()
         self.warm.wait_ready()
         ray.get(self.cold.ready.remote())
 
     def run(self, progress: Callable[[Progress], None] | None = None) -> RunSummary:
-        """Run until the source is exhausted and every path has finished; return a summary."""
+        """Run until the source is exhausted and every path has finished; return a summary.
+
+        With a checkpointed source (Kafka), a checkpoint is taken every ``checkpoint_interval``,
+        before partitions are revoked, and at the end.
+        """
         init_local_ray()
         self._start_paths()
-        assert self.hot is not None and self.warm is not None and self.cold is not None
-        started = time.monotonic()
-        counts = {"events_in": 0, "hot": 0, "warm": 0, "cold": 0, "dead_letter": 0}
-        cold_inflight: list[ray.ObjectRef] = []
-        last_report = started
-        alerts_written = 0
-
-        def acked(seqs: list[int]) -> None:
-            for seq in seqs:
-                self.tracker.ack(seq)
-
-        def collect_cold(timeout: float | None, num_returns: int = 1) -> None:
-            if not cold_inflight:
-                return
-            ready, _ = ray.wait(
-                cold_inflight, num_returns=min(num_returns, len(cold_inflight)), timeout=timeout
-            )
-            for ref in ready:
-                cold_inflight.remove(ref)
-                report: FlushReport = ray.get(ref)
-                acked(report.seqs)
-
-        first: dict[str, int] = {}  # first offset of each partition in this run
-        for seq, block in enumerate(self.source.blocks()):
-            ingest_ts = time.time()
-            first.setdefault(block.partition, block.first_offset)
-            good, dead, lines = self._decode(block)
-            parts = self.router.split(good, now=self.clock())
-            counts["events_in"] += lines
-            counts["dead_letter"] += dead.num_rows
-            for temperature, part in parts.items():
-                counts[temperature] += part.num_rows
-            self.tracker.open(seq, block.partition, block.last_offset, _PATHS)
-
-            acked(self.hot.submit(parts["hot"], seq, ingest_ts))
-            acked(self.warm.add(parts["warm"], seq, block.partition, block.first_offset))
-            while len(cold_inflight) >= _COLD_IN_FLIGHT:
-                collect_cold(timeout=None)
-            cold_inflight.append(
-                self.cold.write.remote(
-                    seq, block.partition, block.first_offset, block.last_offset, parts["cold"], dead
-                )
-            )
-            acked(self.hot.poll())
-            acked(self.warm.tick())
-            collect_cold(timeout=0, num_returns=len(cold_inflight))
-            if (
-                progress
-                and self.config.progress_every_s
-                and time.monotonic() - last_report >= self.config.progress_every_s
-            ):
-                last_report = time.monotonic()
-                progress(self._progress(started, counts, len(cold_inflight)))
-
-        # Drain: submit the last micro-batch, flush the lake writer, wait for everything.
-        acked(self.warm.flush())
-        acked(self.hot.poll(timeout=None))
-        acked(self.warm.poll(timeout=None))
-        collect_cold(timeout=None, num_returns=len(cold_inflight))
-        final: FlushReport = ray.get(self.cold.flush.remote())
-        acked(final.seqs)
-        if self.hot.outputs:
-            alerts = pa.Table.from_batches(self.hot.outputs)
-            alerts = alerts.sort_by([(c, "ascending") for c in alerts.column_names])
-            # Named by the source ranges of the run, so a rerun of them overwrites, not adds.
-            ranges = sorted((p, first[p], last) for p, last in self.tracker.done().items())
-            stem = "_".join(file_stem(self.source.name, p, a, b) for p, a, b in ranges)
-            if len(stem) > 120:
-                stem = hashlib.sha1(stem.encode()).hexdigest()
-            ray.get(self.cold.write_output.remote(alerts, f"hot/alerts/alerts-{stem}.parquet"))
-            alerts_written = alerts.num_rows
-            self.hot.outputs.clear()
+        assert self.hot is not None and self.warm is not None
+        source = self.source
+        source.on_revoke = self._on_revoke
+        source.on_assign = self._on_assign
+        interval = parse_duration_ms(self.config.checkpoint_interval) / 1000
+        started = last_report = last_checkpoint = time.monotonic()
+        for block in source.blocks():
+            self._ingest(block)
+            self._collect()
+            now = time.monotonic()
+            if source.checkpointed and now - last_checkpoint >= interval:
+                self.checkpoint()
+                last_checkpoint = time.monotonic()
+            every = self.config.progress_every_s
+            if progress and every and now - last_report >= every:
+                last_report = now
+                progress(self._progress(started))
+        if source.checkpointed:
+            self.checkpoint()
+        else:
+            self.drain()
+            self._write_alerts()
         elapsed = time.monotonic() - started
         if progress:
-            progress(self._progress(started, counts, 0))
-        lake = self.config.cold.lake_uri.rstrip("/")
-        return RunSummary(
+            progress(self._progress(started))
+        if self._alerts_sink is not None:
+            self._alerts_sink.close()
+        return self._summary(elapsed)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _ingest(self, block: SourceBlock) -> None:
+        """Decode, route and hand one block to the three paths."""
+        assert self.hot is not None and self.warm is not None
+        seq, self._seq = self._seq, self._seq + 1
+        ingest_ts = time.time()
+        self._first.setdefault(block.partition, block.first_offset)
+        good, dead, lines = self._decode(block)
+        parts = self.router.split(good, now=self.clock())
+        self._counts["events_in"] += lines
+        self._counts["dead_letter"] += dead.num_rows
+        for temperature, part in parts.items():
+            self._counts[temperature] += part.num_rows
+        self.tracker.open(seq, block.partition, block.last_offset, _PATHS)
+        self._acked(self.hot.submit(parts["hot"], seq, ingest_ts, block.partition))
+        self._acked(self.warm.add(parts["warm"], seq, block.partition, block.first_offset))
+        while len(self._cold_inflight) >= _COLD_IN_FLIGHT:
+            self._collect_cold(timeout=None, num_returns=1)
+        self._cold_inflight.append(
+            self.cold.write.remote(
+                seq, block.partition, block.first_offset, block.last_offset, parts["cold"], dead
+            )
+        )
+
+    def _acked(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            self.tracker.ack(seq)
+
+    def _collect(self) -> None:
+        """Take whatever acknowledgements are ready, without waiting."""
+        assert self.hot is not None and self.warm is not None
+        self._acked(self.hot.poll())
+        self._acked(self.warm.tick())
+        self._collect_cold(timeout=0, num_returns=len(self._cold_inflight))
+
+    def _collect_cold(self, timeout: float | None, num_returns: int) -> None:
+        if not self._cold_inflight:
+            return
+        ready, _ = ray.wait(
+            self._cold_inflight,
+            num_returns=min(max(num_returns, 1), len(self._cold_inflight)),
+            timeout=timeout,
+        )
+        for ref in ready:
+            self._cold_inflight.remove(ref)
+            report: FlushReport = ray.get(ref)
+            self._acked(report.seqs)
+
+    def drain(self) -> None:
+        """Finish everything read so far: last micro-batch, every call, a lake flush."""
+        assert self.hot is not None and self.warm is not None
+        self._acked(self.warm.flush())
+        self._acked(self.hot.poll(timeout=None))
+        self._acked(self.warm.poll(timeout=None))
+        self._collect_cold(timeout=None, num_returns=len(self._cold_inflight))
+        final: FlushReport = ray.get(self.cold.flush.remote())
+        self._acked(final.seqs)
+        if self.tracker.open_blocks:
+            raise RuntimeError(f"{self.tracker.open_blocks} blocks still open after a drain")
+
+    def checkpoint(self) -> dict[str, int]:
+        """Aligned checkpoint, in this order (a crash at any step leaves the last one valid):
+
+        1. drain: every block read so far is in the lake and applied to hot state;
+        2. flush sinks: path outputs (alerts) to the lake and Kafka, delivery confirmed;
+        3. snapshot hot state, per source partition, then each partition's ``CURRENT.json``;
+        4. commit the done offsets to the source (Kafka).
+
+        Returns:
+            The checkpointed positions (last offset per partition).
+        """
+        assert self.hot is not None
+        self.drain()
+        self._write_alerts()
+        positions = self.tracker.done()
+        if positions:
+            self.checkpoints.save(positions, self.hot.snapshot())
+        self.source.commit(positions)
+        self._held.update(positions)
+        self.checkpoints_taken += 1
+        return positions
+
+    def _write_alerts(self) -> None:
+        assert self.hot is not None
+        if not self.hot.outputs:
+            return
+        alerts = pa.Table.from_batches(self.hot.outputs)
+        self.hot.outputs.clear()
+        alerts = alerts.sort_by([(c, "ascending") for c in alerts.column_names])
+        # Named by the source ranges covered so far, so a rerun of them overwrites, not adds.
+        ranges = sorted((p, self._first[p], last) for p, last in self.tracker.done().items())
+        stem = "_".join(file_stem(self.source.name, p, a, b) for p, a, b in ranges)
+        if len(stem) > 120:
+            stem = hashlib.sha1(stem.encode()).hexdigest()
+        ray.get(self.cold.write_output.remote(alerts, f"hot/alerts/alerts-{stem}.parquet"))
+        if self._alerts_sink is not None:
+            self._alerts_sink.send(alerts)
+            self._alerts_sink.flush()
+        self.alerts_written += alerts.num_rows
+
+    # -- rebalance hooks (called by the source from inside blocks(), in this thread) ---------
+
+    def _on_revoke(self, partitions: list[str]) -> None:
+        self.checkpoint()  # everything read so far, from every partition, is done and committed
+
+    def _on_assign(self, partitions: dict[str, int]) -> dict[str, int]:
+        """Where each newly assigned partition resumes; restores state and cleans the lake.
+
+        Args:
+            partitions: name -> the source's own resume offset (committed, else its start).
+        """
+        assert self.hot is not None
+        resume: dict[str, int] = {}
+        for name, default in partitions.items():
+            if name in self._held:  # our actors already hold this partition's keys
+                resume[name] = self._held[name] + 1
+                continue
+            checkpoint = self.checkpoints.load(name)
+            if checkpoint is not None:
+                self.hot.restore(checkpoint.hot)
+                resume[name] = checkpoint.position + 1
+            else:
+                resume[name] = default
+            self.recovered_files += self.checkpoints.recover(name, resume[name])
+            self._held[name] = resume[name] - 1
+        return resume
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _decode(self, block: SourceBlock) -> tuple[pa.RecordBatch, pa.Table, int]:
+        if block.data is not None:
+            hints = self._hints.setdefault(block.partition, DecodeHints())
+            decoded = decode_ndjson(block.data, self.config.policy.schema, hints)
+            good, dead_batch, lines = decoded.good, decoded.dead, decoded.lines
+            good_lines = decoded.good_lines
+        else:
+            assert block.batch is not None
+            good, lines = block.batch, block.batch.num_rows
+            dead_batch = pa.RecordBatch.from_pylist([], schema=DEAD_LETTER_SCHEMA)
+            good_lines = np.arange(lines, dtype=np.int64)
+        dead = pa.Table.from_batches([dead_batch])
+        # Where each dead letter came from; the source's own offsets when it gives them.
+        line = dead["line"]
+        offsets = (
+            pc.take(block.meta["kafka_offset"], line)
+            if "kafka_offset" in block.meta
+            else pc.add(line, block.first_offset)
+        )
+        dead = dead.append_column("offset", offsets)
+        for name, values in block.meta.items():  # per-record source columns on the good rows
+            good = good.append_column(name, pc.take(values, pa.array(good_lines)))
+        return good, dead, lines
+
+    def _progress(self, started: float) -> Progress:
+        assert self.hot is not None and self.warm is not None
+        counts = self._counts
+        return Progress(
+            elapsed_s=time.monotonic() - started,
             events_in=counts["events_in"],
-            hot=counts["hot"],
-            warm=counts["warm"],
-            cold=counts["cold"],
+            routed={t: counts[t] for t in ("hot", "warm", "cold")},
             dead_letter=counts["dead_letter"],
+            done=self.tracker.done(),
+            hot_calls_in_flight=self.hot.calls_in_flight,
+            warm_buffered_rows=self.warm.buffered_rows,
+            warm_tasks_in_flight=self.warm.tasks_in_flight,
+            cold_calls_in_flight=len(self._cold_inflight),
+            open_blocks=self.tracker.open_blocks,
+        )
+
+    def _summary(self, elapsed: float) -> RunSummary:
+        assert self.hot is not None and self.warm is not None
+        lake = self.config.cold.lake_uri.rstrip("/")
+        c = self._counts
+        return RunSummary(
+            events_in=c["events_in"],
+            hot=c["hot"],
+            warm=c["warm"],
+            cold=c["cold"],
+            dead_letter=c["dead_letter"],
             per_rule=self.router.counts,
             elapsed_s=elapsed,
             lake_uri=self.config.cold.lake_uri,
             done_positions=self.tracker.done(),
             hot_latency_ms=self.hot.latency_percentiles(),
-            alerts=alerts_written,
+            alerts=self.alerts_written,
             outputs={
                 "cold_events": f"{lake}/events/",
                 "warm": f"{lake}/warm/{self.config.warm.output_name}/",
@@ -312,28 +492,5 @@ class Pipeline:
                 "warm_max_tasks_in_flight_seen": self.warm.max_in_flight_seen,
                 "warm_max_buffered_rows_seen": self.warm.max_buffered_rows_seen,
             },
-        )
-
-    def _decode(self, block: SourceBlock) -> tuple[pa.RecordBatch, pa.RecordBatch, int]:
-        if block.data is not None:
-            hints = self._hints.setdefault(block.partition, DecodeHints())
-            decoded = decode_ndjson(block.data, self.config.policy.schema, hints)
-            return decoded.good, decoded.dead, decoded.lines
-        assert block.batch is not None
-        empty = pa.RecordBatch.from_pylist([], schema=DEAD_LETTER_SCHEMA)
-        return block.batch, empty, block.batch.num_rows
-
-    def _progress(self, started: float, counts: dict[str, int], cold_inflight: int) -> Progress:
-        assert self.hot is not None and self.warm is not None
-        return Progress(
-            elapsed_s=time.monotonic() - started,
-            events_in=counts["events_in"],
-            routed={t: counts[t] for t in ("hot", "warm", "cold")},
-            dead_letter=counts["dead_letter"],
-            done=self.tracker.done(),
-            hot_calls_in_flight=self.hot.calls_in_flight,
-            warm_buffered_rows=self.warm.buffered_rows,
-            warm_tasks_in_flight=self.warm.tasks_in_flight,
-            cold_calls_in_flight=cold_inflight,
-            open_blocks=self.tracker.open_blocks,
+            checkpoints=self.checkpoints_taken,
         )

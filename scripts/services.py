@@ -3,7 +3,7 @@
 Each is started as a child process on a free loopback port, waited on until it answers, and
 stopped by its process id (never by name). From the command line::
 
-    python -m scripts.services kafka     # prints KAFKA_BOOTSTRAP=127.0.0.1:PORT and PID, runs until ^C
+    python -m scripts.services kafka   # prints KAFKA_BOOTSTRAP=127.0.0.1:PORT and PID; ^C stops
     python -m scripts.services s3        # prints S3_ENDPOINT_URL=http://127.0.0.1:PORT and PID
 """
 
@@ -71,7 +71,9 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeo
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise TimeoutError(f"127.0.0.1:{port} did not answer in {timeout}s; log:\n{log.read_text()[-3000:]}")
+    raise TimeoutError(
+        f"127.0.0.1:{port} did not answer in {timeout}s; log:\n{log.read_text()[-3000:]}"
+    )
 
 
 def start_kafka(timeout: float = 60) -> Service:
@@ -100,7 +102,7 @@ def start_kafka(timeout: float = 60) -> Service:
                 "offsets.topic.num.partitions=4",
                 "transaction.state.log.replication.factor=1",
                 "transaction.state.log.min.isr=1",
-                # Tests start groups often: no 3 s wait for more members before the first assignment.
+                # Tests start groups often: no 3 s wait for more members before a first assignment.
                 "group.initial.rebalance.delay.ms=0",
                 "num.partitions=1",
                 "auto.create.topics.enable=false",
@@ -108,7 +110,14 @@ def start_kafka(timeout: float = 60) -> Service:
             ]
         )
     )
-    java = ["java", "-Xms256m", "-Xmx768m", "-Djava.net.preferIPv4Stack=true", "-cp", f"{KAFKA_LIBS}/*"]
+    java = [
+        "java",
+        "-Xms256m",
+        "-Xmx768m",
+        "-Djava.net.preferIPv4Stack=true",
+        "-cp",
+        f"{KAFKA_LIBS}/*",
+    ]
     subprocess.run(
         [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
         check=True, capture_output=True, timeout=120,

@@ -40,7 +40,7 @@ def ray_local() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """A real Kafka broker: ``KAFKA_BOOTSTRAP`` if set, else a KRaft broker started for the session."""
+    """A real Kafka broker: ``KAFKA_BOOTSTRAP`` if set, else a KRaft broker for the session."""
     existing = os.environ.get("KAFKA_BOOTSTRAP")
     if existing:
         yield existing

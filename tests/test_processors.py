@@ -107,3 +107,19 @@ def test_minute_kpis_merge_equals_pandas() -> None:
     )  # fmt: skip
     merged["minute"] = merged["minute"].astype(expected["minute"].dtype)
     pd.testing.assert_frame_equal(merged, expected, check_dtype=False)
+
+
+def test_player_features_snapshot_restore_round_trip() -> None:
+    df = events(3_000, seed=3)
+    first = PlayerFeatures(SCHEMA)
+    first.process(to_batch(df.iloc[:2_000]))
+    snapshot = first.snapshot()
+    second = PlayerFeatures(SCHEMA)
+    # Restore in two halves (as per-partition snapshots arrive), then carry on with new events.
+    second.restore(snapshot.slice(0, snapshot.num_rows // 2))
+    second.restore(snapshot.slice(snapshot.num_rows // 2))
+    for processor in (first, second):
+        processor.process(to_batch(df.iloc[2_000:]))
+    left = first.state().sort_by("player_id").to_pandas()
+    right = second.state().sort_by("player_id").to_pandas()
+    pd.testing.assert_frame_equal(left, right)

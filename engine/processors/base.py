@@ -50,6 +50,18 @@ class HotProcessor(ABC):
     def state(self) -> pa.Table:
         """The state, one row per key, with the key in a column named ``schema.key``."""
 
+    def snapshot(self) -> pa.Table:
+        """Everything needed to rebuild the state: one row per key (key column ``schema.key``).
+
+        Called at checkpoints, between two ``process`` calls. The engine saves the rows of each
+        source partition's keys apart, so a restore may receive any subset of them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot snapshot its state")
+
+    def restore(self, rows: pa.Table) -> None:
+        """Add keys from ``snapshot()`` rows (keys this instance does not hold yet)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore state")
+
 
 class WarmProcessor(ABC):
     """Stateless processing of one micro-batch, run as a Ray task (any worker, any time).

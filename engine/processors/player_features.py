@@ -139,6 +139,29 @@ class PlayerFeatures(HotProcessor):
             schema=ALERT_SCHEMA,
         )
 
+    def snapshot(self) -> pa.Table:
+        n, c = self._size, self._cols
+        columns: dict[str, pa.Array] = {self.schema.key: pa.array(self._index.values, pa.string())}
+        for name, values in c.items():
+            if values.ndim == 1:
+                columns[name] = pa.array(values[:n])
+            else:  # the per-minute ring: one fixed-size list per key
+                flat = pa.array(values[:n].reshape(-1))
+                columns[name] = pa.FixedSizeListArray.from_arrays(flat, _WINDOW)
+        return pa.table(columns)
+
+    def restore(self, rows: pa.Table) -> None:
+        if rows.num_rows == 0:
+            return
+        ids = self._ids(rows.column(self.schema.key).combine_chunks())
+        c = self._cols
+        for name in c:
+            column = rows.column(name).combine_chunks()
+            if c[name].ndim == 1:
+                c[name][ids] = column.to_numpy()
+            else:
+                c[name][ids] = column.flatten().to_numpy().reshape(-1, _WINDOW)
+
     def state(self) -> pa.Table:
         n, c = self._size, self._cols
         last = c["last_time"][:n]

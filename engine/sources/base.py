@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -26,6 +26,9 @@ class SourceBlock:
     last_offset: int
     data: bytes | None = None
     batch: pa.RecordBatch | None = None
+    #: Per-line (per-record) columns from the source, e.g. Kafka key, partition, offset, timestamp;
+    #: the pipeline attaches them to the decoded rows. Line i of ``data`` is entry i.
+    meta: dict[str, pa.Array] = field(default_factory=dict)
 
     @property
     def events(self) -> int:
@@ -47,5 +50,24 @@ class Source(ABC):
     def blocks(self) -> Iterator[SourceBlock]:
         """Yield blocks in order."""
 
+    #: Called by a source (from inside ``blocks()``) before it gives up partitions, with their
+    #: names; the pipeline drains and checkpoints them before the call returns.
+    on_revoke: Callable[[list[str]], None] | None = None
+    #: Called by a source when it is given partitions, with each one's resume offset by the
+    #: source's own rules (committed, else start); returns the offsets to resume from instead.
+    on_assign: Callable[[dict[str, int]], dict[str, int]] | None = None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default does nothing."""
+
+    def commit(self, positions: dict[str, int]) -> None:  # noqa: B027 - optional hook
+        """Record that every offset up to ``positions[partition]`` (inclusive) is done.
+
+        Called by the pipeline after a checkpoint (sinks flushed, state snapshotted). The default
+        does nothing: bounded sources have nothing to commit.
+        """
+
+    @property
+    def checkpointed(self) -> bool:
+        """Whether the pipeline should take periodic checkpoints for this source."""
+        return False

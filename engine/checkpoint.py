@@ -1,0 +1,90 @@
+"""Checkpoints per source partition, kept in the lake's state area.
+
+A checkpoint of partition P at offset N says: every event of P up to N is in the lake and in the
+hot state snapshot saved with it, and nothing after N is. Layout::
+
+    {lake}/_state/{source}/{partition}/hot-{N:020d}.parquet   hot snapshot rows of P's keys
+    {lake}/_state/{source}/{partition}/CURRENT.json          {"position": N, "hot": "<path>"}
+
+``CURRENT.json`` is written last (atomically), so a crash mid-checkpoint leaves the previous one
+in force. Recovery (:meth:`Checkpoints.recover`) deletes lake files of P that start after the
+position it resumes from: they were written after the last checkpoint, and the replay writes them
+again under the same or different names (file names carry source offsets, so they can be found).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, file_stem
+
+__all__ = ["Checkpoint", "Checkpoints"]
+
+_RANGE = re.compile(r"^(?P<stem>.+)-(?P<first>\d{20})-(?P<last>\d{20})(-\d{8})?\.parquet$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The last checkpoint of one source partition."""
+
+    partition: str
+    position: int
+    hot: pa.Table
+
+
+class Checkpoints:
+    """Save and load checkpoints of one source's partitions in ``lake``."""
+
+    def __init__(self, lake: Lake, source_name: str, output_dirs: tuple[str, ...] = ()) -> None:
+        self.lake = lake
+        self.source = source_name
+        self.output_dirs = (EVENTS_DIR, DEAD_LETTER_DIR, *output_dirs)
+
+    def _folder(self, partition: str) -> str:
+        return f"_state/{file_stem(self.source, partition, 0, 0).rsplit('-', 2)[0]}"
+
+    def save(self, positions: dict[str, int], hot: pa.Table) -> None:
+        """Write each partition's hot rows (``__partition`` column) and then its pointer."""
+        for partition, position in positions.items():
+            folder = self._folder(partition)
+            rows = hot.filter(pc.equal(hot["__partition"], partition)) if hot.num_rows else hot
+            previous = self._pointer(partition)
+            snapshot = f"{folder}/hot-{position:020d}.parquet"
+            self.lake.write_parquet(rows, snapshot)
+            self.lake.write_text(
+                json.dumps({"position": position, "hot": snapshot}), f"{folder}/CURRENT.json"
+            )
+            if previous and previous["hot"] != snapshot:
+                self.lake.fs.rm(self.lake.path(previous["hot"]))
+
+    def _pointer(self, partition: str) -> dict | None:
+        text = self.lake.read_text(f"{self._folder(partition)}/CURRENT.json")
+        return json.loads(text) if text else None
+
+    def load(self, partition: str) -> Checkpoint | None:
+        """The partition's last checkpoint, or None."""
+        pointer = self._pointer(partition)
+        if pointer is None:
+            return None
+        with self.lake.fs.open(self.lake.path(pointer["hot"]), "rb") as handle:
+            hot = pq.read_table(handle)
+        return Checkpoint(partition, int(pointer["position"]), hot)
+
+    def recover(self, partition: str, resume: int) -> list[str]:
+        """Delete this partition's lake files that start at or after offset ``resume``."""
+        prefix = file_stem(self.source, partition, 0, 0).rsplit("-", 2)[0]
+        doomed = []
+        for directory in self.output_dirs:
+            for path in self.lake.files(directory):
+                found = _RANGE.match(path.rsplit("/", 1)[-1])
+                if found and found["stem"] == prefix and int(found["first"]) >= resume:
+                    doomed.append(path)
+        for path in doomed:
+            self.lake.fs.rm(path)
+        return doomed
