@@ -4,7 +4,8 @@
   or every problem found (exit 1).
 - ``thermocline run [--config FILE] [--events N] [--rate R] [--lake URI] [--json]``: run a
   pipeline on a local Ray, with live progress per path on stderr and a summary at the end; with
-  ``--json`` the last line on stdout is the summary as one JSON object.
+  ``--json`` the last line on stdout is the summary as one JSON object. ``--source kafka
+  --bootstrap HOST:PORT --topic T [--group G]`` consumes Kafka instead.
 
 Ray is imported only by the commands that run pipelines.
 """
@@ -68,6 +69,14 @@ def _run(args: argparse.Namespace) -> int:
         overrides["source.rate"] = args.rate
     if args.lake is not None:
         overrides["cold.lake_uri"] = args.lake
+    if args.source is not None:
+        overrides["source.kind"] = args.source
+    if args.bootstrap is not None:
+        overrides["source.bootstrap"] = args.bootstrap
+    if args.topic:
+        overrides["source.topics"] = args.topic
+    if args.group is not None:
+        overrides["source.group"] = args.group
     try:
         config = load_config(args.config, overrides)
     except ConfigError as exc:
@@ -114,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--events", type=int, help="synthetic source: how many events")
     run.add_argument("--rate", type=float, help="synthetic source: events per second")
     run.add_argument("--lake", help="lake URI (folder or fsspec URL)")
+    run.add_argument("--source", choices=["synthetic", "file", "kafka"], help="source kind")
+    run.add_argument("--bootstrap", help="kafka: bootstrap servers, HOST:PORT")
+    run.add_argument("--topic", action="append", help="kafka: topic to consume (repeatable)")
+    run.add_argument("--group", help="kafka: consumer group id")
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON last")
     run.set_defaults(handler=_run)

@@ -101,7 +101,13 @@ def s3_lake(s3_endpoint: str) -> Iterator[tuple[str, dict]]:
     import s3fs
 
     bucket = f"lake-{uuid.uuid4().hex[:10]}"
-    options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    # Credentials in the options too: Ray workers started before this fixture do not see the
+    # variables it set (config or the standard AWS variables both work; tests use both).
+    options = {
+        "key": os.environ.get("AWS_ACCESS_KEY_ID", "thermocline-test"),
+        "secret": os.environ.get("AWS_SECRET_ACCESS_KEY", "thermocline-test"),
+        "client_kwargs": {"endpoint_url": s3_endpoint},
+    }
     fs = s3fs.S3FileSystem(**options)
     fs.mkdir(bucket)
     yield f"s3://{bucket}/lake", options

@@ -13,13 +13,19 @@ each resumes (``on_assign``), which this source applies with ``seek``.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka import (
+    AsyncConsumerRebalanceListener,
+    KafkaConsumer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
 
 from engine.sources.base import Source, SourceBlock
 
@@ -34,21 +40,55 @@ META_TYPES = {
 }
 
 
+#: How often the rebalance listener checks on its worker thread (it yields to the IO loop between).
+_LISTENER_POLL_S = 0.02
+
+
 def partition_name(topic: str, partition: int) -> str:
     return f"{topic}-{partition}"
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, source: KafkaSource) -> None:
-        self.source = source
+class _Listener(AsyncConsumerRebalanceListener):
+    """Runs the pipeline's rebalance work in a worker thread while kafka-python's loop goes on.
 
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+    kafka-python 3 calls listeners on its IO thread, where blocking consumer calls are refused
+    and a long callback would stop heartbeats. The work (drain, checkpoint, commit, offset
+    lookups) runs in a thread; the driver thread is parked inside ``poll()`` meanwhile, so
+    nothing else touches the pipeline.
+    """
+
+    def __init__(self, source: KafkaSource, consumer: KafkaConsumer) -> None:
+        self.source = source
+        self.consumer = consumer
+
+    async def _in_thread(self, work: Callable[[], None]) -> None:
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # handed to the awaiting loop below
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="rebalance", daemon=True).start()
+        while not done.is_set():
+            await self.consumer._net.sleep(_LISTENER_POLL_S)  # yields to the IO loop
+        if failure:
+            raise failure[0]
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Finish (drain and checkpoint) what was read from these partitions, then commit it.
         if revoked and self.source.on_revoke is not None:
-            self.source.on_revoke([partition_name(tp.topic, tp.partition) for tp in revoked])
+            names = sorted(partition_name(tp.topic, tp.partition) for tp in revoked)
+            on_revoke = self.source.on_revoke
+            await self._in_thread(lambda: on_revoke(names))
 
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.source._assigned(assigned)
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            await self._in_thread(lambda: self.source._assigned(sorted(assigned)))
 
 
 class KafkaSource(Source):
@@ -103,6 +143,7 @@ class KafkaSource(Source):
         return True
 
     def _connect(self) -> KafkaConsumer:
+        """A consumer that has not subscribed yet (``blocks`` subscribes once it is stored)."""
         reset = "latest" if self.start == "latest" else "earliest"
         consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -114,13 +155,11 @@ class KafkaSource(Source):
             max_partition_fetch_bytes=16 << 20,
             **self.config,
         )
-        consumer.subscribe(self.topics, listener=_Listener(self))
         return consumer
 
     def _assigned(self, assigned: list[TopicPartition]) -> None:
         consumer = self._consumer
-        if consumer is None or not assigned:
-            return
+        assert consumer is not None
         defaults = self._default_positions(consumer, assigned)
         resume = self.on_assign(dict(defaults)) if self.on_assign is not None else defaults
         for tp in assigned:
@@ -168,7 +207,9 @@ class KafkaSource(Source):
             self._consumer.commit(offsets)
 
     def blocks(self) -> Iterator[SourceBlock]:
-        self._consumer = consumer = self._connect()
+        consumer = self._connect()
+        self._consumer = consumer
+        consumer.subscribe(self.topics, listener=_Listener(self, consumer))
         idle_since = time.monotonic()
         try:
             while not self._closed:

@@ -1,0 +1,172 @@
+"""Helpers for the Kafka tests: produce the workload, compute what should come out, run the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from engine.processors import PlayerFeatures
+from engine.sources import SyntheticSource
+from routers import EventSchema, Router, decode_ndjson
+
+ROOT = Path(__file__).resolve().parents[1]
+# No age rules: routing must not depend on when the (restarted) pipeline runs.
+POLICY: dict[str, Any] = {
+    "default": "warm",
+    "rules": [
+        {
+            "name": "monetization",
+            "route": "hot",
+            "when": {"field": "event_type", "in": ["purchase", "refund"]},
+        },
+        {"name": "starts", "route": "hot", "when": {"field": "event_type", "eq": "session_start"}},
+        {"name": "social", "route": "cold", "when": {"field": "event_type", "eq": "social"}},
+        {"name": "test-traffic", "route": "cold", "when": {"field": "region", "matches": "^test-"}},
+    ],
+}
+_PLAYER = re.compile(rb'"player_id":"([^"]+)"')
+
+
+def workload(events: int, seed: int) -> list[bytes]:
+    source = SyntheticSource(events=events, players=3_000, seed=seed, block_rows=10_000,
+                             start_ms=1_764_000_000_000, malformed_share=0.01)  # fmt: skip
+    return [line for b in source.blocks() for line in (b.data or b"").splitlines()]
+
+
+def produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
+    """Produce lines keyed by player (as a real producer of player events would)."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=10, batch_size=1 << 20, acks="all"
+    )
+    for line in lines:
+        found = _PLAYER.search(line)
+        producer.send(topic, value=line, key=found.group(1) if found else None)
+    producer.flush()
+    producer.close()
+
+
+def expected(lines: list[bytes]) -> tuple[dict[str, pa.Table], int]:
+    decoded = decode_ndjson(b"\n".join(lines))
+    parts = Router.from_dict(POLICY).split(decoded.good)
+    return {t: pa.Table.from_batches([b]) for t, b in parts.items()}, decoded.dead.num_rows
+
+
+def end_and_committed(
+    bootstrap: str, topic: str, group: str
+) -> tuple[dict[int, int], dict[int, int | None]]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    end = {tp.partition: off for tp, off in consumer.end_offsets(partitions).items()}
+    committed = {tp.partition: consumer.committed(tp) for tp in partitions}
+    consumer.close()
+    return end, committed
+
+
+def lake_table(fs: Any, lake: str, directory: str) -> pa.Table:
+    path = f"{lake}/{directory}".removeprefix("s3://")
+    if not fs.exists(path):
+        return pa.table({})
+    return ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table()
+
+
+def hot_state_from_checkpoints(fs: Any, lake: str) -> pa.Table:
+    """Rebuild the hot state from the last checkpoint of every partition, as a restore would."""
+    processor = PlayerFeatures(EventSchema())
+    root = f"{lake}/_state".removeprefix("s3://")
+    for pointer in fs.glob(f"{root}/*/CURRENT.json"):
+        snapshot = json.loads(fs.cat(pointer))["hot"]
+        rows = pq.read_table(
+            f"{lake.removeprefix('s3://').split('/')[0]}/{snapshot}", filesystem=fs
+        )
+        processor.restore(rows.drop_columns(["__partition"]))
+    return processor.state()
+
+
+def write_config(folder: Path, **source: Any) -> Path:
+    import yaml
+
+    config = {
+        "source": {"kind": "kafka", "start": "earliest", **source},
+        "policy": POLICY,
+        "hot": {"actors": 2, "key_groups": 64},
+        "warm": {"max_batch_rows": 20_000, "max_delay": "1s"},
+        "cold": {"lake_uri": source.pop("lake"), "flush_rows": 20_000, "flush_interval": "1s",
+                 "storage_options": {"client_kwargs": {"endpoint_url": source.pop("endpoint")}}},
+        "checkpoint_interval": "500ms",
+        "progress_every_s": 0,
+    }  # fmt: skip
+    config["source"] = {"kind": "kafka", "start": "earliest", **source}
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class CliRun:
+    """``thermocline run`` in its own process (and its own local Ray), killable by pid."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="tc-", dir="/tmp")  # short: Ray's socket paths
+        env = {**os.environ, "TMPDIR": self.tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run", "--config", str(config), "--num-cpus", "2", "--json"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log.open("wb"), start_new_session=True,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        """SIGKILL the driver and every process it started (its Ray), by pid."""
+        procs = [psutil.Process(self.process.pid)]
+        try:
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        procs += [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if self.tmp in " ".join(p.info["cmdline"] or [])
+        ]
+        for proc in procs:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+        self.process.wait(30)
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        finally:
+            self.kill()  # whatever Ray left behind
+        assert self.process.returncode == 0, self.log.read_text()[-4000:]
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+def ids(table: pa.Table) -> list[str]:
+    return sorted(table.column("event_id").to_pylist()) if table.num_rows else []
+
+
+def count(values: pa.ChunkedArray) -> int:
+    return int(pc.count(values).as_py())

@@ -1,0 +1,174 @@
+"""Real Kafka in, real S3 lake out: offsets, exactly-once lake, crash and resume, group takeover."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.compute as pc
+import pytest
+import ray
+import s3fs
+
+from engine.config import PipelineConfig
+from engine.pipeline import Pipeline
+from tests.kafka_helpers import (
+    POLICY,
+    CliRun,
+    end_and_committed,
+    expected,
+    hot_state_from_checkpoints,
+    ids,
+    lake_table,
+    produce,
+    wait_for,
+    workload,
+    write_config,
+)
+from tests.test_processors import expected_features
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+
+
+def expected_hot_state(hot) -> pd.DataFrame:
+    df = hot.set_column(hot.schema.get_field_index("event_time"), "event_time",
+                        pc.cast(hot["event_time"], "int64")).to_pandas()  # fmt: skip
+    return expected_features(df)
+
+
+def check_hot(state, hot) -> None:
+    got = state.to_pandas().set_index("player_id").sort_index()
+    want = expected_hot_state(hot)
+    pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_kafka_to_s3_lake(kafka_bootstrap: str, topic: str, s3_lake: tuple[str, dict]) -> None:
+    lake, storage = s3_lake
+    lines = workload(100_000, seed=11)
+    produce(kafka_bootstrap, topic, lines)
+    want, malformed = expected(lines)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    config = PipelineConfig.from_dict({
+        "source": {"kind": "kafka", "bootstrap": kafka_bootstrap, "topics": [topic], "group": group,
+                   "start": "earliest", "idle_timeout": "3s", "max_records": 10_000},
+        "policy": POLICY,
+        "hot": {"actors": 2, "key_groups": 64},
+        "cold": {"lake_uri": lake, "storage_options": storage, "flush_rows": 30_000},
+        "checkpoint_interval": "1s",
+        "progress_every_s": 0,
+    })  # fmt: skip
+    pipeline = Pipeline(config, clock=lambda: NOW)
+    summary = pipeline.run()
+
+    assert summary.events_in == 100_000
+    assert summary.dead_letter == malformed > 500  # 1% malformed
+    assert summary.checkpoints >= 2
+    fs = s3fs.S3FileSystem(**storage)
+    cold = lake_table(fs, lake, "events")
+    assert ids(cold) == ids(want["cold"])  # every cold event exactly once
+    assert set(cold.column_names) >= {"kafka_partition", "kafka_offset", "kafka_key", "dt", "hour"}
+    dead = lake_table(fs, lake, "_dead_letter")
+    assert dead.num_rows == malformed
+    assert sorted(dead["raw"].to_pylist()) == sorted(
+        line for line in lines if line in set(dead["raw"].to_pylist())
+    )
+    pairs = set(zip(dead["partition"].to_pylist(), dead["offset"].to_pylist(), strict=True))
+    assert len(pairs) == malformed  # each with its own topic-partition and offset
+    end, committed = end_and_committed(kafka_bootstrap, topic, group)
+    assert committed == end and sum(end.values()) == 100_000
+    check_hot(pipeline.hot_state(), want["hot"])
+
+    # Read back as users would: Ray Data and DuckDB, straight from the S3 server.
+    dataset = ray.data.read_parquet(lake + "/events", filesystem=fs)
+    assert dataset.count() == want["cold"].num_rows
+    con = duckdb.connect()
+    con.register_filesystem(fs)
+    ((rows, distinct),) = con.sql(
+        f"select count(*), count(distinct event_id) from read_parquet('{lake}/events/**/*.parquet', hive_partitioning=true)"
+    ).fetchall()
+    assert rows == distinct == want["cold"].num_rows
+
+
+def test_sigkill_mid_stream_then_resume(
+    kafka_bootstrap: str, topic: str, s3_lake: tuple[str, dict], s3_endpoint: str, tmp_path: Path
+) -> None:
+    lake, storage = s3_lake
+    lines = workload(100_000, seed=12)
+    produce(kafka_bootstrap, topic, lines)
+    want, _ = expected(lines)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, bootstrap=kafka_bootstrap, topics=[topic], group=group,
+                          idle_timeout="4s", max_records=1_000, lake=lake, endpoint=s3_endpoint)  # fmt: skip
+    fs = s3fs.S3FileSystem(**storage)
+    state = f"{lake}/_state".removeprefix("s3://")
+
+    first = CliRun(config, tmp_path / "first.log")
+    wait_for(lambda: len(fs.glob(f"{state}/*/CURRENT.json")) >= 3, 120, "a first checkpoint")
+    fs.invalidate_cache()
+    wait_for(
+        lambda: (
+            fs.invalidate_cache()
+            or len(fs.glob(f"{lake.removeprefix('s3://')}/events/**/*.parquet")) > 0
+        ),
+        60,
+        "lake files",
+    )
+    first.kill()  # SIGKILL, mid-stream
+    _, committed = end_and_committed(kafka_bootstrap, topic, group)
+    done_before = sum(c or 0 for c in committed.values())
+    assert 0 < done_before < 100_000, "the crash must land mid-stream"
+
+    second = CliRun(config, tmp_path / "second.log").result(timeout=240)
+    assert 0 < second["events_in"] <= 100_000 - done_before + 20_000  # resumed, not from scratch
+    fs.invalidate_cache()
+    assert ids(lake_table(fs, lake, "events")) == ids(want["cold"])  # exactly once after the crash
+    end, committed = end_and_committed(kafka_bootstrap, topic, group)
+    assert committed == end
+    check_hot(hot_state_from_checkpoints(fs, lake), want["hot"])  # as if never interrupted
+
+
+def test_two_processes_share_then_take_over(
+    kafka_bootstrap: str, topic: str, s3_lake: tuple[str, dict], s3_endpoint: str, tmp_path: Path
+) -> None:
+    lake, storage = s3_lake
+    lines = workload(60_000, seed=13)
+    produce(kafka_bootstrap, topic, lines[:30_000])
+    want, _ = expected(lines)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    config = write_config(
+        tmp_path, bootstrap=kafka_bootstrap, topics=[topic], group=group, idle_timeout="20s",
+        max_records=2_000, lake=lake, endpoint=s3_endpoint,
+        consumer={"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000},
+    )  # fmt: skip
+    fs = s3fs.S3FileSystem(**storage)
+    state = f"{lake}/_state".removeprefix("s3://")
+    a = CliRun(config, tmp_path / "a.log")
+    b = CliRun(config, tmp_path / "b.log")
+    # Both members have checkpointed their share: all six partitions have a checkpoint.
+    wait_for(
+        lambda: fs.invalidate_cache() or len(fs.glob(f"{state}/*/CURRENT.json")) == 6,
+        120,
+        "checkpoints of all partitions",
+    )
+    _, committed = end_and_committed(kafka_bootstrap, topic, group)
+    wait_for(
+        lambda: (
+            sum((c or 0) for c in end_and_committed(kafka_bootstrap, topic, group)[1].values())
+            == 30_000
+        ),
+        120,
+        "first half done",
+    )
+    a.kill()
+    produce(kafka_bootstrap, topic, lines[30_000:])  # A's partitions get events only B can read
+    summary = b.result(timeout=240)
+    assert len(summary["done_positions"]) == 6  # B ended up with every partition
+    fs.invalidate_cache()
+    assert ids(lake_table(fs, lake, "events")) == ids(want["cold"])
+    end, committed = end_and_committed(kafka_bootstrap, topic, group)
+    assert committed == end and sum(end.values()) == 60_000
+    check_hot(hot_state_from_checkpoints(fs, lake), want["hot"])
