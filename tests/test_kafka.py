@@ -93,6 +93,11 @@ def test_kafka_to_s3_lake(kafka_bootstrap: str, topic: str, s3_lake: tuple[str, 
     assert rows == distinct == want["cold"].num_rows
 
 
+def checkpoints(fs: s3fs.S3FileSystem, state: str) -> int:
+    fs.invalidate_cache()  # s3fs caches listings; the pipeline writes from other processes
+    return len(fs.glob(f"{state}/*/CURRENT.json"))
+
+
 def test_sigkill_mid_stream_then_resume(
     kafka_bootstrap: str, topic: str, s3_lake: tuple[str, dict], s3_endpoint: str, tmp_path: Path
 ) -> None:
@@ -107,16 +112,7 @@ def test_sigkill_mid_stream_then_resume(
     state = f"{lake}/_state".removeprefix("s3://")
 
     first = CliRun(config, tmp_path / "first.log")
-    wait_for(lambda: len(fs.glob(f"{state}/*/CURRENT.json")) >= 3, 120, "a first checkpoint")
-    fs.invalidate_cache()
-    wait_for(
-        lambda: (
-            fs.invalidate_cache()
-            or len(fs.glob(f"{lake.removeprefix('s3://')}/events/**/*.parquet")) > 0
-        ),
-        60,
-        "lake files",
-    )
+    wait_for(lambda: checkpoints(fs, state) >= 3, 120, "a first checkpoint")
     first.kill()  # SIGKILL, mid-stream
     _, committed = end_and_committed(kafka_bootstrap, topic, group)
     done_before = sum(c or 0 for c in committed.values())
@@ -149,12 +145,7 @@ def test_two_processes_share_then_take_over(
     a = CliRun(config, tmp_path / "a.log")
     b = CliRun(config, tmp_path / "b.log")
     # Both members have checkpointed their share: all six partitions have a checkpoint.
-    wait_for(
-        lambda: fs.invalidate_cache() or len(fs.glob(f"{state}/*/CURRENT.json")) == 6,
-        120,
-        "checkpoints of all partitions",
-    )
-    _, committed = end_and_committed(kafka_bootstrap, topic, group)
+    wait_for(lambda: checkpoints(fs, state) == 6, 120, "checkpoints of all partitions")
     wait_for(
         lambda: (
             sum((c or 0) for c in end_and_committed(kafka_bootstrap, topic, group)[1].values())

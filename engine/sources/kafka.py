@@ -102,7 +102,8 @@ class KafkaSource(Source):
             ``committed`` means earliest when nothing is committed; an int is a timestamp (epoch
             ms) looked up with ``offsets_for_times``.
         max_records: records per poll (the most a block can hold).
-        idle_timeout_s: stop after this long without records (None: run until closed).
+        idle_timeout_s: stop after this long without records while owning partitions (None: run
+            until closed).
         max_events: stop after this many records (None: no limit).
         config: extra ``KafkaConsumer`` settings (e.g. security); never logged.
 
@@ -219,7 +220,9 @@ class KafkaSource(Source):
                     timeout_ms=self.poll_timeout_ms, max_records=self.max_records
                 )
                 if not polled:
-                    if (
+                    if not consumer.assignment():  # joining: idle time counts once we own some
+                        idle_since = time.monotonic()
+                    elif (
                         self.idle_timeout_s is not None
                         and time.monotonic() - idle_since > self.idle_timeout_s
                     ):
