@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -43,8 +44,14 @@ _PLAYER = re.compile(rb'"player_id":"([^"]+)"')
 
 
 def workload(events: int, seed: int) -> list[bytes]:
-    source = SyntheticSource(events=events, players=3_000, seed=seed, block_rows=10_000,
-                             start_ms=1_764_000_000_000, malformed_share=0.01)  # fmt: skip
+    source = SyntheticSource(
+        events=events,
+        players=3_000,
+        seed=seed,
+        block_rows=10_000,
+        start_ms=1_764_000_000_000,
+        malformed_share=0.01,
+    )
     return [line for b in source.blocks() for line in (b.data or b"").splitlines()]
 
 
@@ -103,11 +110,15 @@ def write_config(folder: Path, **source: Any) -> Path:
         "policy": POLICY,
         "hot": {"actors": 2, "key_groups": 64},
         "warm": {"max_batch_rows": 20_000, "max_delay": "1s"},
-        "cold": {"lake_uri": source.pop("lake"), "flush_rows": 20_000, "flush_interval": "1s",
-                 "storage_options": {"client_kwargs": {"endpoint_url": source.pop("endpoint")}}},
+        "cold": {
+            "lake_uri": source.pop("lake"),
+            "flush_rows": 20_000,
+            "flush_interval": "1s",
+            "storage_options": {"client_kwargs": {"endpoint_url": source.pop("endpoint")}},
+        },
         "checkpoint_interval": "500ms",
         "progress_every_s": 0,
-    }  # fmt: skip
+    }
     # A killed member's partitions move on after 6 s (the broker's minimum) instead of 45 s.
     consumer = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000}
     consumer.update(source.pop("consumer", {}))
@@ -125,9 +136,23 @@ class CliRun:
         env = {**os.environ, "TMPDIR": self.tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         self.log = log
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run", "--config", str(config), "--num-cpus", "2", "--json"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log.open("wb"), start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "run",
+                "--config",
+                str(config),
+                "--num-cpus",
+                "2",
+                "--json",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log.open("wb"),
+            start_new_session=True,
+        )
 
     def kill(self) -> None:
         """SIGKILL the driver and every process it started (its Ray), by pid."""
@@ -143,10 +168,8 @@ class CliRun:
             if self.tmp in " ".join(p.info["cmdline"] or [])
         ]
         for proc in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
                 os.kill(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, psutil.NoSuchProcess):
-                pass
         self.process.wait(30)
 
     def result(self, timeout: float) -> dict[str, Any]:

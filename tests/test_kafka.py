@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,6 +13,8 @@ import pyarrow.compute as pc
 import pytest
 import ray
 import s3fs
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
 
 from engine.config import PipelineConfig
 from engine.pipeline import Pipeline
@@ -34,8 +37,9 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
 
 def expected_hot_state(hot) -> pd.DataFrame:
-    df = hot.set_column(hot.schema.get_field_index("event_time"), "event_time",
-                        pc.cast(hot["event_time"], "int64")).to_pandas()  # fmt: skip
+    df = hot.set_column(
+        hot.schema.get_field_index("event_time"), "event_time", pc.cast(hot["event_time"], "int64")
+    ).to_pandas()
     return expected_features(df)
 
 
@@ -52,15 +56,29 @@ def test_kafka_to_s3_lake(kafka_bootstrap: str, topic: str, s3_lake: tuple[str, 
     produce(kafka_bootstrap, topic, lines)
     want, malformed = expected(lines)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    config = PipelineConfig.from_dict({
-        "source": {"kind": "kafka", "bootstrap": kafka_bootstrap, "topics": [topic], "group": group,
-                   "start": "earliest", "idle_timeout": "3s", "max_records": 10_000},
-        "policy": POLICY,
-        "hot": {"actors": 2, "key_groups": 64},
-        "cold": {"lake_uri": lake, "storage_options": storage, "flush_rows": 30_000},
-        "checkpoint_interval": "1s",
-        "progress_every_s": 0,
-    })  # fmt: skip
+    alerts_topic = f"{topic}-alerts"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(alerts_topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    config = PipelineConfig.from_dict(
+        {
+            "source": {
+                "kind": "kafka",
+                "bootstrap": kafka_bootstrap,
+                "topics": [topic],
+                "group": group,
+                "start": "earliest",
+                "idle_timeout": "3s",
+                "max_records": 10_000,
+            },
+            "policy": POLICY,
+            "hot": {"actors": 2, "key_groups": 64},
+            "cold": {"lake_uri": lake, "storage_options": storage, "flush_rows": 30_000},
+            "checkpoint_interval": "1s",
+            "alerts_topic": alerts_topic,
+            "progress_every_s": 0,
+        }
+    )
     pipeline = Pipeline(config, clock=lambda: NOW)
     summary = pipeline.run()
 
@@ -82,13 +100,29 @@ def test_kafka_to_s3_lake(kafka_bootstrap: str, topic: str, s3_lake: tuple[str, 
     assert committed == end and sum(end.values()) == 100_000
     check_hot(pipeline.hot_state(), want["hot"])
 
+    # Hot alerts went to Kafka too, each confirmed before the offsets were committed.
+    lake_alerts = lake_table(fs, lake, "hot/alerts")
+    assert summary.alerts == lake_alerts.num_rows > 0
+    consumer = KafkaConsumer(
+        alerts_topic,
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3_000,
+    )
+    produced = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    assert sorted((a["player_id"], a["purchases"]) for a in produced) == sorted(
+        zip(lake_alerts["player_id"].to_pylist(), lake_alerts["purchases"].to_pylist(), strict=True)
+    )
+
     # Read back as users would: Ray Data and DuckDB, straight from the S3 server.
     dataset = ray.data.read_parquet(lake + "/events", filesystem=fs)
     assert dataset.count() == want["cold"].num_rows
     con = duckdb.connect()
     con.register_filesystem(fs)
     ((rows, distinct),) = con.sql(
-        f"select count(*), count(distinct event_id) from read_parquet('{lake}/events/**/*.parquet', hive_partitioning=true)"
+        "select count(*), count(distinct event_id) "
+        f"from read_parquet('{lake}/events/**/*.parquet', hive_partitioning=true)"
     ).fetchall()
     assert rows == distinct == want["cold"].num_rows
 
@@ -106,8 +140,16 @@ def test_sigkill_mid_stream_then_resume(
     produce(kafka_bootstrap, topic, lines)
     want, _ = expected(lines)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    config = write_config(tmp_path, bootstrap=kafka_bootstrap, topics=[topic], group=group,
-                          idle_timeout="4s", max_records=1_000, lake=lake, endpoint=s3_endpoint)  # fmt: skip
+    config = write_config(
+        tmp_path,
+        bootstrap=kafka_bootstrap,
+        topics=[topic],
+        group=group,
+        idle_timeout="4s",
+        max_records=1_000,
+        lake=lake,
+        endpoint=s3_endpoint,
+    )
     fs = s3fs.S3FileSystem(**storage)
     state = f"{lake}/_state".removeprefix("s3://")
 
@@ -136,10 +178,16 @@ def test_two_processes_share_then_take_over(
     want, _ = expected(lines)
     group = f"g-{uuid.uuid4().hex[:8]}"
     config = write_config(
-        tmp_path, bootstrap=kafka_bootstrap, topics=[topic], group=group, idle_timeout="20s",
-        max_records=2_000, lake=lake, endpoint=s3_endpoint,
+        tmp_path,
+        bootstrap=kafka_bootstrap,
+        topics=[topic],
+        group=group,
+        idle_timeout="20s",
+        max_records=2_000,
+        lake=lake,
+        endpoint=s3_endpoint,
         consumer={"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000},
-    )  # fmt: skip
+    )
     fs = s3fs.S3FileSystem(**storage)
     state = f"{lake}/_state".removeprefix("s3://")
     a = CliRun(config, tmp_path / "a.log")
@@ -163,3 +211,32 @@ def test_two_processes_share_then_take_over(
     end, committed = end_and_committed(kafka_bootstrap, topic, group)
     assert committed == end and sum(end.values()) == 60_000
     check_hot(hot_state_from_checkpoints(fs, lake), want["hot"])
+
+
+def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
+    """earliest, latest, committed and a timestamp, on a real broker (no pipeline needed)."""
+    from engine.sources.kafka import KafkaSource
+
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    base = 1_764_000_000_000
+    for i in range(12):  # partition 0 only, timestamps one second apart
+        producer.send(topic, value=b'{"n":%d}' % i, partition=0, timestamp_ms=base + 1_000 * i)
+    producer.flush()
+
+    def offsets(start, group: str) -> list[int]:
+        source = KafkaSource(kafka_bootstrap, [topic], group, start=start, idle_timeout_s=1.5)
+        return [o for b in source.blocks() for o in b.meta["kafka_offset"].to_pylist()]
+
+    assert offsets("earliest", "g-early") == list(range(12))
+    assert offsets("latest", "g-late") == []
+    assert offsets(base + 8_000, "g-time") == [8, 9, 10, 11]
+    source = KafkaSource(
+        kafka_bootstrap, [topic], "g-commit", start="committed", idle_timeout_s=1.5
+    )
+    seen = []
+    for block in source.blocks():
+        seen += block.meta["kafka_offset"].to_pylist()
+        source.commit({block.partition: 4})  # done through offset 4
+        source.close()
+    assert seen[0] == 0
+    assert offsets("committed", "g-commit") == list(range(5, 12))
