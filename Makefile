@@ -49,5 +49,8 @@ bench-router: setup
 bench: setup
 	$(BIN)/python -m benchmarks.end_to_end
 
+bench-kafka: setup
+	$(BIN)/python -m benchmarks.kafka_ingest
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache lake

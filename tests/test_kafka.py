@@ -18,6 +18,7 @@ from kafka.admin import NewTopic
 
 from engine.config import PipelineConfig
 from engine.pipeline import Pipeline
+from routers import decode_ndjson
 from tests.kafka_helpers import (
     POLICY,
     CliRun,
@@ -240,3 +241,29 @@ def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
         source.close()
     assert seen[0] == 0
     assert offsets("committed", "g-commit") == list(range(5, 12))
+
+
+def test_block_keeps_one_line_per_record() -> None:
+    """Odd record values never shift lines against offsets (no broker needed: plain records)."""
+    from types import SimpleNamespace
+
+    from kafka import TopicPartition
+
+    from engine.sources.kafka import _block
+
+    good = b'{"event_id":"e","player_id":"p","event_time":0,"event_type":"x"}'
+    values = [good, b"", None, b"  ", b'{"a":\n1}', good]
+    records = [
+        SimpleNamespace(value=v, offset=10 + i, timestamp=0, key=None) for i, v in enumerate(values)
+    ]
+    block = _block(TopicPartition("t", 0), records)
+    assert block.data is not None
+    assert block.data.split(b"\n") == [good, b"null", b"null", b"null", b'{"a": 1}', good]
+    decoded = decode_ndjson(block.data)
+    assert decoded.lines == len(records)
+    assert [block.meta["kafka_offset"][i].as_py() for i in decoded.dead["line"].to_pylist()] == [
+        11,
+        12,
+        13,
+        14,
+    ]

@@ -240,24 +240,47 @@ class KafkaSource(Source):
 
 def _block(tp: TopicPartition, records: list[Any]) -> SourceBlock:
     """One partition's records as one NDJSON block plus their metadata columns."""
-    # kafka-python hands out one object per record; this is the only per-record pass, and it only
-    # gathers bytes and numbers for the bulk decode. A raw newline is JSON whitespace, so it can
-    # become a space (keeping one line per record); an empty value becomes `null`, a dead letter.
-    values = [
-        r.value.replace(b"\n", b" ") if r.value and r.value.strip() else b"null" for r in records
-    ]
-    offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
-    stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=len(records))
+    # kafka-python hands out one object per record; one pass gathers what the bulk decode needs.
+    values, offsets, stamps, keys = zip(
+        *[(r.value, r.offset, r.timestamp, r.key) for r in records], strict=True
+    )
+    data = _join_lines(values)
     meta = {
-        "kafka_key": pa.array([r.key for r in records], pa.binary()),
+        "kafka_key": pa.array(keys, pa.binary()),
         "kafka_partition": pa.array(np.full(len(records), tp.partition, dtype=np.int32)),
-        "kafka_offset": pa.array(offsets),
-        "kafka_timestamp": pa.array(stamps).cast(META_TYPES["kafka_timestamp"]),
+        "kafka_offset": pa.array(np.array(offsets, dtype=np.int64)),
+        "kafka_timestamp": pa.array(np.array(stamps, dtype=np.int64)).cast(
+            META_TYPES["kafka_timestamp"]
+        ),
     }
     return SourceBlock(
         partition=partition_name(tp.topic, tp.partition),
         first_offset=int(offsets[0]),
         last_offset=int(offsets[-1]),
-        data=b"\n".join(values),
+        data=data,
         meta=meta,
     )
+
+
+_SPACE = np.frombuffer(b" \t\r\n", dtype=np.uint8)
+
+
+def _join_lines(values: tuple[bytes | None, ...]) -> bytes:
+    """Values joined by newlines, exactly one line per record.
+
+    Checked in bulk on the joined bytes: as many newlines as separators, and no line empty or
+    starting with whitespace. Only when that fails are the values fixed one by one: a raw newline
+    is JSON whitespace, so it becomes a space; an empty or blank value becomes ``null`` (a dead
+    letter, not a skipped line).
+    """
+    try:
+        data = b"\n".join(values)  # type: ignore[arg-type]
+    except TypeError:  # a None value (tombstone)
+        data = b""
+    else:
+        arr = np.frombuffer(data, dtype=np.uint8)
+        starts = np.concatenate(([0], np.flatnonzero(arr == ord("\n")) + 1))
+        one_per_record = len(starts) == len(values) and len(arr) and (starts < len(arr)).all()
+        if one_per_record and not np.isin(arr[starts], _SPACE).any():
+            return data
+    return b"\n".join(v.replace(b"\n", b" ") if v and v.strip() else b"null" for v in values)

@@ -1,0 +1,148 @@
+"""Kafka ingest: the full pipeline vs a bare kafka-python consumer that only polls and decodes.
+
+One JSON record (also ``results/kafka_ingest.json``). Uses ``KAFKA_BOOTSTRAP`` if set, else starts
+a broker (``scripts.services``, jars from ``make kafka-jars``). One topic is filled with
+``--events`` synthetic events; both readers stop after reading all of them.
+
+    python -m benchmarks.kafka_ingest                   # make bench-kafka
+    python -m benchmarks.kafka_ingest --events 20000    # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import ray
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+
+from benchmarks._common import RESULTS, emit
+from engine.config import load_config
+from engine.pipeline import Pipeline, init_local_ray
+from engine.sources import SyntheticSource
+from routers import DecodeHints, decode_ndjson
+from scripts.services import start_kafka
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fill(bootstrap: str, topic: str, events: int, partitions: int) -> float:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
+    started = time.perf_counter()
+    source = SyntheticSource(events=events, block_rows=50_000, seed=5, malformed_share=0.001)
+    sent = 0
+    for block in source.blocks():
+        for line in (block.data or b"").splitlines():
+            producer.send(topic, value=line, partition=sent % partitions)
+            sent += 1
+    producer.flush()
+    producer.close()
+    return time.perf_counter() - started
+
+
+def bare(bootstrap: str, topic: str, events: int) -> float:
+    """Events/s of a consumer that polls, joins each partition's values and decodes them."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=20_000,
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+    )
+    hints: dict[int, DecodeHints] = {}
+    seen = good = 0
+    started = time.perf_counter()
+    while seen < events:
+        for tp, records in consumer.poll(timeout_ms=200, max_records=20_000).items():
+            data = b"\n".join(r.value for r in records)
+            good += decode_ndjson(
+                data, hints=hints.setdefault(tp.partition, DecodeHints())
+            ).good.num_rows
+            seen += len(records)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    assert good > 0.99 * events
+    return events / elapsed
+
+
+def pipeline(bootstrap: str, topic: str, events: int) -> dict:
+    lake = tempfile.mkdtemp(prefix="tc-bench-kafka-")
+    try:
+        config = load_config(
+            ROOT / "examples" / "demo.yaml",
+            {
+                "source.kind": "kafka",
+                "source.bootstrap": bootstrap,
+                "source.topics": [topic],
+                "source.group": f"bench-{uuid.uuid4().hex[:6]}",
+                "source.start": "earliest",
+                "source.max_events": events,
+                "cold.lake_uri": lake,
+                "progress_every_s": 0,
+            },
+        )
+        summary = Pipeline(config).run()
+        assert summary.events_in == events
+        assert summary.hot + summary.warm + summary.cold + summary.dead_letter == events
+        return summary.to_json()
+    finally:
+        shutil.rmtree(lake, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker = start_kafka()
+        bootstrap = broker.address
+    try:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        fill_s = fill(bootstrap, topic, args.events, args.partitions)
+        init_local_ray(args.num_cpus)
+        bare_rate = bare(bootstrap, topic, args.events)
+        run = pipeline(bootstrap, topic, args.events)
+        ray.shutdown()
+    finally:
+        if broker is not None:
+            broker.stop()
+    emit(
+        "kafka_ingest",
+        {
+            "events": args.events,
+            "partitions": args.partitions,
+            "cpus": args.num_cpus,
+            "produce_s": round(fill_s, 2),
+            "bare_consumer_events_per_s": round(bare_rate),
+            "pipeline_events_per_s": run["events_per_s"],
+            "ratio": round(run["events_per_s"] / bare_rate, 3),
+            "checkpoints": run["checkpoints"],
+            "split": {t: run[t] for t in ("hot", "warm", "cold", "dead_letter")},
+            "target_ratio": 0.9,
+        },
+        args.results,
+    )
+
+
+if __name__ == "__main__":
+    main()
