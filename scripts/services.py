@@ -138,10 +138,17 @@ def start_kafka(timeout: float = 60) -> Service:
 
 
 def _cluster_id() -> str:
-    # A Kafka cluster id is 16 random bytes, base64url without padding (what random-uuid prints).
+    """16 random bytes, base64url without padding, as ``kafka-storage random-uuid`` prints.
+
+    Like Kafka's ``Uuid.randomUuid``, never one starting with '-': the CLI would read it as an
+    option.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _wait_for_broker(bootstrap: str, timeout: float) -> None:
