@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from routers import ConfigError, Policy, PolicyError, parse_duration_ms
 
@@ -35,8 +43,8 @@ def _duration(value: Any) -> str:
     return str(value)
 
 
-def _optional_duration(value: Any) -> str | None:
-    return None if value is None else _duration(value)
+#: A duration like '250ms', '30s', '15m', '2h', '7d', checked when the config loads.
+Duration = Annotated[str, BeforeValidator(_duration)]
 
 
 class SourceConfig(_Frozen):
@@ -87,12 +95,10 @@ class SourceConfig(_Frozen):
     start: Literal["committed", "earliest", "latest"] | int = "committed"
     #: kafka: records per poll; stop after this long idle / this many records (None: never).
     max_records: int = Field(20_000, ge=1)
-    idle_timeout: str | None = None
+    idle_timeout: Duration | None = None
     max_events: int | None = Field(None, ge=0)
     #: kafka: extra KafkaConsumer settings (e.g. security); kept out of reprs and logs.
     consumer: dict[str, Any] = Field(default_factory=dict, repr=False)
-
-    _check_idle = field_validator("idle_timeout")(_optional_duration)
 
     @model_validator(mode="after")
     def _kind_needs(self) -> SourceConfig:
@@ -132,7 +138,7 @@ class WarmConfig(_Frozen):
     """Warm path: micro-batches on a size or time trigger, one Ray task each."""
 
     max_batch_rows: int = Field(100_000, ge=1)
-    max_delay: str = "2s"
+    max_delay: Duration = "2s"
     max_in_flight: int = Field(2, ge=1)
     processor: str = "minute_kpis"
     output_name: str = Field("minute_kpis", pattern=r"^[A-Za-z0-9_-]+$")
@@ -141,8 +147,6 @@ class WarmConfig(_Frozen):
     options: dict[str, Any] = Field(default_factory=dict)
     num_cpus: float = Field(0.25, ge=0)
     resources: dict[str, float] = Field(default_factory=dict)
-
-    _check_delay = field_validator("max_delay")(_duration)
 
     @property
     def max_delay_s(self) -> float:
@@ -156,15 +160,13 @@ class ColdConfig(_Frozen):
     flush_rows: int = Field(200_000, ge=1)
     #: Bytes bound of the writer's buffer (a flush fires on rows, bytes or interval).
     flush_bytes: int = Field(128 << 20, ge=1)
-    flush_interval: str = "10s"
+    flush_interval: Duration = "10s"
     #: Extra Hive partition columns after dt/hour (values are percent-encoded, never raw paths).
     partition_by: tuple[str, ...] = ()
     #: fsspec storage options (e.g. S3 endpoint); kept out of reprs and logs.
     storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
     num_cpus: float = Field(0.25, ge=0)
     resources: dict[str, float] = Field(default_factory=dict)
-
-    _check_interval = field_validator("flush_interval")(_duration)
 
     @property
     def flush_interval_s(self) -> float:
@@ -194,11 +196,9 @@ class PipelineConfig(_Frozen):
     #: Seconds between progress lines (0: none).
     progress_every_s: float = Field(1.0, ge=0)
     #: How often a checkpointed source (Kafka) is checkpointed: drain, flush, snapshot, commit.
-    checkpoint_interval: str = "5s"
+    checkpoint_interval: Duration = "5s"
     #: Kafka topic the hot path's output rows (alerts) are produced to (None: lake only).
     alerts_topic: str | None = None
-
-    _check_checkpoint = field_validator("checkpoint_interval")(_duration)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:

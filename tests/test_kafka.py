@@ -187,7 +187,6 @@ def test_two_processes_share_then_take_over(
         max_records=2_000,
         lake=lake,
         endpoint=s3_endpoint,
-        consumer={"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000},
     )
     fs = s3fs.S3FileSystem(**storage)
     state = f"{lake}/_state".removeprefix("s3://")
