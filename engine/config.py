@@ -236,7 +236,8 @@ def _describe(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         message = f"unknown key ({message})"
     inputs = error.get("input")
-    got = "" if error["type"] == "missing" or isinstance(inputs, Mapping) else f", got {inputs!r}"
+    quiet = error["type"] == "missing" or isinstance(inputs, Mapping) or ", got " in message
+    got = "" if quiet else f", got {inputs!r}"
     return f"{path or '<config>'}: {message}{got}"
 
 

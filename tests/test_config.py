@@ -108,3 +108,15 @@ def test_event_mix_is_validated_and_used() -> None:
     )
     data = b"".join(b.data or b"" for b in source_from_config(config).blocks())
     assert data.count(b'"event_type":"purchase"') == 2_000
+
+
+def test_kafka_source_settings() -> None:
+    base = {"kind": "kafka", "bootstrap": "127.0.0.1:9092", "topics": ["events"]}
+    config = PipelineConfig.from_dict(
+        {"source": {**base, "idle_timeout": "3s", "start": 1_764_000_000_000}}
+    )
+    assert (config.source.idle_timeout, config.source.start) == ("3s", 1_764_000_000_000)
+    assert problems({"source": {**base, "idle_timeout": "soon"}}) == [
+        "source.idle_timeout: expected a duration like '250ms', '30s', '15m', '2h' or '7d', got 'soon'"
+    ]
+    assert any("needs 'bootstrap'" in p for p in problems({"source": {"kind": "kafka"}}))
