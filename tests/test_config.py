@@ -117,6 +117,7 @@ def test_kafka_source_settings() -> None:
     )
     assert (config.source.idle_timeout, config.source.start) == ("3s", 1_764_000_000_000)
     assert problems({"source": {**base, "idle_timeout": "soon"}}) == [
-        "source.idle_timeout: expected a duration like '250ms', '30s', '15m', '2h' or '7d', got 'soon'"
+        "source.idle_timeout: expected a duration like '250ms', '30s', '15m', '2h' or '7d', "
+        "got 'soon'"
     ]
     assert any("needs 'bootstrap'" in p for p in problems({"source": {"kind": "kafka"}}))
