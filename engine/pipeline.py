@@ -273,27 +273,31 @@ class Pipeline:
         source.on_assign = self._on_assign
         interval = parse_duration_ms(self.config.checkpoint_interval) / 1000
         started = last_report = last_checkpoint = time.monotonic()
-        for block in source.blocks():
-            self._ingest(block)
-            self._collect()
-            now = time.monotonic()
-            if source.checkpointed and now - last_checkpoint >= interval:
-                self.checkpoint()
-                last_checkpoint = time.monotonic()
-            every = self.config.progress_every_s
-            if progress and every and now - last_report >= every:
-                last_report = now
-                progress(self._progress(started))
-        if source.checkpointed:
-            self.checkpoint()
-        else:
-            self.drain()
-            self._write_alerts()
+        try:
+            for block in source.blocks():
+                if block is not None:  # None: a quiet moment, for the timers below
+                    self._ingest(block)
+                self._collect()
+                now = time.monotonic()
+                if source.checkpointed and now - last_checkpoint >= interval:
+                    self.checkpoint()
+                    last_checkpoint = time.monotonic()
+                every = self.config.progress_every_s
+                if progress and every and now - last_report >= every:
+                    last_report = now
+                    progress(self._progress(started))
+            if source.checkpointed:
+                self.checkpoint()  # the last commit needs the source still connected
+            else:
+                self.drain()
+                self._write_alerts()
+        finally:
+            source.close()
+            if self._alerts_sink is not None:
+                self._alerts_sink.close()
         elapsed = time.monotonic() - started
         if progress:
             progress(self._progress(started))
-        if self._alerts_sink is not None:
-            self._alerts_sink.close()
         return self._summary(elapsed)
 
     # -- the loop -----------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from engine.processors import PlayerFeatures
 from engine.sources import SyntheticSource
@@ -84,6 +85,26 @@ def end_and_committed(
     return end, committed
 
 
+def group_shares(bootstrap: str, group: str) -> list[int]:
+    """Partitions owned by each member of a stable group (empty while it is rebalancing)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        (info,) = admin.describe_consumer_groups([group])
+    except KafkaError:  # e.g. no coordinator for a group nobody has joined yet
+        return []
+    finally:
+        admin.close()
+    if info.state != "Stable":
+        return []
+    return sorted(
+        sum(
+            len(parts)
+            for _, parts in (m.member_assignment.assignment if m.member_assignment else [])
+        )
+        for m in info.members
+    )
+
+
 def lake_table(fs: Any, lake: str, directory: str) -> pa.Table:
     path = f"{lake}/{directory}".removeprefix("s3://")
     if not fs.exists(path):
@@ -117,10 +138,15 @@ def write_config(folder: Path, **source: Any) -> Path:
             "storage_options": {"client_kwargs": {"endpoint_url": source.pop("endpoint")}},
         },
         "checkpoint_interval": "500ms",
-        "progress_every_s": 0,
+        "progress_every_s": 2,  # a timeline in the logs
     }
     # A killed member's partitions move on after 6 s (the broker's minimum) instead of 45 s.
-    consumer = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000}
+    # A member that dies mid-rebalance holds the group for max_poll_interval (300 s by default).
+    consumer = {
+        "session_timeout_ms": 6_000,
+        "heartbeat_interval_ms": 1_000,
+        "max_poll_interval_ms": 30_000,
+    }
     consumer.update(source.pop("consumer", {}))
     config["source"] = {"kind": "kafka", "start": "earliest", "consumer": consumer, **source}
     path = folder / "pipeline.yaml"
@@ -171,6 +197,10 @@ class CliRun:
             with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
                 os.kill(proc.pid, signal.SIGKILL)
         self.process.wait(30)
+
+    def terminate(self) -> None:
+        """Ask for a graceful stop (SIGTERM): finish, checkpoint, print the summary."""
+        os.kill(self.process.pid, signal.SIGTERM)
 
     def result(self, timeout: float) -> dict[str, Any]:
         try:

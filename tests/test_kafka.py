@@ -24,6 +24,7 @@ from tests.kafka_helpers import (
     CliRun,
     end_and_committed,
     expected,
+    group_shares,
     hot_state_from_checkpoints,
     ids,
     lake_table,
@@ -175,7 +176,6 @@ def test_two_processes_share_then_take_over(
 ) -> None:
     lake, storage = s3_lake
     lines = workload(60_000, seed=13)
-    produce(kafka_bootstrap, topic, lines[:30_000])
     want, _ = expected(lines)
     group = f"g-{uuid.uuid4().hex[:8]}"
     config = write_config(
@@ -183,7 +183,7 @@ def test_two_processes_share_then_take_over(
         bootstrap=kafka_bootstrap,
         topics=[topic],
         group=group,
-        idle_timeout="20s",
+        idle_timeout="120s",
         max_records=2_000,
         lake=lake,
         endpoint=s3_endpoint,
@@ -192,18 +192,23 @@ def test_two_processes_share_then_take_over(
     state = f"{lake}/_state".removeprefix("s3://")
     a = CliRun(config, tmp_path / "a.log")
     b = CliRun(config, tmp_path / "b.log")
-    # Both members have checkpointed their share: all six partitions have a checkpoint.
-    wait_for(lambda: checkpoints(fs, state) == 6, 120, "checkpoints of all partitions")
-    wait_for(
-        lambda: (
-            sum((c or 0) for c in end_and_committed(kafka_bootstrap, topic, group)[1].values())
-            == 30_000
-        ),
-        120,
-        "first half done",
-    )
+
+    def stable_pair() -> bool:
+        return group_shares(kafka_bootstrap, group) == [3, 3]
+
+    def committed_total() -> int:
+        return sum(c or 0 for c in end_and_committed(kafka_bootstrap, topic, group)[1].values())
+
+    wait_for(stable_pair, 180, "two members with three partitions each")
+    produce(kafka_bootstrap, topic, lines[:30_000])  # both members process their share
+    wait_for(lambda: committed_total() == 30_000, 120, "first half done")
+    wait_for(lambda: checkpoints(fs, state) == 6, 60, "checkpoints of all partitions")
+    assert stable_pair()  # A is a settled member owning partitions when it dies
     a.kill()
     produce(kafka_bootstrap, topic, lines[30_000:])  # A's partitions get events only B can read
+    # Everything committed: B has taken over A's partitions and caught up (only B can commit).
+    wait_for(lambda: committed_total() == 60_000, 180, "B catching up")
+    b.terminate()
     summary = b.result(timeout=240)
     assert len(summary["done_positions"]) == 6  # B ended up with every partition
     fs.invalidate_cache()
@@ -225,7 +230,10 @@ def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
 
     def offsets(start, group: str) -> list[int]:
         source = KafkaSource(kafka_bootstrap, [topic], group, start=start, idle_timeout_s=1.5)
-        return [o for b in source.blocks() for o in b.meta["kafka_offset"].to_pylist()]
+        try:
+            return [o for b in source.blocks() if b for o in b.meta["kafka_offset"].to_pylist()]
+        finally:
+            source.close()  # leave the group
 
     assert offsets("earliest", "g-early") == list(range(12))
     assert offsets("latest", "g-late") == []
@@ -235,9 +243,12 @@ def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
     )
     seen = []
     for block in source.blocks():
+        if block is None:
+            continue
         seen += block.meta["kafka_offset"].to_pylist()
         source.commit({block.partition: 4})  # done through offset 4
-        source.close()
+        source.stop()
+    source.close()
     assert seen[0] == 0
     assert offsets("committed", "g-commit") == list(range(5, 12))
 

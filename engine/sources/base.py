@@ -47,8 +47,12 @@ class Source(ABC):
     name: str = "source"
 
     @abstractmethod
-    def blocks(self) -> Iterator[SourceBlock]:
-        """Yield blocks in order."""
+    def blocks(self) -> Iterator[SourceBlock | None]:
+        """Yield blocks in order; ``None`` when nothing new arrived for a while.
+
+        An unbounded source yields ``None`` after an empty poll, so the pipeline can run its
+        timers (checkpoints, the warm path's time trigger) while the stream is quiet.
+        """
 
     #: Called by a source (from inside ``blocks()``) before it gives up partitions, with their
     #: names; the pipeline drains and checkpoints them before the call returns.
@@ -57,8 +61,12 @@ class Source(ABC):
     #: source's own rules (committed, else start); returns the offsets to resume from instead.
     on_assign: Callable[[dict[str, int]], dict[str, int]] | None = None
 
+    def stop(self) -> None:  # noqa: B027 - optional hook
+        """Ask ``blocks()`` to end after the current block (e.g. on SIGTERM); safe from a signal
+        handler. The default does nothing: bounded sources end by themselves."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources; the default does nothing."""
+        """Release resources (connections); called once the pipeline's last checkpoint is done."""
 
     def commit(self, positions: dict[str, int]) -> None:  # noqa: B027 - optional hook
         """Record that every offset up to ``positions[partition]`` (inclusive) is done.

@@ -41,7 +41,7 @@ class FileSource(Source):
             return [self.path]
         return sorted(p for p in self.path.iterdir() if p.suffix in _SUFFIXES and p.is_file())
 
-    def blocks(self) -> Iterator[SourceBlock]:
+    def blocks(self) -> Iterator[SourceBlock | None]:
         for file in self.files():
             kind = self.format if self.format != "auto" else _SUFFIXES.get(file.suffix, "ndjson")
             partition = re.sub(r"[^A-Za-z0-9_-]", "_", file.name)

@@ -9,23 +9,21 @@ Rebalances follow kafka-python's ``ConsumerRebalanceListener`` contract: both ca
 ``poll()``, in the consumer's thread (the pipeline's driver). Before partitions are revoked the
 pipeline drains and checkpoints them (``on_revoke``); when partitions are assigned it says where
 each resumes (``on_assign``), which this source applies with ``seek``.
+
+kafka-python 2.x, not 3.0: 3.0 moves network IO to a thread of its own, refuses blocking calls in
+listeners, and its consumer stalled in ``fetch_records`` in our two-member test (the same shape
+as upstream issues #3106 and #3121).
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from kafka import (
-    AsyncConsumerRebalanceListener,
-    KafkaConsumer,
-    OffsetAndMetadata,
-    TopicPartition,
-)
+from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
 
 from engine.sources.base import Source, SourceBlock
 
@@ -40,55 +38,29 @@ META_TYPES = {
 }
 
 
-#: How often the rebalance listener checks on its worker thread (it yields to the IO loop between).
-_LISTENER_POLL_S = 0.02
-
-
 def partition_name(topic: str, partition: int) -> str:
     return f"{topic}-{partition}"
 
 
-class _Listener(AsyncConsumerRebalanceListener):
-    """Runs the pipeline's rebalance work in a worker thread while kafka-python's loop goes on.
+class _Listener(ConsumerRebalanceListener):
+    """kafka-python calls these inside ``poll()``, on the pipeline's driver thread.
 
-    kafka-python 3 calls listeners on its IO thread, where blocking consumer calls are refused
-    and a long callback would stop heartbeats. The work (drain, checkpoint, commit, offset
-    lookups) runs in a thread; the driver thread is parked inside ``poll()`` meanwhile, so
-    nothing else touches the pipeline.
+    Both may block (drain, checkpoint, commit, offset lookups): that is the contract of the
+    listener, and the consumer's heartbeat thread keeps the membership alive meanwhile (up to
+    ``max_poll_interval_ms``).
     """
 
-    def __init__(self, source: KafkaSource, consumer: KafkaConsumer) -> None:
+    def __init__(self, source: KafkaSource) -> None:
         self.source = source
-        self.consumer = consumer
 
-    async def _in_thread(self, work: Callable[[], None]) -> None:
-        done = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                work()
-            except BaseException as exc:  # handed to the awaiting loop below
-                failure.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name="rebalance", daemon=True).start()
-        while not done.is_set():
-            await self.consumer._net.sleep(_LISTENER_POLL_S)  # yields to the IO loop
-        if failure:
-            raise failure[0]
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Finish (drain and checkpoint) what was read from these partitions, then commit it.
         if revoked and self.source.on_revoke is not None:
-            names = sorted(partition_name(tp.topic, tp.partition) for tp in revoked)
-            on_revoke = self.source.on_revoke
-            await self._in_thread(lambda: on_revoke(names))
+            self.source.on_revoke(sorted(partition_name(tp.topic, tp.partition) for tp in revoked))
 
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:
-            await self._in_thread(lambda: self.source._assigned(sorted(assigned)))
+            self.source._assigned(sorted(assigned))
 
 
 class KafkaSource(Source):
@@ -136,7 +108,7 @@ class KafkaSource(Source):
         self.max_events = max_events
         self.config = dict(config or {})
         self._consumer: KafkaConsumer | None = None
-        self._closed = False
+        self._stopping = False
         self.records_read = 0
 
     @property
@@ -192,8 +164,14 @@ class KafkaSource(Source):
             positions[partition_name(tp.topic, tp.partition)] = position
         return positions
 
+    def stop(self) -> None:
+        self._stopping = True
+
     def close(self) -> None:
-        self._closed = True
+        """Leave the group and disconnect (after the last commit)."""
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+            self._consumer = None
 
     def commit(self, positions: dict[str, int]) -> None:
         if self._consumer is None or not positions:
@@ -207,35 +185,30 @@ class KafkaSource(Source):
         if offsets:
             self._consumer.commit(offsets)
 
-    def blocks(self) -> Iterator[SourceBlock]:
+    def blocks(self) -> Iterator[SourceBlock | None]:
         consumer = self._connect()
         self._consumer = consumer
-        consumer.subscribe(self.topics, listener=_Listener(self, consumer))
+        consumer.subscribe(self.topics, listener=_Listener(self))
         idle_since = time.monotonic()
-        try:
-            while not self._closed:
-                if self.max_events is not None and self.records_read >= self.max_events:
+        while not self._stopping:
+            if self.max_events is not None and self.records_read >= self.max_events:
+                return
+            polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
+            if not polled:
+                if not consumer.assignment():  # joining: idle time counts once we own some
+                    idle_since = time.monotonic()
+                elif (
+                    self.idle_timeout_s is not None
+                    and time.monotonic() - idle_since > self.idle_timeout_s
+                ):
                     return
-                polled = consumer.poll(
-                    timeout_ms=self.poll_timeout_ms, max_records=self.max_records
-                )
-                if not polled:
-                    if not consumer.assignment():  # joining: idle time counts once we own some
-                        idle_since = time.monotonic()
-                    elif (
-                        self.idle_timeout_s is not None
-                        and time.monotonic() - idle_since > self.idle_timeout_s
-                    ):
-                        return
-                    continue
-                idle_since = time.monotonic()
-                for tp, records in polled.items():
-                    if records:
-                        self.records_read += len(records)
-                        yield _block(tp, records)
-        finally:
-            consumer.close(autocommit=False)
-            self._consumer = None
+                yield None  # quiet: let the pipeline run its timers
+                continue
+            idle_since = time.monotonic()
+            for tp, records in polled.items():
+                if records:
+                    self.records_read += len(records)
+                    yield _block(tp, records)
 
 
 def _block(tp: TopicPartition, records: list[Any]) -> SourceBlock:

@@ -26,7 +26,7 @@ class MemorySource(Source):
         self._blocks = list(blocks)
         self.rate = rate
 
-    def blocks(self) -> Iterator[SourceBlock]:
+    def blocks(self) -> Iterator[SourceBlock | None]:
         started, sent = time.monotonic(), 0
         for block in self._blocks:
             if self.rate:

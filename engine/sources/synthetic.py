@@ -92,16 +92,16 @@ class SyntheticSource(Source):
         total = sum(mix.values())
         self._kinds = np.array(list(mix))
         self._kind_p = np.array([w / total for w in mix.values()])
-        self._closed = False
+        self._stopping = False
 
-    def close(self) -> None:
-        self._closed = True
+    def stop(self) -> None:
+        self._stopping = True
 
-    def blocks(self) -> Iterator[SourceBlock]:
+    def blocks(self) -> Iterator[SourceBlock | None]:
         next_offset = [0] * self.partitions
         started = time.monotonic()
         for number, first in enumerate(range(0, self.events, self.block_rows)):
-            if self._closed:
+            if self._stopping:
                 return
             rows = min(self.block_rows, self.events - first)
             if self.rate:  # pace emission: block k is due at k * rows / rate seconds
