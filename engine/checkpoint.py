@@ -67,6 +67,11 @@ class Checkpoints:
         text = self.lake.read_text(f"{self._folder(partition)}/CURRENT.json")
         return json.loads(text) if text else None
 
+    def position(self, partition: str) -> int | None:
+        """The partition's last checkpointed offset, or None (reads only the pointer)."""
+        pointer = self._pointer(partition)
+        return None if pointer is None else int(pointer["position"])
+
     def load(self, partition: str) -> Checkpoint | None:
         """The partition's last checkpoint, or None."""
         pointer = self._pointer(partition)

@@ -201,7 +201,7 @@ class Pipeline:
         self._counts = {"events_in": 0, "hot": 0, "warm": 0, "cold": 0, "dead_letter": 0}
         self._first: dict[str, int] = {}  # first offset of each partition in this run
         self._seq = 0
-        #: Partitions whose keys' state is in our actors, with the checkpoint it matches.
+        #: Our own last checkpoint per partition: our actors hold its keys' state as of then.
         self._held: dict[str, int] = {}
         self.checkpoints_taken = 0
         self.alerts_written = 0
@@ -415,17 +415,20 @@ class Pipeline:
         assert self.hot is not None
         resume: dict[str, int] = {}
         for name, default in partitions.items():
-            if name in self._held:  # our actors already hold this partition's keys
-                resume[name] = self._held[name] + 1
-                continue
-            checkpoint = self.checkpoints.load(name)
-            if checkpoint is not None:
+            held = self._held.get(name)  # our own last checkpoint of it, if any
+            position = self.checkpoints.position(name)
+            if position is not None and (held is None or position > held):
+                # Someone (a crashed run of ours, another member) got further than our actors:
+                # their checkpoint is the truth for this partition's keys.
+                checkpoint = self.checkpoints.load(name)
+                assert checkpoint is not None
                 self.hot.restore(checkpoint.hot)
                 resume[name] = checkpoint.position + 1
+            elif held is not None:
+                resume[name] = held + 1  # our actors hold its keys as of our own checkpoint
             else:
                 resume[name] = default
             self.recovered_files += self.checkpoints.recover(name, resume[name])
-            self._held[name] = resume[name] - 1
         return resume
 
     # -- helpers ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ as upstream issues #3106 and #3121).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -24,10 +25,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.errors import CommitFailedError, RebalanceInProgressError
 
 from engine.sources.base import Source, SourceBlock
 
 __all__ = ["KafkaSource", "partition_name"]
+
+log = logging.getLogger(__name__)
 
 #: Columns added to every decoded row from its Kafka record.
 META_TYPES = {
@@ -182,8 +186,14 @@ class KafkaSource(Source):
             for name, last in positions.items()
             if name in owned
         }
-        if offsets:
+        if not offsets:
+            return
+        try:
             self._consumer.commit(offsets)
+        except (RebalanceInProgressError, CommitFailedError) as exc:
+            # The group is rebalancing: the next poll() runs it, and the revocation commits
+            # again. Nothing is lost meanwhile: recovery resumes from the checkpoint in the lake.
+            log.warning("commit skipped during a rebalance (%s); the revocation commits", exc)
 
     def blocks(self) -> Iterator[SourceBlock | None]:
         consumer = self._connect()
