@@ -126,22 +126,39 @@ def main() -> None:
     finally:
         if broker is not None:
             broker.stop()
-    emit(
-        "kafka_ingest",
-        {
-            "events": args.events,
-            "partitions": args.partitions,
-            "cpus": args.num_cpus,
-            "produce_s": round(fill_s, 2),
-            "bare_consumer_events_per_s": round(bare_rate),
-            "pipeline_events_per_s": run["events_per_s"],
-            "ratio": round(run["events_per_s"] / bare_rate, 3),
-            "checkpoints": run["checkpoints"],
-            "split": {t: run[t] for t in ("hot", "warm", "cold", "dead_letter")},
-            "target_ratio": 0.9,
-        },
-        args.results,
+    record = {
+        "events": args.events,
+        "partitions": args.partitions,
+        "cpus": args.num_cpus,
+        "produce_s": round(fill_s, 2),
+        "bare_consumer_events_per_s": round(bare_rate),
+        "pipeline_events_per_s": run["events_per_s"],
+        "ratio": round(run["events_per_s"] / bare_rate, 3),
+        "checkpoints": run["checkpoints"],
+        "split": {t: run[t] for t in ("hot", "warm", "cold", "dead_letter")},
+        "target_ratio": 0.9,
+    }
+    emit("kafka_ingest", record, args.results)
+    plot(record, args.results)
+
+
+def plot(record: dict, results: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    rates = [record["bare_consumer_events_per_s"], record["pipeline_events_per_s"]]
+    ax.bar(["bare consumer\n(poll + decode)", "full pipeline"], rates, color=["C7", "C0"])
+    ax.axhline(
+        rates[0] * record["target_ratio"], color="C3", linestyle="--", label="target 0.9x bare"
     )
+    ax.set_ylabel("events/s")
+    ax.set_title(f"Kafka ingest, {record['events']:,} events: ratio {record['ratio']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results / "kafka_ingest.png", dpi=100)
 
 
 if __name__ == "__main__":
