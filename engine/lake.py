@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any, Final
 from urllib.parse import quote
@@ -83,20 +83,26 @@ class Lake:
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
-    def write_parquet(self, table: pa.Table, relative: str) -> str:
-        """Write ``table`` to ``relative`` atomically: a hidden temporary name, then a rename.
+    def _write_atomically(self, relative: str, write: Callable[[Any], object]) -> str:
+        """Call ``write(handle)`` on a hidden temporary file, then rename it to ``relative``.
 
         Readers (pyarrow datasets skip names starting with ``.``) never see a half-written file,
-        and writing the same rows to the same name again replaces the file.
+        and writing the same content to the same name again replaces the file.
         """
         final = self.path(relative)
         folder, name = final.rsplit("/", 1)
         self.fs.makedirs(folder, exist_ok=True)
         temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
         with self.fs.open(temporary, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
+            write(handle)
         self.fs.mv(temporary, final)
         return final
+
+    def write_parquet(self, table: pa.Table, relative: str) -> str:
+        """Write ``table`` to ``relative`` atomically (see :meth:`_write_atomically`)."""
+        return self._write_atomically(
+            relative, lambda handle: pq.write_table(table, handle, compression="zstd")
+        )
 
     def write_partitioned(
         self,
@@ -134,15 +140,8 @@ class Lake:
         return written
 
     def write_text(self, text: str, relative: str) -> str:
-        """Write a small text file atomically (temporary name, then rename)."""
-        final = self.path(relative)
-        folder, name = final.rsplit("/", 1)
-        self.fs.makedirs(folder, exist_ok=True)
-        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open(temporary, "wb") as handle:
-            handle.write(text.encode())
-        self.fs.mv(temporary, final)
-        return final
+        """Write a small text file atomically (see :meth:`_write_atomically`)."""
+        return self._write_atomically(relative, lambda handle: handle.write(text.encode()))
 
     def read_text(self, relative: str) -> str | None:
         """A small text file's content, or None when it does not exist."""
