@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -129,13 +130,32 @@ def test_kafka_to_s3_lake(kafka_bootstrap: str, topic: str, s3_lake: tuple[str, 
     assert rows == distinct == want["cold"].num_rows
 
 
+@pytest.fixture
+def cli_runs(tmp_path: Path) -> Iterator[Callable[[Path, str], CliRun]]:
+    """Start ``thermocline run`` processes; whatever a test leaves running is killed after it."""
+    runs: list[CliRun] = []
+
+    def start(config: Path, name: str) -> CliRun:
+        runs.append(CliRun(config, tmp_path / f"{name}.log"))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.kill()
+
+
 def checkpoints(fs: s3fs.S3FileSystem, state: str) -> int:
     fs.invalidate_cache()  # s3fs caches listings; the pipeline writes from other processes
     return len(fs.glob(f"{state}/*/CURRENT.json"))
 
 
 def test_sigkill_mid_stream_then_resume(
-    kafka_bootstrap: str, topic: str, s3_lake: tuple[str, dict], s3_endpoint: str, tmp_path: Path
+    kafka_bootstrap: str,
+    topic: str,
+    s3_lake: tuple[str, dict],
+    s3_endpoint: str,
+    tmp_path: Path,
+    cli_runs: Callable[[Path, str], CliRun],
 ) -> None:
     lake, storage = s3_lake
     lines = workload(100_000, seed=12)
@@ -155,14 +175,14 @@ def test_sigkill_mid_stream_then_resume(
     fs = s3fs.S3FileSystem(**storage)
     state = f"{lake}/_state".removeprefix("s3://")
 
-    first = CliRun(config, tmp_path / "first.log")
+    first = cli_runs(config, "first")
     wait_for(lambda: checkpoints(fs, state) >= 3, 120, "a first checkpoint")
     first.kill()  # SIGKILL, mid-stream
     _, committed = end_and_committed(kafka_bootstrap, topic, group)
     done_before = sum(c or 0 for c in committed.values())
     assert 0 < done_before < 100_000, "the crash must land mid-stream"
 
-    second = CliRun(config, tmp_path / "second.log").result(timeout=240)
+    second = cli_runs(config, "second").result(timeout=240)
     assert 0 < second["events_in"] <= 100_000 - done_before + 20_000  # resumed, not from scratch
     fs.invalidate_cache()
     assert ids(lake_table(fs, lake, "events")) == ids(want["cold"])  # exactly once after the crash
@@ -172,7 +192,12 @@ def test_sigkill_mid_stream_then_resume(
 
 
 def test_two_processes_share_then_take_over(
-    kafka_bootstrap: str, topic: str, s3_lake: tuple[str, dict], s3_endpoint: str, tmp_path: Path
+    kafka_bootstrap: str,
+    topic: str,
+    s3_lake: tuple[str, dict],
+    s3_endpoint: str,
+    tmp_path: Path,
+    cli_runs: Callable[[Path, str], CliRun],
 ) -> None:
     lake, storage = s3_lake
     lines = workload(60_000, seed=13)
@@ -190,8 +215,8 @@ def test_two_processes_share_then_take_over(
     )
     fs = s3fs.S3FileSystem(**storage)
     state = f"{lake}/_state".removeprefix("s3://")
-    a = CliRun(config, tmp_path / "a.log")
-    b = CliRun(config, tmp_path / "b.log")
+    a = cli_runs(config, "a")
+    b = cli_runs(config, "b")
 
     def stable_pair() -> bool:
         return group_shares(kafka_bootstrap, group) == [3, 3]
