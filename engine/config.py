@@ -97,6 +97,8 @@ class SourceConfig(_Frozen):
     max_records: int = Field(20_000, ge=1)
     idle_timeout: Duration | None = None
     max_events: int | None = Field(None, ge=0)
+    #: kafka: blocks (polls of one partition) read ahead while the pipeline works.
+    prefetch: int = Field(8, ge=1)
     #: kafka: extra KafkaConsumer settings (e.g. security); kept out of reprs and logs.
     consumer: dict[str, Any] = Field(default_factory=dict, repr=False)
 

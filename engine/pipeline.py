@@ -87,6 +87,7 @@ def source_from_config(config: PipelineConfig, start_ms: int | None = None) -> S
             if s.idle_timeout is None
             else parse_duration_ms(s.idle_timeout) / 1000,
             max_events=s.max_events,
+            prefetch=s.prefetch,
             config=dict(s.consumer),
         )
     if s.kind == "file":
@@ -376,10 +377,15 @@ class Pipeline:
         self.drain()
         self._write_alerts()
         positions = self.tracker.done()
-        if positions:
-            self.checkpoints.save(positions, self.hot.snapshot())
+        # Only partitions that moved since our last checkpoint of them: rewriting the others
+        # would cost a snapshot each time, and would overwrite a newer checkpoint written by
+        # the member that took such a partition over after a rebalance.
+        moved = {p: n for p, n in positions.items() if self._held.get(p) != n}
+        if moved:
+            self.checkpoints.save(moved, self.hot.snapshot())
+            self._held.update(moved)
+        # All of them: a commit the last run missed (a crash between steps 3 and 4) happens now.
         self.source.commit(positions)
-        self._held.update(positions)
         self.checkpoints_taken += 1
         return positions
 
@@ -424,11 +430,14 @@ class Pipeline:
                 assert checkpoint is not None
                 self.hot.restore(checkpoint.hot)
                 resume[name] = checkpoint.position + 1
+                self._held[name] = checkpoint.position
             elif held is not None:
                 resume[name] = held + 1  # our actors hold its keys as of our own checkpoint
             else:
                 resume[name] = default
             self.recovered_files += self.checkpoints.recover(name, resume[name])
+            self.tracker.resume(name, resume[name])
+            self._first.setdefault(name, resume[name])
         return resume
 
     # -- helpers ------------------------------------------------------------------------------

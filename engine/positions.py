@@ -58,6 +58,16 @@ class PositionTracker:
             del self._by_seq[block.seq]
             self._done[partition] = block.last_offset
 
+    def resume(self, partition: str, position: int) -> None:
+        """Everything before ``position`` is done already (restored from a checkpoint or a commit).
+
+        So the next checkpoint records and commits it even if no block of ``partition`` follows.
+        """
+        if self._open.get(partition):
+            raise RuntimeError(f"partition {partition} resumes with blocks still open")
+        if position > 0:
+            self._done[partition] = position - 1
+
     def done(self) -> dict[str, int]:
         """Highest done offset per partition (partitions with none done are absent)."""
         return dict(self._done)

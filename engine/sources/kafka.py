@@ -5,10 +5,21 @@ decoded together (one NDJSON block per partition per poll); key, partition, offs
 become per-line columns. Offsets are committed only by :meth:`KafkaSource.commit`, which the
 pipeline calls after a checkpoint; never automatically.
 
+The consumer runs in a child process of its own (the *reader*). kafka-python parses every record
+in Python, so in the driver's process it would hold the GIL most of the time and starve the
+decoding, routing and Ray calls beside it; in its own process it polls on its own core while the
+driver works. The reader polls, builds blocks and queues them (at most ``prefetch``);
+``blocks()`` hands them out on the driver's thread. The driver's calls (``commit``, ``stop``,
+``close``) go to the reader as messages, which it serves between polls. The reader leaves the
+group and exits if the driver dies.
+
 Rebalances follow kafka-python's ``ConsumerRebalanceListener`` contract: both callbacks run inside
-``poll()``, in the consumer's thread (the pipeline's driver). Before partitions are revoked the
-pipeline drains and checkpoints them (``on_revoke``); when partitions are assigned it says where
-each resumes (``on_assign``), which this source applies with ``seek``.
+``poll()`` in the reader and block it until they are done. Each one queues a hand-off behind every
+block polled before it and waits: the driver takes the blocks first, then runs the pipeline's hook
+(``on_revoke``: drain and checkpoint; ``on_assign``: where each partition resumes) and replies;
+the reader, still inside the callback, serves the hook's commit meanwhile and then applies the
+reply (``seek``). So a revocation commits everything read from the revoked partitions before they
+are given up.
 
 kafka-python 2.x, not 3.0: 3.0 moves network IO to a thread of its own, refuses blocking calls in
 listeners, and its consumer stalled in ``fetch_records`` in our two-member test (the same shape
@@ -17,9 +28,16 @@ as upstream issues #3106 and #3121).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,30 +59,81 @@ META_TYPES = {
     "kafka_timestamp": pa.timestamp("ms", "UTC"),
 }
 
+#: How often a waiting side looks at its other queue, or whether the other side is alive (s).
+_CHECK_EVERY_S = 0.02
+
 
 def partition_name(topic: str, partition: int) -> str:
     return f"{topic}-{partition}"
 
 
-class _Listener(ConsumerRebalanceListener):
-    """kafka-python calls these inside ``poll()``, on the pipeline's driver thread.
+# -- messages between the driver and the reader --------------------------------------------------
 
-    Both may block (drain, checkpoint, commit, offset lookups): that is the contract of the
-    listener, and the consumer's heartbeat thread keeps the membership alive meanwhile (up to
-    ``max_poll_interval_ms``).
-    """
 
-    def __init__(self, source: KafkaSource) -> None:
-        self.source = source
+@dataclass(frozen=True)
+class _Settings:
+    """What the reader needs to build its consumer (sent once, at start)."""
 
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Finish (drain and checkpoint) what was read from these partitions, then commit it.
-        if revoked and self.source.on_revoke is not None:
-            self.source.on_revoke(sorted(partition_name(tp.topic, tp.partition) for tp in revoked))
+    bootstrap: str
+    topics: tuple[str, ...]
+    group: str
+    start: str | int
+    max_records: int
+    poll_timeout_ms: int
+    idle_timeout_s: float | None
+    max_events: int | None
+    config: dict[str, Any] = field(repr=False)  # may hold credentials: never in a repr
 
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if assigned:
-            self.source._assigned(sorted(assigned))
+
+@dataclass(frozen=True)
+class _Handoff:
+    """Reader -> driver, in the block queue: run a rebalance hook and reply with its result."""
+
+    id: int
+    hook: str  # "revoke" (payload: partition names) or "assign" (payload: name -> default)
+    payload: Any
+
+
+@dataclass(frozen=True)
+class _End:
+    """Reader -> driver: nothing more will be read (stopped, idle, ``max_events``)."""
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Reader -> driver: the reader failed; the driver raises ``error``."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Driver -> reader: ``commit`` (args: positions), ``reply`` (args: (value, error)),
+    ``stop`` or ``close``."""
+
+    id: int
+    op: str
+    args: Any = None
+
+
+@dataclass(frozen=True)
+class _Result:
+    """Reader -> driver, on the result queue: how call ``id`` ended."""
+
+    id: int
+    error: BaseException | None
+
+
+def _portable(error: BaseException) -> BaseException:
+    """``error`` if it survives pickling to the other process, else a RuntimeError naming it."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
+
+
+# -- the driver's side ---------------------------------------------------------------------------
 
 
 class KafkaSource(Source):
@@ -78,9 +147,13 @@ class KafkaSource(Source):
             ``committed`` means earliest when nothing is committed; an int is a timestamp (epoch
             ms) looked up with ``offsets_for_times``.
         max_records: records per poll (the most a block can hold).
+        poll_timeout_ms: longest wait in one poll; also how often ``blocks()`` yields ``None``
+            while no records arrive.
         idle_timeout_s: stop after this long without records while owning partitions (None: run
             until closed).
         max_events: stop after this many records (None: no limit).
+        prefetch: blocks read ahead of the pipeline (memory: at most ``prefetch * max_records``
+            records wait in the queue).
         config: extra ``KafkaConsumer`` settings (e.g. security); never logged.
 
     Example:
@@ -100,87 +173,283 @@ class KafkaSource(Source):
         poll_timeout_ms: int = 200,
         idle_timeout_s: float | None = None,
         max_events: int | None = None,
+        prefetch: int = 8,
         config: dict[str, Any] | None = None,
     ) -> None:
-        self.bootstrap = bootstrap
-        self.topics = list(topics)
-        self.group = group
-        self.start = start
-        self.max_records = max_records
-        self.poll_timeout_ms = poll_timeout_ms
-        self.idle_timeout_s = idle_timeout_s
-        self.max_events = max_events
-        self.config = dict(config or {})
-        self._consumer: KafkaConsumer | None = None
+        self.settings = _Settings(
+            bootstrap,
+            tuple(topics),
+            group,
+            start,
+            max_records,
+            poll_timeout_ms,
+            idle_timeout_s,
+            max_events,
+            dict(config or {}),
+        )
+        self.prefetch = prefetch
+        # spawn, not fork: the driver runs Ray's threads, which a forked child must not inherit.
+        self._context = multiprocessing.get_context("spawn")
+        self._process: Any = None  # the reader (a SpawnProcess) once blocks() runs
+        self._calls: Any = None  # driver -> reader: _Call
+        self._results: Any = None  # reader -> driver: _Result
+        self._ids = itertools.count()
         self._stopping = False
-        self.records_read = 0
 
     @property
     def checkpointed(self) -> bool:
         return True
 
-    def _connect(self) -> KafkaConsumer:
-        """A consumer that has not subscribed yet (``blocks`` subscribes once it is stored)."""
-        reset = "latest" if self.start == "latest" else "earliest"
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group,
-            enable_auto_commit=False,  # commits follow checkpoints only
-            auto_offset_reset=reset,
-            max_poll_records=self.max_records,
-            fetch_max_bytes=64 << 20,
-            max_partition_fetch_bytes=16 << 20,
-            **self.config,
+    def blocks(self) -> Iterator[SourceBlock | None]:
+        if self._process is not None:
+            raise RuntimeError("KafkaSource.blocks() runs once per source")
+        items = self._context.Queue(maxsize=self.prefetch)
+        self._calls = self._context.Queue()
+        self._results = self._context.Queue()
+        self._process = self._context.Process(
+            target=_read,
+            args=(self.settings, items, self._calls, self._results, os.getpid()),
+            name=f"thermocline-kafka-reader-{self.settings.group}",
+            daemon=True,
         )
-        return consumer
-
-    def _assigned(self, assigned: list[TopicPartition]) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        defaults = self._default_positions(consumer, assigned)
-        resume = self.on_assign(dict(defaults)) if self.on_assign is not None else defaults
-        for tp in assigned:
-            consumer.seek(tp, resume.get(partition_name(tp.topic, tp.partition), 0))
-
-    def _default_positions(
-        self, consumer: KafkaConsumer, assigned: list[TopicPartition]
-    ) -> dict[str, int]:
-        """Next offset to read per partition by this source's own rules (commit, else start)."""
-        first = consumer.beginning_offsets(assigned)
-        end = consumer.end_offsets(assigned)
-        at_time = (
-            consumer.offsets_for_times({tp: self.start for tp in assigned})
-            if isinstance(self.start, int)
-            else {}
-        )
-        positions = {}
-        for tp in assigned:
-            committed = None if self.start in ("earliest", "latest") else consumer.committed(tp)
-            if committed is not None:
-                position = committed
-            elif self.start == "latest":
-                position = end[tp]
-            elif isinstance(self.start, int):
-                found = at_time.get(tp)
-                position = found.offset if found is not None else end[tp]
+        self._process.start()
+        stop_sent = False
+        while True:
+            if self._stopping and not stop_sent:  # stop() may run in a signal handler: sent here
+                self._calls.put(_Call(next(self._ids), "stop"))
+                stop_sent = True
+            try:
+                item = items.get(timeout=self.settings.poll_timeout_ms / 1000)
+            except queue.Empty:
+                self._check_reader()
+                yield None  # quiet: let the pipeline run its timers
+                continue
+            if isinstance(item, SourceBlock):
+                yield item
+            elif isinstance(item, _Handoff):
+                self._run_hook(item)
+            elif isinstance(item, _End):
+                return
             else:
-                position = first[tp]
-            positions[partition_name(tp.topic, tp.partition)] = position
-        return positions
+                raise item.error  # the reader failed
+
+    def _run_hook(self, handoff: _Handoff) -> None:
+        """Run a rebalance hook here, on the driver's thread, and reply to the waiting reader."""
+        value: Any = None
+        try:
+            if handoff.hook == "revoke" and self.on_revoke is not None:
+                self.on_revoke(handoff.payload)
+            elif handoff.hook == "assign":
+                hook = self.on_assign
+                value = hook(dict(handoff.payload)) if hook is not None else handoff.payload
+        except BaseException as exc:
+            self._calls.put(_Call(handoff.id, "reply", (None, _portable(exc))))
+            raise  # a failed hook fails the run, loudly
+        self._calls.put(_Call(handoff.id, "reply", (value, None)))
+
+    def _check_reader(self) -> None:
+        if self._process is not None and not self._process.is_alive():
+            raise RuntimeError(
+                f"the Kafka reader process exited unexpectedly (exit code {self._process.exitcode})"
+            )
 
     def stop(self) -> None:
         self._stopping = True
 
+    def commit(self, positions: dict[str, int]) -> None:
+        if not positions:
+            return
+        if self._process is None:
+            raise RuntimeError("KafkaSource.commit() needs blocks() running: nothing was read")
+        call = _Call(next(self._ids), "commit", dict(positions))
+        self._calls.put(call)
+        while True:
+            try:
+                result: _Result = self._results.get(timeout=_CHECK_EVERY_S * 10)
+            except queue.Empty:
+                self._check_reader()
+                continue
+            if result.id == call.id:
+                if result.error is not None:
+                    raise result.error
+                return
+
     def close(self) -> None:
         """Leave the group and disconnect (after the last commit)."""
-        if self._consumer is not None:
-            self._consumer.close(autocommit=False)
-            self._consumer = None
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.is_alive():
+            self._calls.put(_Call(next(self._ids), "close"))
+            process.join(timeout=30)
+        if process.is_alive():  # a reader stuck in the network: it has nothing left to commit
+            process.kill()
+            process.join()
+
+
+# -- the reader (a child process) ----------------------------------------------------------------
+
+
+class _Closing(Exception):
+    """The driver asked to close, or died: unwind and leave the group."""
+
+
+def _read(settings: _Settings, items: Any, calls: Any, results: Any, driver_pid: int) -> None:
+    """The reader process's entry point."""
+    # The driver decides when to stop (its own SIGINT/SIGTERM handler sends "stop").
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Never wait at exit for queued items nobody will read (the driver may be gone).
+    items.cancel_join_thread()
+    results.cancel_join_thread()
+    _Reader(settings, items, calls, results, driver_pid).run()
+
+
+class _Listener(ConsumerRebalanceListener):
+    """kafka-python calls these inside ``poll()``; each waits for the driver's hook."""
+
+    def __init__(self, reader: _Reader) -> None:
+        self.reader = reader
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # The driver finishes (drains and checkpoints) what was read, then commits it.
+        if revoked:
+            names = sorted(partition_name(tp.topic, tp.partition) for tp in revoked)
+            self.reader.handoff("revoke", names)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            self.reader.assigned(sorted(assigned))
+
+
+class _Reader:
+    """Owns the consumer; every call on it happens on this process's one thread."""
+
+    def __init__(
+        self, settings: _Settings, items: Any, calls: Any, results: Any, driver_pid: int
+    ) -> None:
+        self.settings = settings
+        self.items = items
+        self.calls = calls
+        self.results = results
+        self.driver_pid = driver_pid
+        self.consumer: KafkaConsumer | None = None
+        self.stopping = False
+        self.closing = False
+        self.replies: dict[int, tuple[Any, BaseException | None]] = {}
+        self.handoffs = itertools.count()
+        self.records_read = 0
+
+    def run(self) -> None:
+        try:
+            try:
+                self.poll_loop()
+                self.put(_End())
+            except _Closing:
+                raise
+            except BaseException as exc:  # to the driver, which raises it
+                self.put(_Failed(_portable(exc)))
+            while True:  # serve the last checkpoint's commit until the driver closes us
+                self.serve(wait=True)
+        except _Closing:
+            pass
+        finally:
+            if self.consumer is not None:
+                self.consumer.close(autocommit=False)  # leave the group
+
+    def poll_loop(self) -> None:
+        s = self.settings
+        self.consumer = consumer = _connect(s)
+        consumer.subscribe(list(s.topics), listener=_Listener(self))
+        idle_since = time.monotonic()
+        while True:
+            self.serve()
+            if self.stopping or (s.max_events is not None and self.records_read >= s.max_events):
+                return
+            polled = consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_records)
+            if not polled:
+                if not consumer.assignment():  # joining: idle time counts once we own some
+                    idle_since = time.monotonic()
+                elif s.idle_timeout_s is not None and time.monotonic() - idle_since > (
+                    s.idle_timeout_s
+                ):
+                    return
+                continue
+            idle_since = time.monotonic()
+            for tp, records in polled.items():
+                if records:
+                    self.records_read += len(records)
+                    self.put(_block(tp, records))
+
+    def put(self, item: SourceBlock | _Handoff | _End | _Failed) -> None:
+        """Queue ``item`` for the driver; while the queue is full, serve the driver's calls."""
+        while True:
+            self.serve()
+            try:
+                self.items.put(item, timeout=_CHECK_EVERY_S)
+                return
+            except queue.Full:
+                continue
+
+    def serve(self, wait: bool = False) -> None:
+        """Handle the driver's queued calls; ``wait`` a moment for one if none is queued."""
+        while True:
+            if self.closing or os.getppid() != self.driver_pid:
+                raise _Closing
+            try:
+                call: _Call = (
+                    self.calls.get(timeout=_CHECK_EVERY_S) if wait else (self.calls.get_nowait())
+                )
+            except queue.Empty:
+                return
+            wait = False
+            if call.op == "commit":
+                try:
+                    self.commit(call.args)
+                except Exception as exc:
+                    self.results.put(_Result(call.id, _portable(exc)))
+                else:
+                    self.results.put(_Result(call.id, None))
+            elif call.op == "reply":
+                self.replies[call.id] = call.args
+            elif call.op == "stop":
+                self.stopping = True
+            elif call.op == "close":
+                self.closing = True
+
+    def handoff(self, hook: str, payload: Any) -> Any:
+        """Have the driver run ``hook`` after the blocks queued so far; serve calls meanwhile.
+
+        Returns the hook's reply, or None when closing (inside kafka-python's ``poll()``, which
+        would swallow an exception: the loop's next ``serve()`` raises it instead).
+        """
+        handoff = _Handoff(next(self.handoffs), hook, payload)
+        try:
+            self.put(handoff)
+            while handoff.id not in self.replies:
+                self.serve(wait=True)
+        except _Closing:
+            self.closing = True
+            return None
+        value, error = self.replies.pop(handoff.id)
+        if error is not None:
+            raise error  # logged by kafka-python; the driver fails the run and closes us
+        return value
+
+    def assigned(self, assigned: list[TopicPartition]) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        resume = self.handoff("assign", _default_positions(consumer, assigned, self.settings))
+        if resume is None:  # closing
+            return
+        for tp in assigned:
+            consumer.seek(tp, resume.get(partition_name(tp.topic, tp.partition), 0))
 
     def commit(self, positions: dict[str, int]) -> None:
-        if self._consumer is None or not positions:
+        consumer = self.consumer
+        if consumer is None:
             return
-        owned = {partition_name(tp.topic, tp.partition): tp for tp in self._consumer.assignment()}
+        owned = {partition_name(tp.topic, tp.partition): tp for tp in consumer.assignment()}
         offsets = {
             owned[name]: OffsetAndMetadata(last + 1, "", -1)
             for name, last in positions.items()
@@ -189,36 +458,52 @@ class KafkaSource(Source):
         if not offsets:
             return
         try:
-            self._consumer.commit(offsets)
+            consumer.commit(offsets)
         except (RebalanceInProgressError, CommitFailedError) as exc:
             # The group is rebalancing: the next poll() runs it, and the revocation commits
             # again. Nothing is lost meanwhile: recovery resumes from the checkpoint in the lake.
             log.warning("commit skipped during a rebalance (%s); the revocation commits", exc)
 
-    def blocks(self) -> Iterator[SourceBlock | None]:
-        consumer = self._connect()
-        self._consumer = consumer
-        consumer.subscribe(self.topics, listener=_Listener(self))
-        idle_since = time.monotonic()
-        while not self._stopping:
-            if self.max_events is not None and self.records_read >= self.max_events:
-                return
-            polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
-            if not polled:
-                if not consumer.assignment():  # joining: idle time counts once we own some
-                    idle_since = time.monotonic()
-                elif (
-                    self.idle_timeout_s is not None
-                    and time.monotonic() - idle_since > self.idle_timeout_s
-                ):
-                    return
-                yield None  # quiet: let the pipeline run its timers
-                continue
-            idle_since = time.monotonic()
-            for tp, records in polled.items():
-                if records:
-                    self.records_read += len(records)
-                    yield _block(tp, records)
+
+def _connect(s: _Settings) -> KafkaConsumer:
+    """A consumer that has not subscribed yet."""
+    return KafkaConsumer(
+        bootstrap_servers=s.bootstrap,
+        group_id=s.group,
+        enable_auto_commit=False,  # commits follow checkpoints only
+        auto_offset_reset="latest" if s.start == "latest" else "earliest",
+        max_poll_records=s.max_records,
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+        **s.config,
+    )
+
+
+def _default_positions(
+    consumer: KafkaConsumer, assigned: list[TopicPartition], s: _Settings
+) -> dict[str, int]:
+    """Next offset to read per partition by the source's own rules (commit, else start)."""
+    first = consumer.beginning_offsets(assigned)
+    end = consumer.end_offsets(assigned)
+    at_time = (
+        consumer.offsets_for_times({tp: s.start for tp in assigned})
+        if isinstance(s.start, int)
+        else {}
+    )
+    positions = {}
+    for tp in assigned:
+        committed = None if s.start in ("earliest", "latest") else consumer.committed(tp)
+        if committed is not None:
+            position = committed
+        elif s.start == "latest":
+            position = end[tp]
+        elif isinstance(s.start, int):
+            found = at_time.get(tp)
+            position = found.offset if found is not None else end[tp]
+        else:
+            position = first[tp]
+        positions[partition_name(tp.topic, tp.partition)] = position
+    return positions
 
 
 def _block(tp: TopicPartition, records: list[Any]) -> SourceBlock:
