@@ -143,6 +143,9 @@ class RunSummary:
     outputs: dict[str, str]
     bounds: dict[str, int] = field(default_factory=dict)
     checkpoints: int = 0
+    #: Seconds from the start (paths deployed) to the first block read: connecting, joining a
+    #: consumer group, the first fetch. None when nothing was read.
+    first_block_s: float | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -165,6 +168,7 @@ class RunSummary:
             "done_positions": self.done_positions,
             "bounds": self.bounds,
             "checkpoints": self.checkpoints,
+            "first_block_s": None if self.first_block_s is None else round(self.first_block_s, 3),
         }
 
 
@@ -208,6 +212,8 @@ class Pipeline:
         self.alerts_written = 0
         self.recovered_files: list[str] = []
         self._alerts_sink: KafkaSink | None = None
+        self._started = 0.0
+        self._first_block_s: float | None = None
 
     @property
     def source(self) -> Source:
@@ -267,14 +273,16 @@ class Pipeline:
         before partitions are revoked, and at the end.
         """
         init_local_ray()
-        self._start_paths()
-        assert self.hot is not None and self.warm is not None
         source = self.source
         source.on_revoke = self._on_revoke
         source.on_assign = self._on_assign
-        interval = parse_duration_ms(self.config.checkpoint_interval) / 1000
-        started = last_report = last_checkpoint = time.monotonic()
+        source.start()  # connect (e.g. join the consumer group) while the paths deploy
         try:
+            self._start_paths()
+            assert self.hot is not None and self.warm is not None
+            interval = parse_duration_ms(self.config.checkpoint_interval) / 1000
+            started = last_report = last_checkpoint = time.monotonic()
+            self._started = started
             for block in source.blocks():
                 if block is not None:  # None: a quiet moment, for the timers below
                     self._ingest(block)
@@ -307,6 +315,8 @@ class Pipeline:
         """Decode, route and hand one block to the three paths."""
         assert self.hot is not None and self.warm is not None
         seq, self._seq = self._seq, self._seq + 1
+        if self._first_block_s is None:
+            self._first_block_s = time.monotonic() - self._started
         ingest_ts = time.time()
         self._first.setdefault(block.partition, block.first_offset)
         good, dead, lines = self._decode(block)
@@ -509,4 +519,5 @@ class Pipeline:
                 "warm_max_buffered_rows_seen": self.warm.max_buffered_rows_seen,
             },
             checkpoints=self.checkpoints_taken,
+            first_block_s=self._first_block_s,
         )

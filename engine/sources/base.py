@@ -61,6 +61,11 @@ class Source(ABC):
     #: source's own rules (committed, else start); returns the offsets to resume from instead.
     on_assign: Callable[[dict[str, int]], dict[str, int]] | None = None
 
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Begin connecting ahead of ``blocks()`` (the pipeline calls it before deploying its
+        paths, so the two overlap). Rebalance hooks run only once ``blocks()`` is iterated. The
+        default does nothing."""
+
     def stop(self) -> None:  # noqa: B027 - optional hook
         """Ask ``blocks()`` to end after the current block (e.g. on SIGTERM); safe from a signal
         handler. The default does nothing: bounded sources end by themselves."""

@@ -190,7 +190,9 @@ class KafkaSource(Source):
         self.prefetch = prefetch
         # spawn, not fork: the driver runs Ray's threads, which a forked child must not inherit.
         self._context = multiprocessing.get_context("spawn")
-        self._process: Any = None  # the reader (a SpawnProcess) once blocks() runs
+        self._process: Any = None  # the reader (a SpawnProcess) once started
+        self._items: Any = None  # reader -> driver: blocks, hand-offs, the end
+        self._iterated = False
         self._calls: Any = None  # driver -> reader: _Call
         self._results: Any = None  # reader -> driver: _Result
         self._ids = itertools.count()
@@ -200,19 +202,28 @@ class KafkaSource(Source):
     def checkpointed(self) -> bool:
         return True
 
-    def blocks(self) -> Iterator[SourceBlock | None]:
+    def start(self) -> None:
+        """Start the reader: it connects and joins the group, then waits for ``blocks()`` to
+        run the assignment hook before it reads anything."""
         if self._process is not None:
-            raise RuntimeError("KafkaSource.blocks() runs once per source")
-        items = self._context.Queue(maxsize=self.prefetch)
+            return
+        self._items = self._context.Queue(maxsize=self.prefetch)
         self._calls = self._context.Queue()
         self._results = self._context.Queue()
         self._process = self._context.Process(
             target=_read,
-            args=(self.settings, items, self._calls, self._results, os.getpid()),
+            args=(self.settings, self._items, self._calls, self._results, os.getpid()),
             name=f"thermocline-kafka-reader-{self.settings.group}",
             daemon=True,
         )
         self._process.start()
+
+    def blocks(self) -> Iterator[SourceBlock | None]:
+        if self._iterated:
+            raise RuntimeError("KafkaSource.blocks() runs once per source")
+        self._iterated = True
+        self.start()
+        items = self._items
         stop_sent = False
         while True:
             if self._stopping and not stop_sent:  # stop() may run in a signal handler: sent here
@@ -260,7 +271,7 @@ class KafkaSource(Source):
         if not positions:
             return
         if self._process is None:
-            raise RuntimeError("KafkaSource.commit() needs blocks() running: nothing was read")
+            raise RuntimeError("KafkaSource.commit() needs a started source: nothing was read")
         call = _Call(next(self._ids), "commit", dict(positions))
         self._calls.put(call)
         while True:
@@ -339,6 +350,8 @@ class _Reader:
         self.replies: dict[int, tuple[Any, BaseException | None]] = {}
         self.handoffs = itertools.count()
         self.records_read = 0
+        #: Last time records arrived or a hand-off ended (the idle timeout counts from it).
+        self.active_at = time.monotonic()
 
     def run(self) -> None:
         try:
@@ -361,7 +374,7 @@ class _Reader:
         s = self.settings
         self.consumer = consumer = _connect(s)
         consumer.subscribe(list(s.topics), listener=_Listener(self))
-        idle_since = time.monotonic()
+        self.active_at = time.monotonic()
         while True:
             self.serve()
             if self.stopping or (s.max_events is not None and self.records_read >= s.max_events):
@@ -369,13 +382,13 @@ class _Reader:
             polled = consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_records)
             if not polled:
                 if not consumer.assignment():  # joining: idle time counts once we own some
-                    idle_since = time.monotonic()
-                elif s.idle_timeout_s is not None and time.monotonic() - idle_since > (
+                    self.active_at = time.monotonic()
+                elif s.idle_timeout_s is not None and time.monotonic() - self.active_at > (
                     s.idle_timeout_s
                 ):
                     return
                 continue
-            idle_since = time.monotonic()
+            self.active_at = time.monotonic()
             for tp, records in polled.items():
                 if records:
                     self.records_read += len(records)
@@ -432,6 +445,7 @@ class _Reader:
             self.closing = True
             return None
         value, error = self.replies.pop(handoff.id)
+        self.active_at = time.monotonic()  # the wait for the driver is not idle time
         if error is not None:
             raise error  # logged by kafka-python; the driver fails the run and closes us
         return value
