@@ -56,7 +56,9 @@ def test_end_to_end_smoke(tmp_path: Path) -> None:
 
 def test_kafka_ingest_smoke(tmp_path: Path, kafka_bootstrap: str, monkeypatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP", kafka_bootstrap)  # the session's broker, not a new one
-    record = run_benchmark("benchmarks.kafka_ingest", "--events", "3000", "--rounds", "1", results=tmp_path)
+    record = run_benchmark(
+        "benchmarks.kafka_ingest", "--events", "3000", "--rounds", "1", results=tmp_path
+    )
     assert record["events"] == 3_000
     assert sum(record["split"].values()) == 3_000
     assert record["bare_consumer_events_per_s"] > 0 and record["pipeline_events_per_s"] > 0
