@@ -105,6 +105,16 @@ def group_shares(bootstrap: str, group: str) -> list[int]:
     )
 
 
+def group_state(bootstrap: str, group: str) -> tuple[str, int]:
+    """The group's state (``Stable``, ``Empty``, ...) and how many members it has."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        (info,) = admin.describe_consumer_groups([group])
+    finally:
+        admin.close()
+    return info.state, len(info.members)
+
+
 def lake_table(fs: Any, lake: str, directory: str) -> pa.Table:
     path = f"{lake}/{directory}".removeprefix("s3://")
     if not fs.exists(path):
@@ -188,10 +198,11 @@ class CliRun:
             procs = [driver, *driver.children(recursive=True)]
         except psutil.NoSuchProcess:
             pass  # already gone; its Ray may not be
-        procs += [
+        procs += [  # its Ray (socket paths under our TMPDIR), and anything orphaned with our env
             p
-            for p in psutil.process_iter(["cmdline"])
+            for p in psutil.process_iter(["cmdline", "environ"])
             if self.tmp in " ".join(p.info["cmdline"] or [])
+            or (p.info["environ"] or {}).get("TMPDIR") == self.tmp
         ]
         for proc in procs:
             with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import psutil
 import pyarrow.compute as pc
 import pytest
 import ray
@@ -26,6 +29,7 @@ from tests.kafka_helpers import (
     end_and_committed,
     expected,
     group_shares,
+    group_state,
     hot_state_from_checkpoints,
     ids,
     lake_table,
@@ -235,6 +239,39 @@ def test_sigkill_mid_stream_then_resume(
     end, committed = end_and_committed(kafka_bootstrap, topic, group)
     assert committed == end
     check_hot(hot_state_from_checkpoints(fs, lake), want["hot"])  # as if never interrupted
+
+
+def test_the_reader_leaves_the_group_when_its_driver_dies(
+    kafka_bootstrap: str,
+    topic: str,
+    s3_lake: tuple[str, dict],
+    s3_endpoint: str,
+    tmp_path: Path,
+    cli_runs: Callable[[Path, str], CliRun],
+) -> None:
+    """Only the driver is SIGKILLed, not its children: its Kafka reader process notices, leaves
+    the group and exits, instead of living on as a member that holds partitions nobody reads."""
+    lake, _ = s3_lake
+    produce(kafka_bootstrap, topic, workload(5_000, seed=15))
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    config = write_config(
+        tmp_path,
+        bootstrap=kafka_bootstrap,
+        topics=[topic],
+        group=group,
+        idle_timeout="300s",
+        lake=lake,
+        endpoint=s3_endpoint,
+    )
+    run = cli_runs(config, "run")
+    wait_for(lambda: group_shares(kafka_bootstrap, group) == [6], 120, "one member, 6 partitions")
+    driver = psutil.Process(run.process.pid)
+    readers = [p for p in driver.children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(readers) == 1
+    os.kill(driver.pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(readers, timeout=15)
+    assert not alive, "the reader outlived its driver"
+    wait_for(lambda: group_state(kafka_bootstrap, group) == ("Empty", 0), 15, "an empty group")
 
 
 def test_two_processes_share_then_take_over(
