@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -359,6 +360,28 @@ def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
     source.close()
     assert seen[0] == 0
     assert offsets("committed", "g-commit") == list(range(5, 12))
+
+
+@pytest.mark.timeout(90)
+def test_a_dead_reader_fails_the_source_loudly(kafka_bootstrap: str, topic: str) -> None:
+    """The reader process dies (the OOM killer, say) halfway through sending a block: blocks()
+    raises at once instead of waiting forever for the rest of the block."""
+    from engine.sources.kafka import KafkaSource
+
+    produce(kafka_bootstrap, topic, workload(20_000, seed=16))
+    # ~0.5-1 MB blocks and one slot: the reader is blocked mid-block on the 64 KB pipe.
+    source = KafkaSource(
+        kafka_bootstrap, [topic], f"g-{uuid.uuid4().hex[:8]}", start="earliest",
+        max_records=5_000, prefetch=1, idle_timeout_s=60,
+    )  # fmt: skip
+    blocks = source.blocks()
+    assert next(b for b in blocks if b is not None).events > 0
+    time.sleep(0.5)  # the next block is on its way
+    os.kill(source._process.pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="reader process exited unexpectedly"):
+        for _ in blocks:
+            pass
+    source.close()
 
 
 def test_block_keeps_one_line_per_record() -> None:

@@ -28,6 +28,7 @@ as upstream issues #3106 and #3121).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -35,15 +36,16 @@ import os
 import pickle
 import queue
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pyarrow as pa
 from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
-from kafka.errors import CommitFailedError, RebalanceInProgressError
+from kafka.errors import CommitFailedError, KafkaTimeoutError, RebalanceInProgressError
 
 from engine.sources.base import Source, SourceBlock
 
@@ -61,6 +63,8 @@ META_TYPES = {
 
 #: How often a waiting side looks at its other queue, or whether the other side is alive (s).
 _CHECK_EVERY_S = 0.02
+#: Longest wait for a commit or a committed-offset lookup (kafka-python's own default is forever).
+_KAFKA_TIMEOUT_MS = 30_000
 
 
 def partition_name(topic: str, partition: int) -> str:
@@ -216,7 +220,12 @@ class KafkaSource(Source):
             name=f"thermocline-kafka-reader-{self.settings.group}",
             daemon=True,
         )
-        self._process.start()
+        with _signals_ignored():  # the reader's start-up is not interrupted by our Ctrl-C
+            self._process.start()
+        # We only read these two queues: without our copy of their write ends, a reader that
+        # dies (even halfway through a block) shows as end-of-file here instead of a hang.
+        self._items._writer.close()
+        self._results._writer.close()
 
     def blocks(self) -> Iterator[SourceBlock | None]:
         if self._iterated:
@@ -235,6 +244,8 @@ class KafkaSource(Source):
                 self._check_reader()
                 yield None  # quiet: let the pipeline run its timers
                 continue
+            except (EOFError, OSError):
+                self._reader_gone()
             if isinstance(item, SourceBlock):
                 yield item
             elif isinstance(item, _Handoff):
@@ -260,9 +271,14 @@ class KafkaSource(Source):
 
     def _check_reader(self) -> None:
         if self._process is not None and not self._process.is_alive():
-            raise RuntimeError(
-                f"the Kafka reader process exited unexpectedly (exit code {self._process.exitcode})"
-            )
+            self._reader_gone()
+
+    def _reader_gone(self) -> NoReturn:
+        process = self._process
+        if process is not None:
+            process.join(timeout=5)
+        code = None if process is None else process.exitcode
+        raise RuntimeError(f"the Kafka reader process exited unexpectedly (exit code {code})")
 
     def stop(self) -> None:
         self._stopping = True
@@ -280,6 +296,8 @@ class KafkaSource(Source):
             except queue.Empty:
                 self._check_reader()
                 continue
+            except (EOFError, OSError):
+                self._reader_gone()
             if result.id == call.id:
                 if result.error is not None:
                     raise result.error
@@ -296,6 +314,21 @@ class KafkaSource(Source):
         if process.is_alive():  # a reader stuck in the network: it has nothing left to commit
             process.kill()
             process.join()
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM meanwhile (main thread only): a child started now inherits
+    "ignored" and keeps it through its imports, until it installs its own dispositions."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- the reader (a child process) ----------------------------------------------------------------
@@ -322,15 +355,21 @@ class _Listener(ConsumerRebalanceListener):
     def __init__(self, reader: _Reader) -> None:
         self.reader = reader
 
+    # kafka-python logs and swallows a listener's exception, then goes on reading from the
+    # committed offsets: a failed restore would go unnoticed. So the error is kept, and raised
+    # by the poll loop as soon as poll() returns.
+
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # The driver finishes (drains and checkpoints) what was read, then commits it.
-        if revoked:
-            names = sorted(partition_name(tp.topic, tp.partition) for tp in revoked)
-            self.reader.handoff("revoke", names)
+        try:
+            self.reader.revoked(sorted(revoked))
+        except BaseException as exc:
+            self.reader.fatal = self.reader.fatal or exc
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if assigned:
+        try:
             self.reader.assigned(sorted(assigned))
+        except BaseException as exc:
+            self.reader.fatal = self.reader.fatal or exc
 
 
 class _Reader:
@@ -352,6 +391,13 @@ class _Reader:
         self.records_read = 0
         #: Last time records arrived or a hand-off ended (the idle timeout counts from it).
         self.active_at = time.monotonic()
+        #: Between a revocation and the next assignment (not idle: the group is rebalancing).
+        self.rebalancing = False
+        #: Partitions the driver has taken on (assignment hook done) and not yet given up: the
+        #: only ones commits may touch.
+        self.owned: set[str] = set()
+        #: An error raised inside a rebalance callback, raised again once poll() returns.
+        self.fatal: BaseException | None = None
 
     def run(self) -> None:
         try:
@@ -380,19 +426,21 @@ class _Reader:
             if self.stopping or (s.max_events is not None and self.records_read >= s.max_events):
                 return
             polled = consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_records)
+            if self.fatal is not None:
+                raise self.fatal
             if not polled:
-                if not consumer.assignment():  # joining: idle time counts once we own some
+                if not consumer.assignment() or self.rebalancing:  # idle only while we own some
                     self.active_at = time.monotonic()
                 elif s.idle_timeout_s is not None and time.monotonic() - self.active_at > (
                     s.idle_timeout_s
                 ):
                     return
                 continue
-            self.active_at = time.monotonic()
             for tp, records in polled.items():
                 if records:
                     self.records_read += len(records)
                     self.put(_block(tp, records))
+            self.active_at = time.monotonic()  # after the puts: waiting on the driver is not idle
 
     def put(self, item: SourceBlock | _Handoff | _End | _Failed) -> None:
         """Queue ``item`` for the driver; while the queue is full, serve the driver's calls."""
@@ -450,20 +498,40 @@ class _Reader:
             raise error  # logged by kafka-python; the driver fails the run and closes us
         return value
 
+    def revoked(self, revoked: list[TopicPartition]) -> None:
+        """The driver finishes (drains and checkpoints) what was read, and commits it."""
+        self.rebalancing = True
+        if revoked:
+            names = [partition_name(tp.topic, tp.partition) for tp in revoked]
+            self.handoff("revoke", names)
+            self.owned.difference_update(names)
+
     def assigned(self, assigned: list[TopicPartition]) -> None:
+        """The driver restores the partitions and says where each resumes; we seek there."""
         consumer = self.consumer
         assert consumer is not None
+        self.rebalancing = False
+        if not assigned:
+            return
         resume = self.handoff("assign", _default_positions(consumer, assigned, self.settings))
         if resume is None:  # closing
             return
         for tp in assigned:
             consumer.seek(tp, resume.get(partition_name(tp.topic, tp.partition), 0))
+        self.owned.update(partition_name(tp.topic, tp.partition) for tp in assigned)
+        self.active_at = time.monotonic()
 
     def commit(self, positions: dict[str, int]) -> None:
         consumer = self.consumer
         if consumer is None:
             return
-        owned = {partition_name(tp.topic, tp.partition): tp for tp in consumer.assignment()}
+        # Not consumer.assignment(): during an assignment hook it already lists partitions the
+        # driver has not restored yet, whose old positions would rewind another member's commit.
+        owned = {
+            name: tp
+            for tp in consumer.assignment()
+            if (name := partition_name(tp.topic, tp.partition)) in self.owned
+        }
         offsets = {
             owned[name]: OffsetAndMetadata(last + 1, "", -1)
             for name, last in positions.items()
@@ -472,11 +540,16 @@ class _Reader:
         if not offsets:
             return
         try:
-            consumer.commit(offsets)
+            consumer.commit(offsets, timeout_ms=_KAFKA_TIMEOUT_MS)
         except (RebalanceInProgressError, CommitFailedError) as exc:
             # The group is rebalancing: the next poll() runs it, and the revocation commits
             # again. Nothing is lost meanwhile: recovery resumes from the checkpoint in the lake.
             log.warning("commit skipped during a rebalance (%s); the revocation commits", exc)
+        except KafkaTimeoutError:
+            # No coordinator for a while. Every checkpoint commits every done position, so the
+            # next one (or the next run, resuming from the lake's checkpoint) makes up for it.
+            log.warning("commit timed out after %d ms; the next checkpoint commits again",
+                        _KAFKA_TIMEOUT_MS)  # fmt: skip
 
 
 def _connect(s: _Settings) -> KafkaConsumer:
@@ -506,7 +579,11 @@ def _default_positions(
     )
     positions = {}
     for tp in assigned:
-        committed = None if s.start in ("earliest", "latest") else consumer.committed(tp)
+        committed = (
+            None
+            if s.start in ("earliest", "latest")
+            else consumer.committed(tp, timeout_ms=_KAFKA_TIMEOUT_MS)
+        )
         if committed is not None:
             position = committed
         elif s.start == "latest":
