@@ -67,28 +67,32 @@ class Checkpoints:
         text = self.lake.read_text(f"{self._folder(partition)}/CURRENT.json")
         return json.loads(text) if text else None
 
-    def position(self, partition: str) -> int | None:
-        """The partition's last checkpointed offset, or None (reads only the pointer)."""
+    def load(self, partition: str, newer_than: int | None = None) -> Checkpoint | None:
+        """The partition's last checkpoint, or None (also when it is not past ``newer_than``:
+        then only the pointer is read, not the snapshot)."""
         pointer = self._pointer(partition)
-        return None if pointer is None else int(pointer["position"])
-
-    def load(self, partition: str) -> Checkpoint | None:
-        """The partition's last checkpoint, or None."""
-        pointer = self._pointer(partition)
-        if pointer is None:
+        if pointer is None or (newer_than is not None and pointer["position"] <= newer_than):
             return None
         with self.lake.fs.open(self.lake.path(pointer["hot"]), "rb") as handle:
             hot = pq.read_table(handle)
         return Checkpoint(partition, int(pointer["position"]), hot)
 
-    def recover(self, partition: str, resume: int) -> list[str]:
-        """Delete this partition's lake files that start at or after offset ``resume``."""
-        prefix = file_stem(self.source, partition, 0, 0).rsplit("-", 2)[0]
+    def recover(self, resume: dict[str, int]) -> list[str]:
+        """Delete each partition's lake files that start at or after its ``resume`` offset
+        (one listing of the lake for all of them)."""
+        by_prefix = {
+            file_stem(self.source, partition, 0, 0).rsplit("-", 2)[0]: offset
+            for partition, offset in resume.items()
+        }
         doomed = []
         for directory in self.output_dirs:
             for path in self.lake.files(directory):
                 found = _RANGE.match(path.rsplit("/", 1)[-1])
-                if found and found["stem"] == prefix and int(found["first"]) >= resume:
+                if (
+                    found
+                    and found["stem"] in by_prefix
+                    and int(found["first"]) >= by_prefix[found["stem"]]
+                ):
                     doomed.append(path)
         for path in doomed:
             self.lake.fs.rm(path)

@@ -212,8 +212,7 @@ class Pipeline:
         self.alerts_written = 0
         self.recovered_files: list[str] = []
         self._alerts_sink: KafkaSink | None = None
-        self._started = 0.0
-        self._first_block_s: float | None = None
+        self._first_block_at: float | None = None  # monotonic time of the first block
 
     @property
     def source(self) -> Source:
@@ -282,7 +281,6 @@ class Pipeline:
             assert self.hot is not None and self.warm is not None
             interval = parse_duration_ms(self.config.checkpoint_interval) / 1000
             started = last_report = last_checkpoint = time.monotonic()
-            self._started = started
             for block in source.blocks():
                 if block is not None:  # None: a quiet moment, for the timers below
                     self._ingest(block)
@@ -307,7 +305,7 @@ class Pipeline:
         elapsed = time.monotonic() - started
         if progress:
             progress(self._progress(started))
-        return self._summary(elapsed)
+        return self._summary(elapsed, started)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -315,8 +313,8 @@ class Pipeline:
         """Decode, route and hand one block to the three paths."""
         assert self.hot is not None and self.warm is not None
         seq, self._seq = self._seq, self._seq + 1
-        if self._first_block_s is None:
-            self._first_block_s = time.monotonic() - self._started
+        if self._first_block_at is None:
+            self._first_block_at = time.monotonic()
         ingest_ts = time.time()
         self._first.setdefault(block.partition, block.first_offset)
         good, dead, lines = self._decode(block)
@@ -432,12 +430,10 @@ class Pipeline:
         resume: dict[str, int] = {}
         for name, default in partitions.items():
             held = self._held.get(name)  # our own last checkpoint of it, if any
-            position = self.checkpoints.position(name)
-            if position is not None and (held is None or position > held):
+            checkpoint = self.checkpoints.load(name, newer_than=held)
+            if checkpoint is not None:
                 # Someone (a crashed run of ours, another member) got further than our actors:
                 # their checkpoint is the truth for this partition's keys.
-                checkpoint = self.checkpoints.load(name)
-                assert checkpoint is not None
                 self.hot.restore(checkpoint.hot)
                 resume[name] = checkpoint.position + 1
                 self._held[name] = checkpoint.position
@@ -445,9 +441,9 @@ class Pipeline:
                 resume[name] = held + 1  # our actors hold its keys as of our own checkpoint
             else:
                 resume[name] = default
-            self.recovered_files += self.checkpoints.recover(name, resume[name])
             self.tracker.resume(name, resume[name])
             self._first.setdefault(name, resume[name])
+        self.recovered_files += self.checkpoints.recover(resume)
         return resume
 
     # -- helpers ------------------------------------------------------------------------------
@@ -492,7 +488,7 @@ class Pipeline:
             open_blocks=self.tracker.open_blocks,
         )
 
-    def _summary(self, elapsed: float) -> RunSummary:
+    def _summary(self, elapsed: float, started: float) -> RunSummary:
         assert self.hot is not None and self.warm is not None
         lake = self.config.cold.lake_uri.rstrip("/")
         c = self._counts
@@ -519,5 +515,5 @@ class Pipeline:
                 "warm_max_buffered_rows_seen": self.warm.max_buffered_rows_seen,
             },
             checkpoints=self.checkpoints_taken,
-            first_block_s=self._first_block_s,
+            first_block_s=None if self._first_block_at is None else self._first_block_at - started,
         )

@@ -85,15 +85,21 @@ def end_and_committed(
     return end, committed
 
 
-def group_shares(bootstrap: str, group: str) -> list[int]:
-    """Partitions owned by each member of a stable group (empty while it is rebalancing)."""
+def _describe_group(bootstrap: str, group: str) -> Any:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         (info,) = admin.describe_consumer_groups([group])
-    except KafkaError:  # e.g. no coordinator for a group nobody has joined yet
-        return []
     finally:
         admin.close()
+    return info
+
+
+def group_shares(bootstrap: str, group: str) -> list[int]:
+    """Partitions owned by each member of a stable group (empty while it is rebalancing)."""
+    try:
+        info = _describe_group(bootstrap, group)
+    except KafkaError:  # e.g. no coordinator for a group nobody has joined yet
+        return []
     if info.state != "Stable":
         return []
     return sorted(
@@ -107,11 +113,7 @@ def group_shares(bootstrap: str, group: str) -> list[int]:
 
 def group_state(bootstrap: str, group: str) -> tuple[str, int]:
     """The group's state (``Stable``, ``Empty``, ...) and how many members it has."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        (info,) = admin.describe_consumer_groups([group])
-    finally:
-        admin.close()
+    info = _describe_group(bootstrap, group)
     return info.state, len(info.members)
 
 

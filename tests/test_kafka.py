@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -195,6 +196,24 @@ def cli_runs(tmp_path: Path) -> Iterator[Callable[[Path, str], CliRun]]:
         run.kill()
 
 
+@pytest.fixture
+def cli_config(
+    kafka_bootstrap: str, topic: str, s3_lake: tuple[str, dict], s3_endpoint: str, tmp_path: Path
+) -> Callable[..., tuple[Path, str]]:
+    """``make(**source)``: a ``thermocline run`` config reading this test's topic into its S3
+    lake, in a new consumer group; returns the config's path and the group."""
+
+    def make(**source: Any) -> tuple[Path, str]:
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        config = write_config(
+            tmp_path, bootstrap=kafka_bootstrap, topics=[topic], group=group,
+            lake=s3_lake[0], endpoint=s3_endpoint, **source,
+        )  # fmt: skip
+        return config, group
+
+    return make
+
+
 def checkpoints(fs: s3fs.S3FileSystem, state: str) -> int:
     fs.invalidate_cache()  # s3fs caches listings; the pipeline writes from other processes
     return len(fs.glob(f"{state}/*/CURRENT.json"))
@@ -204,25 +223,14 @@ def test_sigkill_mid_stream_then_resume(
     kafka_bootstrap: str,
     topic: str,
     s3_lake: tuple[str, dict],
-    s3_endpoint: str,
-    tmp_path: Path,
+    cli_config: Callable[..., tuple[Path, str]],
     cli_runs: Callable[[Path, str], CliRun],
 ) -> None:
     lake, storage = s3_lake
     lines = workload(100_000, seed=12)
     produce(kafka_bootstrap, topic, lines)
     want, _ = expected(lines)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    config = write_config(
-        tmp_path,
-        bootstrap=kafka_bootstrap,
-        topics=[topic],
-        group=group,
-        idle_timeout="4s",
-        max_records=1_000,
-        lake=lake,
-        endpoint=s3_endpoint,
-    )
+    config, group = cli_config(idle_timeout="4s", max_records=1_000)
     fs = s3fs.S3FileSystem(**storage)
     state = f"{lake}/_state".removeprefix("s3://")
 
@@ -245,25 +253,13 @@ def test_sigkill_mid_stream_then_resume(
 def test_the_reader_leaves_the_group_when_its_driver_dies(
     kafka_bootstrap: str,
     topic: str,
-    s3_lake: tuple[str, dict],
-    s3_endpoint: str,
-    tmp_path: Path,
+    cli_config: Callable[..., tuple[Path, str]],
     cli_runs: Callable[[Path, str], CliRun],
 ) -> None:
     """Only the driver is SIGKILLed, not its children: its Kafka reader process notices, leaves
     the group and exits, instead of living on as a member that holds partitions nobody reads."""
-    lake, _ = s3_lake
     produce(kafka_bootstrap, topic, workload(5_000, seed=15))
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    config = write_config(
-        tmp_path,
-        bootstrap=kafka_bootstrap,
-        topics=[topic],
-        group=group,
-        idle_timeout="300s",
-        lake=lake,
-        endpoint=s3_endpoint,
-    )
+    config, group = cli_config(idle_timeout="300s")
     run = cli_runs(config, "run")
     wait_for(lambda: group_shares(kafka_bootstrap, group) == [6], 120, "one member, 6 partitions")
     driver = psutil.Process(run.process.pid)
@@ -279,24 +275,13 @@ def test_two_processes_share_then_take_over(
     kafka_bootstrap: str,
     topic: str,
     s3_lake: tuple[str, dict],
-    s3_endpoint: str,
-    tmp_path: Path,
+    cli_config: Callable[..., tuple[Path, str]],
     cli_runs: Callable[[Path, str], CliRun],
 ) -> None:
     lake, storage = s3_lake
     lines = workload(60_000, seed=13)
     want, _ = expected(lines)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    config = write_config(
-        tmp_path,
-        bootstrap=kafka_bootstrap,
-        topics=[topic],
-        group=group,
-        idle_timeout="120s",
-        max_records=2_000,
-        lake=lake,
-        endpoint=s3_endpoint,
-    )
+    config, group = cli_config(idle_timeout="120s", max_records=2_000)
     fs = s3fs.S3FileSystem(**storage)
     state = f"{lake}/_state".removeprefix("s3://")
     a = cli_runs(config, "a")
