@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from engine.sources.base import Source, SourceBlock
+from engine.sources.base import ARRIVAL_COLUMN, Source, SourceBlock
 from engine.sources.files import FileSource
 from engine.sources.memory import MemorySource
 from engine.sources.synthetic import EVENT_MIX, SyntheticSource
 
-__all__ = ["EVENT_MIX", "FileSource", "MemorySource", "Source", "SourceBlock", "SyntheticSource"]
+__all__ = [
+    "ARRIVAL_COLUMN",
+    "EVENT_MIX",
+    "FileSource",
+    "MemorySource",
+    "Source",
+    "SourceBlock",
+    "SyntheticSource",
+]

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-__all__ = ["Source", "SourceBlock"]
+__all__ = ["ARRIVAL_COLUMN", "Source", "SourceBlock"]
+
+#: Per-event arrival time a source may attach (``SourceBlock.meta``); stored with the event.
+ARRIVAL_COLUMN = "arrival_time"
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,18 @@ class SourceBlock:
     data: bytes | None = None
     batch: pa.RecordBatch | None = None
     #: Per-line (per-record) columns from the source, e.g. Kafka key, partition, offset, timestamp;
-    #: the pipeline attaches them to the decoded rows. Line i of ``data`` is entry i.
+    #: the pipeline attaches them to the decoded rows. Line i of ``data`` is entry i. The column
+    #: named :data:`ARRIVAL_COLUMN`, when present, is each event's arrival time
+    #: (``timestamp[ms, UTC]``): age rules measure against it, so a replay routes alike.
     meta: dict[str, pa.Array] = field(default_factory=dict)
+    #: Exact bytes of lines the source had to reshape to keep one event per line (line index ->
+    #: the record as it arrived). Such a line is given to the decoder as invalid JSON, and its
+    #: dead letter carries these bytes instead.
+    raw_lines: dict[int, bytes] = field(default_factory=dict)
+    #: Wall-clock time (``time.time()``) at which the block's first event was due: produced
+    #: (Kafka timestamp) or scheduled (a paced source). Hot latency counts from it, so time spent
+    #: queued before the pipeline read the block is included. None: the time the block was read.
+    due_s: float | None = None
 
     @property
     def events(self) -> int:
