@@ -5,7 +5,9 @@ tree once, at load; :meth:`Condition.to_expression` turns it into one vectorized
 
 Null semantics (the same for every operator, so ``not`` and ``any`` behave as a reader expects):
 a comparison on a null value, or on a column the batch does not have, is *false*, never null;
-``exists: false`` is true for it. Combinators therefore only ever see true/false.
+``exists: false`` is true for it. Combinators therefore only ever see true/false. A comparison on
+a column of another kind than its literal (``{field: level, gte: 90}`` on a string column, after
+a client's type drifted) is false as well: it does not match, like a null, instead of failing.
 """
 
 from __future__ import annotations
@@ -77,12 +79,20 @@ class Condition(ABC):
     """A node of a rule's condition tree."""
 
     @abstractmethod
-    def to_expression(self, missing: frozenset[str] = frozenset()) -> Compiled:
+    def to_expression(
+        self, missing: frozenset[str] = frozenset(), types: Mapping[str, pa.DataType] | None = None
+    ) -> Compiled:
         """Compile to a boolean expression that is never null.
 
         Args:
             missing: columns the batch does not have; conditions on them fold to constants.
+            types: the batch's column types; a comparison whose literal cannot meet its column's
+                type folds to false (see :meth:`mismatched`).
         """
+
+    def mismatched(self, types: Mapping[str, pa.DataType]) -> bool:
+        """Whether some comparison in this condition meets a column of another kind."""
+        return False
 
     @abstractmethod
     def fields(self) -> frozenset[str]:
@@ -108,9 +118,17 @@ class FieldCondition(Condition):
     def fields(self) -> frozenset[str]:
         return frozenset({self.field})
 
-    def to_expression(self, missing: frozenset[str] = frozenset()) -> Compiled:
+    def mismatched(self, types: Mapping[str, pa.DataType]) -> bool:
+        kind = types.get(self.field)
+        return kind is not None and not _comparable(self.op, self.value, kind)
+
+    def to_expression(
+        self, missing: frozenset[str] = frozenset(), types: Mapping[str, pa.DataType] | None = None
+    ) -> Compiled:
         if self.field in missing:
             return self.op == "exists" and self.value is False
+        if types is not None and self.mismatched(types):
+            return False
         col = pc.field(self.field)
         if self.op == "exists":
             return col.is_valid() if self.value else col.is_null()
@@ -143,7 +161,9 @@ class AgeCondition(Condition):
     def fields(self) -> frozenset[str]:
         return frozenset({AGE_COLUMN})
 
-    def to_expression(self, missing: frozenset[str] = frozenset()) -> Compiled:
+    def to_expression(
+        self, missing: frozenset[str] = frozenset(), types: Mapping[str, pa.DataType] | None = None
+    ) -> Compiled:
         if AGE_COLUMN in missing:
             return False
         raw = getattr(pc, COMPARISONS[self.op])(pc.field(AGE_COLUMN), pa.scalar(self.ms))
@@ -162,10 +182,15 @@ class AllOf(Condition):
     def fields(self) -> frozenset[str]:
         return frozenset().union(*(c.fields() for c in self.children))
 
-    def to_expression(self, missing: frozenset[str] = frozenset()) -> Compiled:
+    def mismatched(self, types: Mapping[str, pa.DataType]) -> bool:
+        return any(c.mismatched(types) for c in self.children)
+
+    def to_expression(
+        self, missing: frozenset[str] = frozenset(), types: Mapping[str, pa.DataType] | None = None
+    ) -> Compiled:
         parts: list[pc.Expression] = []
         for child in self.children:
-            compiled = child.to_expression(missing)
+            compiled = child.to_expression(missing, types)
             if compiled is False:
                 return False
             if compiled is not True:
@@ -190,10 +215,15 @@ class AnyOf(Condition):
     def fields(self) -> frozenset[str]:
         return frozenset().union(*(c.fields() for c in self.children))
 
-    def to_expression(self, missing: frozenset[str] = frozenset()) -> Compiled:
+    def mismatched(self, types: Mapping[str, pa.DataType]) -> bool:
+        return any(c.mismatched(types) for c in self.children)
+
+    def to_expression(
+        self, missing: frozenset[str] = frozenset(), types: Mapping[str, pa.DataType] | None = None
+    ) -> Compiled:
         parts: list[pc.Expression] = []
         for child in self.children:
-            compiled = child.to_expression(missing)
+            compiled = child.to_expression(missing, types)
             if compiled is True:
                 return True
             if compiled is not False:
@@ -218,8 +248,13 @@ class Not(Condition):
     def fields(self) -> frozenset[str]:
         return self.child.fields()
 
-    def to_expression(self, missing: frozenset[str] = frozenset()) -> Compiled:
-        compiled = self.child.to_expression(missing)
+    def mismatched(self, types: Mapping[str, pa.DataType]) -> bool:
+        return self.child.mismatched(types)
+
+    def to_expression(
+        self, missing: frozenset[str] = frozenset(), types: Mapping[str, pa.DataType] | None = None
+    ) -> Compiled:
+        compiled = self.child.to_expression(missing, types)
         if isinstance(compiled, bool):
             return not compiled
         return ~compiled
@@ -242,7 +277,9 @@ class ExpressionCondition(Condition):
         # Arrow exposes no field list for an expression; its text names the age column if used.
         return frozenset({AGE_COLUMN}) if AGE_COLUMN in str(self.expression) else frozenset()
 
-    def to_expression(self, missing: frozenset[str] = frozenset()) -> Compiled:
+    def to_expression(
+        self, missing: frozenset[str] = frozenset(), types: Mapping[str, pa.DataType] | None = None
+    ) -> Compiled:
         return pc.coalesce(self.expression, pa.scalar(False))
 
     def describe(self) -> str:
@@ -250,6 +287,24 @@ class ExpressionCondition(Condition):
 
 
 _SCALAR_TYPES = (str, int, float, bool)
+
+
+def _comparable(op: str, value: Any, kind: pa.DataType) -> bool:
+    """Whether ``op`` with literal ``value`` can be evaluated on a column of type ``kind``."""
+    if op == "exists":
+        return True
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if op == "matches":
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    sample = value[0] if op in ("in", "not_in") else value
+    if isinstance(sample, bool):
+        return pa.types.is_boolean(kind)
+    if isinstance(sample, (int, float)):
+        return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+    if isinstance(sample, str):
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    return False
 
 
 def _check_scalar(value: Any, path: str, problems: list[str]) -> bool:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -20,9 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from routers.contract import SchemaContract, concat_conformed
 from routers.schema import TIME_TYPE, EventSchema
 
-__all__ = ["DEAD_LETTER_SCHEMA", "DecodeHints", "Decoded", "decode_ndjson"]
+__all__ = ["DEAD_LETTER_SCHEMA", "DecodeHints", "Decoded", "decode_ndjson", "new_contract"]
 
 #: Columns of a dead-letter batch. ``line`` is the 0-based index among the block's non-blank lines.
 DEAD_LETTER_SCHEMA: Final[pa.Schema] = pa.schema(
@@ -33,6 +35,12 @@ DEAD_LETTER_SCHEMA: Final[pa.Schema] = pa.schema(
 _WHOLE_BLOCK: Final[int] = 1 << 30
 _ROW = re.compile(r"in row (\d+)")
 _TYPE_CHANGE = re.compile(r"Column\(([^)]*)\) changed from (\w+) to (\w+)")
+#: Per unit: epoch numbers below this magnitude are read in it (``time_unit: auto``).
+_AUTO_UNITS: Final[tuple[tuple[float, str], ...]] = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
+#: Milliseconds per unit (a fraction for units below a millisecond).
+_MS_PER_UNIT: Final[dict[str, float]] = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
+#: Placeholder time of rows whose time is unusable (they are dead letters, dropped afterwards).
+_NO_TIME: Final[int] = 0
 _WHITESPACE_BYTES: Final[np.ndarray] = np.frombuffer(b" \t\r\n", dtype=np.uint8)
 #: Piece sizes once a block needs recovery: a piece halves after a failure and doubles after a
 #: clean read, so dense errors cost small re-reads and sparse ones few Arrow calls (~30 us each).
@@ -189,7 +197,27 @@ class _Lines:
         )
 
 
-def _read(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
+def _read(buffer: pa.Buffer, schema: EventSchema, quoted: set[str]) -> pa.Table:
+    """One Arrow read; the id and key roles may be JSON integers (quoted first, exactly).
+
+    Args:
+        quoted: role columns whose integer values are put in quotes before reading; a read
+            that fails on another of them adds it (a stream's :class:`DecodeHints` keep the set,
+            so later blocks quote at once instead of failing first).
+    """
+    data = _quote_numbers(buffer, quoted) if quoted else buffer
+    while True:
+        try:
+            return _read_json(data, schema)
+        except pa.ArrowInvalid as exc:
+            role = _numeric_role(str(exc), schema)
+            if role is None or role in quoted:
+                raise
+            quoted.add(role)
+            data = _quote_numbers(buffer, quoted)
+
+
+def _read_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
     return pj.read_json(
         pa.BufferReader(buffer),
         read_options=pj.ReadOptions(use_threads=True, block_size=_WHOLE_BLOCK),
@@ -201,13 +229,37 @@ def _read(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
     )
 
 
+def _numeric_role(message: str, schema: EventSchema) -> str | None:
+    """The id or key role an Arrow error says held a number, if that is the error."""
+    change = _TYPE_CHANGE.search(message)
+    if change is None or change.group(3) != "number":
+        return None
+    column = change.group(1).strip("/")
+    return column if column in (schema.id, schema.key) else None
+
+
+def _quote_numbers(buffer: pa.Buffer, roles: set[str]) -> pa.Buffer:
+    """``"role": 123`` becomes ``"role": "123"`` (integers only: the digits stay exact).
+
+    One RE2 pass over the block; lines stay lines, so Arrow's row numbers still match. A value
+    with a fraction or exponent is left alone: the read then rejects it as ``bad_type``.
+    """
+    names = "|".join(re.escape(json.dumps(r)) for r in sorted(roles))
+    block = pa.Array.from_buffers(
+        pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, buffer.size], np.int64)), buffer]
+    )
+    out = pc.replace_substring_regex(
+        block, rf"((?:{names})\s*:\s*)(-?[0-9]+)(\s*[,}}])", r'\1"\2"\3'
+    )
+    return out[0].as_buffer()
+
+
 def _bad_reason(message: str, explicit: tuple[str, ...]) -> tuple[str, bool]:
     """Reason for a row Arrow rejected, and whether it is rather the start of a new type segment.
 
     A column read with an explicit type (the string roles) cannot change, so a row that breaks it
-    is bad. Any other
-    column's type is inferred from the rows before; when it changes, neither side is known to be
-    wrong, so a new segment starts and ``_unify`` decides.
+    is bad. Any other column's type is inferred from the rows before; when it changes, neither
+    side is known to be wrong, so a new segment starts and the stream's contract decides.
     """
     change = _TYPE_CHANGE.search(message)
     if change is None:
@@ -221,7 +273,7 @@ def _bad_reason(message: str, explicit: tuple[str, ...]) -> tuple[str, bool]:
 _Read = tuple[list[tuple[np.ndarray, pa.Table]], list[tuple[int, str]]]
 
 
-def _read_lines(lines: _Lines, schema: EventSchema, whole: bool = True) -> _Read:
+def _read_lines(lines: _Lines, schema: EventSchema, quoted: set[str], whole: bool = True) -> _Read:
     """Read a set of lines: whole if it parses, else misshapen lines out, by time kind, in pieces.
 
     Returns:
@@ -230,7 +282,7 @@ def _read_lines(lines: _Lines, schema: EventSchema, whole: bool = True) -> _Read
     """
     if whole:
         try:
-            return [(lines.index, _read(lines.buffer, schema))], []
+            return [(lines.index, _read(lines.buffer, schema, quoted))], []
         except pa.ArrowInvalid:
             pass
     misshapen = lines.misshapen()
@@ -240,15 +292,15 @@ def _read_lines(lines: _Lines, schema: EventSchema, whole: bool = True) -> _Read
     segments: list[tuple[np.ndarray, pa.Table]] = []
     for group in lines.by_time_kind(schema.time):
         try:
-            segments.append((group.index, _read(group.buffer, schema)))
+            segments.append((group.index, _read(group.buffer, schema, quoted)))
         except pa.ArrowInvalid:
-            more_segments, more_bad = _read_in_pieces(group, schema)
+            more_segments, more_bad = _read_in_pieces(group, schema, quoted)
             segments += more_segments
             bad += more_bad
     return segments, bad
 
 
-def _read_in_pieces(lines: _Lines, schema: EventSchema) -> _Read:
+def _read_in_pieces(lines: _Lines, schema: EventSchema, quoted: set[str]) -> _Read:
     """Read contiguous pieces around the lines Arrow rejects.
 
     A bad line costs one extra read of the piece it was in; pieces shrink where errors are dense.
@@ -259,7 +311,8 @@ def _read_in_pieces(lines: _Lines, schema: EventSchema) -> _Read:
     while pos < total:
         stop = min(total, pos + size)
         try:
-            segments.append((lines.index[pos:stop], _read(lines.span(pos, stop), schema)))
+            table = _read(lines.span(pos, stop), schema, quoted)
+            segments.append((lines.index[pos:stop], table))
             pos, size = stop, min(size * 2, _RECOVERY_MAX_LINES)
             continue
         except pa.ArrowInvalid as exc:
@@ -272,7 +325,7 @@ def _read_in_pieces(lines: _Lines, schema: EventSchema) -> _Read:
                 reason, starts_segment = _bad_reason(str(exc), schema.string_roles)
         if row > 0:
             # Everything before the failing row parsed together, so it parses alone too.
-            prefix = _read(lines.span(pos, pos + row), schema)
+            prefix = _read(lines.span(pos, pos + row), schema, quoted)
             segments.append((lines.index[pos : pos + row], prefix))
         if starts_segment and row > 0:
             pos += row  # the failing row begins the next piece
@@ -282,38 +335,126 @@ def _read_in_pieces(lines: _Lines, schema: EventSchema) -> _Read:
     return segments, bad
 
 
-def _normalize_time(column: pa.ChunkedArray | None, n: int) -> pa.Array:
-    """Event times as ``timestamp[ms, UTC]``; unusable values become null (reported as bad_type)."""
+def _invalid_utf8(lines: _Lines) -> list[tuple[int, str]]:
+    """Positions of lines that are not valid UTF-8 (Arrow's JSON reader would let them in).
+
+    Only lines holding a byte >= 0x80 can be invalid; those alone are checked one by one.
+    """
+    arr = np.frombuffer(lines.data, dtype=np.uint8)
+    high = np.flatnonzero(arr >= 0x80)
+    candidates = np.unique(np.searchsorted(lines.starts, high, side="right") - 1)
+    found = []
+    for i in candidates.tolist():
+        if i < 0 or high.size == 0:
+            continue
+        try:
+            bytes(lines.data[lines.starts[i] : lines.ends[i]]).decode("utf-8")
+        except UnicodeDecodeError:
+            found.append((i, "invalid_utf8"))
+    return found
+
+
+def _valid_utf8(data: bytes) -> bool:
+    """Whether the whole block is valid UTF-8 (one vectorized Arrow check, no copy)."""
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+    try:
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)]).validate(
+            full=True
+        )
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _epoch_ms(values: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch numbers (int64 or float64) in ``unit`` as int64 milliseconds, and which are usable.
+
+    Integers stay integers (nanoseconds keep every digit); ``auto`` picks a unit per value by
+    magnitude (see :class:`~routers.schema.EventSchema`).
+    """
+    magnitude = np.abs(values.astype(np.float64))
+    usable = np.isfinite(magnitude) & (magnitude < 9.2e18)
+    if unit == "auto":
+        units = np.full(len(values), "ns", dtype=object)
+        for limit, name in reversed(_AUTO_UNITS):
+            units[magnitude < limit] = name
+    else:
+        units = np.full(len(values), unit, dtype=object)
+    out = np.zeros(len(values), dtype=np.int64)
+    for name, per in _MS_PER_UNIT.items():
+        rows = (units == name) & usable
+        if not rows.any():
+            continue
+        chosen = values[rows]
+        if np.issubdtype(values.dtype, np.integer) and per < 1:
+            out[rows] = np.floor_divide(chosen, round(1 / per))
+        else:
+            scaled = np.floor(chosen.astype(np.float64) * per)
+            fits = np.abs(scaled) < 9.2e18
+            usable[np.flatnonzero(rows)[~fits]] = False
+            out[rows] = np.where(fits, scaled, 0).astype(np.int64)
+    return out, usable
+
+
+def _normalize_time(
+    column: pa.ChunkedArray | None, n: int, schema: EventSchema
+) -> tuple[pa.Array, np.ndarray]:
+    """Event times as ``timestamp[ms, UTC]``, and which rows had a usable time.
+
+    Unusable rows (no time, a value of another kind, a number too large) get a placeholder time
+    and ``False``; the caller makes them dead letters.
+    """
     if column is None:
-        return pa.nulls(n, TIME_TYPE)
+        return pa.array(np.full(n, _NO_TIME), pa.int64()).cast(TIME_TYPE), np.zeros(n, bool)
     arr = column.combine_chunks()
     kind = arr.type
-    if pa.types.is_null(kind):
-        return pa.nulls(n, TIME_TYPE)
-    if pa.types.is_integer(kind):
-        return pc.cast(arr, pa.int64()).cast(TIME_TYPE)
-    if pa.types.is_floating(kind):
-        return pc.cast(pc.floor(arr), pa.int64(), safe=False).cast(TIME_TYPE)
-    if pa.types.is_timestamp(kind):
-        return pc.cast(arr, TIME_TYPE if kind.tz else pa.timestamp("ms"), safe=False).cast(
-            TIME_TYPE
+    millis = np.full(n, _NO_TIME, dtype=np.int64)
+    usable = np.zeros(n, dtype=bool)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        raw = arr.to_numpy(zero_copy_only=False)
+        raw = np.where(valid, raw, 0)
+        millis, usable = _epoch_ms(
+            raw.astype(np.int64 if pa.types.is_integer(kind) else np.float64), schema.time_unit
         )
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        # Epoch milliseconds that arrived as numbers but were quoted to share the column.
-        numeric = pc.match_substring_regex(arr, r"^-?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?$")
-        has_numeric = pc.any(numeric).as_py()
-        iso = pc.if_else(numeric, None, arr) if has_numeric else arr
+        usable &= valid
+    elif pa.types.is_timestamp(kind):
+        ms = pc.cast(pc.cast(arr, pa.timestamp("ms", kind.tz), safe=False), pa.int64())
+        usable = ms.is_valid().to_numpy(zero_copy_only=False)
+        millis = ms.fill_null(_NO_TIME).to_numpy(zero_copy_only=False)
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        numeric = pc.fill_null(
+            pc.match_substring_regex(arr, r"^\s*-?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?\s*$"), False
+        )
+        if pc.any(numeric).as_py():  # epoch numbers that were sent as strings
+            integral = pc.fill_null(pc.match_substring_regex(arr, r"^\s*-?[0-9]{1,18}\s*$"), False)
+            as_int = _cast_or_null(
+                pc.if_else(integral, pc.utf8_trim_whitespace(arr), None), pa.int64()
+            )
+            as_float = _cast_or_null(
+                pc.if_else(numeric, pc.utf8_trim_whitespace(arr), None), pa.float64()
+            )
+            is_int = as_int.is_valid().to_numpy(zero_copy_only=False)
+            ints, ok_i = _epoch_ms(
+                as_int.fill_null(0).to_numpy(zero_copy_only=False), schema.time_unit
+            )
+            floats, ok_f = _epoch_ms(
+                as_float.fill_null(0).to_numpy(zero_copy_only=False), schema.time_unit
+            )
+            ok_f &= as_float.is_valid().to_numpy(zero_copy_only=False)
+            millis = np.where(is_int, ints, floats)
+            usable = np.where(is_int, ok_i, ok_f)
+        iso = pc.if_else(numeric, pa.scalar(None, arr.type), arr)
         # Times without a zone offset are taken as UTC (the common telemetry convention).
         zoned = pc.match_substring_regex(iso, r"(Z|z|[+-]\d\d(:?\d\d)?)$")
         with_zone = pc.if_else(zoned, iso, pc.binary_join_element_wise(iso, "Z", ""))
         # Parse at microseconds (clients send them), then truncate to milliseconds.
-        parsed = pc.cast(_cast_or_null(with_zone, pa.timestamp("us", "UTC")), TIME_TYPE, safe=False)
-        if not has_numeric:
-            return parsed
-        millis = _cast_or_null(pc.if_else(numeric, arr, None), pa.float64())
-        as_time = pc.cast(pc.cast(pc.floor(millis), pa.int64(), safe=False), TIME_TYPE)
-        return pc.if_else(numeric, as_time, parsed)
-    return pa.nulls(n, TIME_TYPE)
+        parsed = _cast_or_null(with_zone, pa.timestamp("us", "UTC"))
+        parsed_ms = pc.cast(pc.cast(parsed, TIME_TYPE, safe=False), pa.int64())
+        got = parsed_ms.is_valid().to_numpy(zero_copy_only=False)
+        millis = np.where(got, parsed_ms.fill_null(0).to_numpy(zero_copy_only=False), millis)
+        usable = usable | got
+    return pa.array(millis, pa.int64()).cast(TIME_TYPE), usable
 
 
 def _cast_or_null(arr: pa.Array, target: pa.DataType) -> pa.Array:
@@ -330,10 +471,14 @@ def _cast_or_null(arr: pa.Array, target: pa.DataType) -> pa.Array:
 
 
 def _check_roles(table: pa.Table, schema: EventSchema) -> tuple[pa.Table, pa.Array]:
-    """Normalize the time role and return (table, reason per row: null when the row is good)."""
+    """Normalize the time role and return (table, reason per row: null when the row is good).
+
+    Reasons, first that applies: ``missing_field:<role>`` (absent or null), ``bad_type:<time>``
+    (a value that is no time), ``bad_value:<time>`` (outside ``schema.time_range``).
+    """
     n = table.num_rows
     original = table.column(schema.time) if schema.time in table.column_names else None
-    times = _normalize_time(original, n)
+    times, usable = _normalize_time(original, n, schema)
     if original is None:
         table = table.append_column(pa.field(schema.time, TIME_TYPE), times)
     else:
@@ -342,18 +487,19 @@ def _check_roles(table: pa.Table, schema: EventSchema) -> tuple[pa.Table, pa.Arr
         )
     reason = pa.nulls(n, pa.string())
     for role in schema.required:
-        present = (
-            original.is_valid()
-            if role == schema.time and original is not None
-            else times.is_valid()
-            if role == schema.time
-            else table.column(role).is_valid()
-        )
+        if role == schema.time:
+            present = original.is_valid() if original is not None else pa.array(np.zeros(n, bool))
+        else:
+            present = table.column(role).is_valid()
         missing = pc.invert(present)
         reason = pc.if_else(pc.and_(reason.is_null(), missing), f"missing_field:{role}", reason)
         if role == schema.time:
-            unusable = pc.and_(present, times.is_null())
+            unusable = pc.and_(present, pa.array(~usable))
             reason = pc.if_else(pc.and_(reason.is_null(), unusable), f"bad_type:{role}", reason)
+            low, high = schema.time_range
+            ms = np.asarray(times.cast(pa.int64()).to_numpy(zero_copy_only=False))
+            outside = pa.array(usable & ((ms < low) | (ms >= high)))
+            reason = pc.if_else(pc.and_(reason.is_null(), outside), f"bad_value:{role}", reason)
     return table, reason
 
 
@@ -370,66 +516,97 @@ class DecodeHints:
 
     Attributes:
         dirty: the last block had bad lines: skip the whole-block read that would fail again.
+        quoted: role columns that arrived as JSON integers: quote them before reading.
     """
 
     dirty: bool = False
+    quoted: set[str] = field(default_factory=set)
 
 
 def decode_ndjson(
-    data: bytes, schema: EventSchema | None = None, hints: DecodeHints | None = None
+    data: bytes,
+    schema: EventSchema | None = None,
+    hints: DecodeHints | None = None,
+    contract: SchemaContract | None = None,
+    raw_lines: Mapping[int, bytes] | None = None,
 ) -> Decoded:
     """Decode a block of newline-delimited JSON events.
 
     Args:
         data: one JSON object per line (``\\n``-separated; a trailing newline is optional).
-        schema: role columns; the id, key and type roles must be JSON strings, the time role an
-            ISO-8601 string (zone offset optional, UTC assumed) or epoch milliseconds.
+        schema: the roles and declared columns (see :class:`~routers.schema.EventSchema`): id
+            and key are JSON strings or integers (normalized to strings), type a string, time an
+            ISO-8601 string or an epoch number.
         hints: per-stream hints (see :class:`DecodeHints`), updated by the call.
+        contract: the stream's schema contract (see :mod:`routers.contract`), grown by the call;
+            default: a new one for this block alone.
+        raw_lines: exact bytes of lines the source reshaped (line index -> bytes); their dead
+            letters carry these bytes.
 
     Returns:
         A :class:`Decoded` with the good events and the dead letters (raw line and a reason:
-        ``invalid_json``, ``not_an_object``, ``missing_field:<col>``, ``bad_type:<col>``).
+        ``invalid_json``, ``invalid_utf8``, ``not_an_object``, ``missing_field:<col>``,
+        ``bad_type:<col>``, ``bad_value:<col>``).
 
     Example:
-        >>> good = b'{"event_id":"e1","player_id":"p1","event_time":0,"event_type":"login"}'
+        >>> good = b'{"event_id":"e1","player_id":7,"event_time":1764000000,"event_type":"login"}'
         >>> out = decode_ndjson(good + b"\\n{oops\\n")
         >>> out.good.num_rows, out.dead.column("reason").to_pylist()
         (1, ['invalid_json'])
+        >>> out.good.column("player_id").to_pylist(), str(out.good.column("event_time")[0])
+        (['7'], '2025-11-24 16:00:00+00:00')
         >>> out.dead.column("raw")[0].as_py()
         b'{oops'
     """
     schema = schema or EventSchema()
     hints = hints if hints is not None else DecodeHints()
+    if contract is None:
+        contract = SchemaContract(schema.declared, fixed=_role_types(schema))
     lines: _Lines | None = None
     segments: list[tuple[np.ndarray, pa.Table]] = []
     bad: list[tuple[int, str]] = []
     fast: pa.Table | None = None
-    if not hints.dirty:
+    valid_utf8 = _valid_utf8(data)
+    if not hints.dirty and valid_utf8:
         try:
-            fast = _read(pa.py_buffer(data), schema)
+            fast = _read(pa.py_buffer(data), schema, hints.quoted)
             segments = [(np.arange(fast.num_rows, dtype=np.int64), fast)]  # row i = line i
         except pa.ArrowInvalid:
             fast = None
     if fast is None:
         lines = _Lines(data)
-        segments, bad = _read_lines(lines, schema, whole=not hints.dirty)
+        whole = not hints.dirty
+        if not valid_utf8:
+            invalid = _invalid_utf8(lines)
+            bad += [(int(lines.index[i]), reason) for i, reason in invalid]
+            subset = lines.without([i for i, _ in invalid]) if invalid else lines
+        else:
+            subset = lines
+        more_segments, more_bad = _read_lines(subset, schema, hints.quoted, whole=whole)
+        segments, bad = more_segments, bad + more_bad
     # A stream whose blocks keep having bad lines skips the whole-block read that would fail.
     hints.dirty = bool(bad)
 
-    tables = [table for _, table in segments]
-    rows = [index for index, _ in segments]
-    tables, rows = _unify(tables, rows, bad, schema)
-    table = _concat(tables, schema)
+    # Each segment: roles normalized, payload conformed to the stream's contract.
+    tables: list[pa.Table] = []
+    rows: list[np.ndarray] = []
+    for index, table in segments:
+        table, reason = _check_roles(table, schema)
+        table, payload_reason = contract.conform(table)
+        if payload_reason is not None:
+            reason = pc.coalesce(reason, payload_reason)
+        is_bad = reason.is_valid().to_numpy(zero_copy_only=False)
+        if is_bad.any():
+            bad.extend(zip(index[is_bad].tolist(), reason.drop_null().to_pylist(), strict=True))
+            table = table.filter(pa.array(~is_bad))
+            index = index[~is_bad]
+        tables.append(table)
+        rows.append(index)
+    table = concat_conformed(tables) if tables else contract.conform(pa.table({}))[0]
     good_lines = np.concatenate(rows) if rows else np.empty(0, np.int64)
     if len(good_lines) > 1 and (np.diff(good_lines) < 0).any():
         order = np.argsort(good_lines, kind="stable")  # groups read apart: back to line order
         table, good_lines = table.take(pa.array(order)), good_lines[order]
-    table, reason = _check_roles(table, schema)
-    is_bad = reason.is_valid().to_numpy(zero_copy_only=False)
-    if is_bad.any():
-        bad.extend(zip(good_lines[is_bad].tolist(), reason.drop_null().to_pylist(), strict=True))
-        table = table.filter(pc.invert(reason.is_valid()))
-        good_lines = good_lines[~is_bad]
     good = table.combine_chunks().to_batches()[0] if table.num_rows else _empty(table.schema)
 
     dead = _empty(DEAD_LETTER_SCHEMA)
@@ -437,79 +614,34 @@ def decode_ndjson(
         bad.sort()
         lines = lines or _Lines(data)
         idx = np.fromiter((b[0] for b in bad), dtype=np.int64, count=len(bad))
+        raw = lines.raw(idx)
+        if raw_lines:
+            raw = pa.array(
+                [raw_lines.get(i, r) for i, r in zip(idx.tolist(), raw.to_pylist(), strict=True)],
+                pa.binary(),
+            )
         dead = pa.RecordBatch.from_arrays(
-            [lines.raw(idx), pa.array([b[1] for b in bad], pa.string()), pa.array(idx)],
+            [raw, pa.array([b[1] for b in bad], pa.string()), pa.array(idx)],
             schema=DEAD_LETTER_SCHEMA,
         )
     return Decoded(good=good, dead=dead, good_lines=good_lines, lines=good.num_rows + dead.num_rows)
 
 
-def _unify(
-    tables: list[pa.Table], rows: list[np.ndarray], bad: list[tuple[int, str]], schema: EventSchema
-) -> tuple[list[pa.Table], list[np.ndarray]]:
-    """Keep the segments whose payload types unify; the rows of the others become dead letters.
+def _role_types(schema: EventSchema) -> dict[str, pa.DataType]:
+    """The roles' types, fixed by the decoder (first in every batch)."""
+    return {
+        schema.id: pa.string(),
+        schema.key: pa.string(),
+        schema.time: TIME_TYPE,
+        schema.type: pa.string(),
+    }
 
-    Segments only exist on the slow path, and each infers its own payload types; a payload column
-    that is a number in one segment and a string in another cannot share one column. The time
-    role is left out here: :func:`_concat` reconciles it.
+
+def new_contract(schema: EventSchema) -> SchemaContract:
+    """A schema contract for one stream of events with these roles and declared columns.
+
+    Example:
+        >>> new_contract(EventSchema()).schema.names
+        ['event_id', 'player_id', 'event_time', 'event_type']
     """
-    if len(tables) < 2:
-        return tables, rows
-
-    def payload(t: pa.Table) -> pa.Schema:
-        return pa.schema([f for f in t.schema if f.name != schema.time])
-
-    try:
-        pa.unify_schemas([payload(t) for t in tables], promote_options="permissive")
-        return tables, rows
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        pass
-    kept, kept_rows = [tables[0]], [rows[0]]
-    unified = payload(tables[0])
-    for table, lines in zip(tables[1:], rows[1:], strict=True):
-        try:
-            unified = pa.unify_schemas([unified, payload(table)], promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            reason = f"bad_type:{_conflicting_column(unified, payload(table))}"
-            bad.extend((int(line), reason) for line in lines)
-            continue
-        kept.append(table)
-        kept_rows.append(lines)
-    return kept, kept_rows
-
-
-def _conflicting_column(left: pa.Schema, right: pa.Schema) -> str:
-    for f in right:
-        if f.name in left.names:
-            try:
-                pa.unify_schemas(
-                    [pa.schema([left.field(f.name)]), pa.schema([f])], promote_options="permissive"
-                )
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                return f.name
-    return "schema"
-
-
-def _concat(tables: list[pa.Table], schema: EventSchema) -> pa.Table:
-    """One table from the segments; a time column read as different types becomes strings."""
-    if not tables:
-        roles = [(name, pa.string()) for name in schema.string_roles]
-        return pa.table({n: pa.array([], t) for n, t in [*roles, (schema.time, pa.null())]})
-    kinds = {t.schema.field(schema.time).type for t in tables if schema.time in t.column_names}
-    if len(kinds) > 1:
-        tables = [_time_as_string(t, schema.time) for t in tables]
-    if len(tables) == 1:
-        return tables[0]
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
-def _time_as_string(table: pa.Table, column: str) -> pa.Table:
-    if column not in table.column_names:
-        return table
-    values = table.column(column)
-    try:
-        text = pc.cast(values, pa.string())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        # Objects or lists: unusable as times; keep nulls as nulls (missing, not bad).
-        text = pc.if_else(values.is_valid(), pa.scalar("<unusable>"), pa.scalar(None, pa.string()))
-    return table.set_column(table.column_names.index(column), column, text)
+    return SchemaContract(schema.declared, fixed=_role_types(schema))

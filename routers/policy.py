@@ -10,20 +10,23 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
 import pyarrow.compute as pc
 
 from routers.conditions import Condition, parse_condition
+from routers.contract import parse_type
 from routers.errors import PolicyError
-from routers.schema import TEMPERATURES, EventSchema
+from routers.schema import TEMPERATURES, TIME_UNITS, EventSchema
 
 __all__ = ["Policy", "Rule"]
 
 _TOP_LEVEL: Final[tuple[str, ...]] = ("schema", "default", "rules")
 _RULE_KEYS: Final[tuple[str, ...]] = ("name", "route", "when")
-_SCHEMA_KEYS: Final[tuple[str, ...]] = ("id", "key", "time", "type")
+_ROLE_KEYS: Final[tuple[str, ...]] = ("id", "key", "time", "type", "arrival")
+_SCHEMA_KEYS: Final[tuple[str, ...]] = (*_ROLE_KEYS, "time_unit", "time_range", "columns")
 _NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 #: Rule indices are int16 in the router: far beyond any readable policy.
 MAX_RULES: Final[int] = 10_000
@@ -195,20 +198,83 @@ def _parse_schema(data: Any, path: str, problems: list[str]) -> EventSchema:
     if not isinstance(data, Mapping):
         problems.append(f"{path}: expected a mapping of roles to column names, got {data!r}")
         return EventSchema()
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _SCHEMA_KEYS:
-            problems.append(
-                f"{path}.{key}: unknown role; expected one of {', '.join(_SCHEMA_KEYS)}"
-            )
-        elif not isinstance(value, str) or not value:
-            problems.append(f"{path}.{key}: expected a column name, got {value!r}")
+            problems.append(f"{path}.{key}: unknown key; expected one of {', '.join(_SCHEMA_KEYS)}")
+        elif key in _ROLE_KEYS:
+            if not isinstance(value, str) or not value:
+                problems.append(f"{path}.{key}: expected a column name, got {value!r}")
+            else:
+                values[key] = value
+        elif key == "time_unit":
+            if value not in TIME_UNITS:
+                problems.append(
+                    f"{path}.time_unit: expected one of {', '.join(TIME_UNITS)}, got {value!r}"
+                )
+            else:
+                values[key] = value
+        elif key == "time_range":
+            bounds = _parse_time_range(value, f"{path}.time_range", problems)
+            if bounds is not None:
+                values[key] = bounds
         else:
-            values[key] = value
-    schema = EventSchema(**values)
-    if len(set(schema.required)) != 4:
-        problems.append(f"{path}: each role needs its own column, got {schema.required}")
-    return schema
+            columns = _parse_columns(value, f"{path}.columns", problems)
+            if columns is not None:
+                values[key] = columns
+    roles = [values.get(k, getattr(EventSchema, k)) for k in ("id", "key", "time", "type")]
+    if len(set(roles)) != 4 or values.get("arrival", EventSchema.arrival) in roles:
+        problems.append(f"{path}: each role needs its own column, got {tuple(roles)}")
+        return EventSchema()
+    for name, _ in values.get("columns", ()):
+        if name in roles:
+            problems.append(f"{path}.columns.{name}: a role column is typed by its role; remove it")
+            return EventSchema()
+    return EventSchema(**values)
+
+
+def _parse_columns(
+    value: Any, path: str, problems: list[str]
+) -> tuple[tuple[str, str], ...] | None:
+    if not isinstance(value, Mapping):
+        problems.append(f"{path}: expected a mapping of column names to types, got {value!r}")
+        return None
+    columns = []
+    for name, kind in value.items():
+        try:
+            parse_type(kind)
+        except ValueError as exc:
+            problems.append(f"{path}.{name}: {exc}")
+            continue
+        columns.append((str(name), str(kind)))
+    return tuple(columns)
+
+
+def _parse_time_range(value: Any, path: str, problems: list[str]) -> tuple[int, int] | None:
+    """``[start, end]`` as ISO dates or datetimes (YAML may have parsed them already)."""
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        problems.append(
+            f"{path}: expected [start, end] like [2000-01-01, 2100-01-01], got {value!r}"
+        )
+        return None
+    bounds = []
+    for item in value:
+        if isinstance(item, datetime):
+            moment = item if item.tzinfo else item.replace(tzinfo=timezone.utc)
+        elif isinstance(item, date):
+            moment = datetime(item.year, item.month, item.day, tzinfo=timezone.utc)
+        else:
+            try:
+                moment = datetime.fromisoformat(str(item))
+            except ValueError:
+                problems.append(f"{path}: expected ISO dates like 2000-01-01, got {item!r}")
+                return None
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        bounds.append(int(moment.timestamp() * 1000))
+    if bounds[0] >= bounds[1]:
+        problems.append(f"{path}: the start must be before the end, got {value!r}")
+        return None
+    return bounds[0], bounds[1]
 
 
 def _parse_rule(

@@ -1,8 +1,10 @@
 """The router: classify every row of a batch as hot, warm or cold, and split the batch.
 
 Pure and vectorized: the policy is compiled to one Arrow expression (a ``case_when`` over the
-rules' conditions, first match wins), evaluated by Arrow's engine in one pass. The clock comes in
-as an argument, so the same batch and ``now`` always give the same answer. No Ray here.
+rules' conditions, first match wins), evaluated by Arrow's engine in one pass. Age rules measure
+each event's time against its arrival time (the schema's ``arrival`` column, set by the source),
+so a replay routes every event as the first run did; rows without one use ``now``, an argument.
+The same batch and ``now`` always give the same answer. No Ray here.
 """
 
 from __future__ import annotations
@@ -69,11 +71,12 @@ class Router:
         self._codes = pa.array([*codes, TEMPERATURES.index(policy.default)], pa.int8())
         self._fields = frozenset().union(*(r.condition.fields() for r in policy.rules))
         self._uses_age = AGE_COLUMN in self._fields
-        self._compiled: dict[frozenset[str], pc.Expression] = {}
+        self._compiled: dict[tuple[frozenset[str], tuple[str, ...]], pc.Expression] = {}
         # Compile for a batch that has every column: this is the expression used in steady state.
-        self._expression(frozenset())
+        self._expression(frozenset(), {})
         self._totals = np.zeros(len(policy.rules) + 1, dtype=np.int64)
         self._last = np.zeros(len(policy.rules) + 1, dtype=np.int64)
+        self._mismatches = np.zeros(len(policy.rules), dtype=np.int64)
 
     @classmethod
     def from_yaml(cls, source: str | Path) -> Router:
@@ -93,6 +96,14 @@ class Router:
         return dict(zip((*self.rule_names, DEFAULT_RULE), self._totals.tolist(), strict=True))
 
     @property
+    def type_mismatches(self) -> dict[str, int]:
+        """Rows each rule could not compare because a column had another kind than its literal
+        (the comparison did not match them, as with a null); only rules with any are listed."""
+        return {
+            name: int(n) for name, n in zip(self.rule_names, self._mismatches, strict=True) if n
+        }
+
+    @property
     def last_counts(self) -> dict[str, int]:
         """Rows decided by each rule (and ``default``) in the last ``classify``/``split`` call."""
         return dict(zip((*self.rule_names, DEFAULT_RULE), self._last.tolist(), strict=True))
@@ -105,7 +116,11 @@ class Router:
         Counters are updated here; :meth:`classify` and :meth:`split` call it once.
         """
         prepared, missing = self._prepare(batch, now)
-        expression = self._expression(missing)
+        types = {f.name: f.type for f in batch.schema if f.name in self._fields}
+        expression = self._expression(missing, types)
+        for i, rule in enumerate(self.policy.rules):
+            if types and rule.condition.mismatched(types):
+                self._mismatches[i] += batch.num_rows
         try:
             result = (
                 acero.Declaration.from_sequence(
@@ -176,14 +191,15 @@ class Router:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _expression(self, missing: frozenset[str]) -> pc.Expression:
-        compiled = self._compiled.get(missing)
+    def _expression(self, missing: frozenset[str], types: dict[str, pa.DataType]) -> pc.Expression:
+        key = (missing, tuple(f"{name}:{kind}" for name, kind in sorted(types.items())))
+        compiled = self._compiled.get(key)
         if compiled is not None:
             return compiled
         conditions: list[pc.Expression] = []
         values: list[pa.Scalar] = []
         for i, rule in enumerate(self.policy.rules):
-            condition = rule.condition.to_expression(missing)
+            condition = rule.condition.to_expression(missing, types)
             if condition is False:
                 continue  # can never match this batch
             conditions.append(pc.scalar(True) if condition is True else condition)
@@ -198,7 +214,7 @@ class Router:
             )
         else:
             compiled = pc.scalar(default)
-        self._compiled[missing] = compiled
+        self._compiled[key] = compiled
         return compiled
 
     def _prepare(
@@ -208,29 +224,38 @@ class Router:
         table = pa.Table.from_batches([batch])
         time_column = self.policy.schema.time
         if self._uses_age and time_column in names:
-            table = table.append_column(AGE_COLUMN, _age_ms(batch.column(time_column), now))
+            arrival_column = self.policy.schema.arrival
+            arrival = batch.column(arrival_column) if arrival_column in names else None
+            table = table.append_column(
+                AGE_COLUMN, _age_ms(batch.column(time_column), now, arrival)
+            )
             names.add(AGE_COLUMN)
         return table, frozenset(self._fields - names)
 
 
-def _age_ms(times: pa.Array, now: datetime | None) -> pa.Array:
-    """``now - time`` in milliseconds (int64; null where the time is null)."""
+def _epoch_ms(times: pa.Array) -> pa.Array:
+    if pa.types.is_timestamp(times.type):
+        return pc.cast(pc.cast(times, pa.timestamp("ms", times.type.tz), safe=False), pa.int64())
+    if pa.types.is_integer(times.type):
+        return pc.cast(times, pa.int64())
+    raise RouterError(
+        f"the time column has type {times.type}; age rules need a timestamp or epoch "
+        f"milliseconds. Operator action: decode with Router.decode or cast the column"
+    )
+
+
+def _age_ms(times: pa.Array, now: datetime | None, arrival: pa.Array | None = None) -> pa.Array:
+    """``arrival - time`` in milliseconds (int64; null where the time is null).
+
+    ``arrival`` per row where given and not null, else ``now`` (default: the wall clock).
+    """
     if now is None:
         now = datetime.now(timezone.utc)
     elif now.tzinfo is None:
         raise ValueError(
             f"now must be timezone-aware, got {now!r}; e.g. datetime.now(timezone.utc)"
         )
-    now_ms = int(now.timestamp() * 1000)
-    if pa.types.is_timestamp(times.type):
-        epoch_ms = pc.cast(
-            pc.cast(times, pa.timestamp("ms", times.type.tz), safe=False), pa.int64()
-        )
-    elif pa.types.is_integer(times.type):
-        epoch_ms = pc.cast(times, pa.int64())
-    else:
-        raise RouterError(
-            f"the time column has type {times.type}; age rules need a timestamp or epoch "
-            f"milliseconds. Operator action: decode with Router.decode or cast the column"
-        )
-    return pc.subtract(pa.scalar(now_ms, pa.int64()), epoch_ms)
+    reference = pa.scalar(int(now.timestamp() * 1000), pa.int64())
+    if arrival is not None and arrival.null_count < len(arrival):
+        reference = pc.coalesce(_epoch_ms(arrival), reference)
+    return pc.subtract(reference, _epoch_ms(times))

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from routers import Router, RouterError
+from routers import Policy, Router, RouterError, Rule
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
@@ -134,8 +135,21 @@ def test_python_form_takes_arrow_expressions() -> None:
     assert Router(policy).classify(batch, now=NOW).to_pylist() == ["cold", "hot", "warm", "hot"]
 
 
-def test_type_mismatch_names_the_problem() -> None:
-    router = route_hot_when({"field": "tier", "gt": 5})
+def test_a_comparison_on_a_drifted_column_does_not_match_and_is_counted() -> None:
+    # {field: level, gte: 90} once a client sent "level": "max": the column is strings now.
+    router = route_hot_when({"field": "level", "gte": 90})
+    drifted = pa.record_batch({"level": ["max", "12", None]})
+    assert router.classify(drifted, now=NOW).to_pylist() == ["cold", "cold", "cold"]
+    numbers = pa.record_batch({"level": [95, 12, None]})
+    assert router.classify(numbers, now=NOW).to_pylist() == ["hot", "cold", "cold"]
+    assert router.type_mismatches == {"r": 3}
+    # The same under not/any: a mismatch is false, like a null, never an error.
+    negated = route_hot_when({"not": {"field": "tier", "gt": 5}})
+    assert negated.classify(TIERS, now=NOW).to_pylist() == ["hot"] * 4
+
+
+def test_an_expression_rule_that_cannot_run_names_the_problem() -> None:
+    router = Router(Policy(rules=(Rule("bad", "hot", pc.field("tier") > 5),)))
     with pytest.raises(RouterError, match="tier"):
         router.classify(TIERS, now=NOW)
 

@@ -54,7 +54,7 @@ def test_malformed_lines_mixed_into_good_ones() -> None:
         (event(10_002, event_id=None), "missing_field:event_id"),
         (event(10_003, event_time=...), "missing_field:event_time"),
         (event(10_004, event_type=...), "missing_field:event_type"),
-        (event(10_005, player_id=12), "bad_type:player_id"),
+        (event(10_005, player_id=12.5), "bad_type:player_id"),
         (event(10_006, event_time="not a time"), "bad_type:event_time"),
         (event(10_007, event_time=True), "bad_type:event_time"),
         (event(10_008, level="high"), "bad_type:level"),
@@ -106,7 +106,9 @@ def test_blank_lines_are_not_events_and_raw_bytes_are_exact() -> None:
 
 def test_custom_roles() -> None:
     schema = EventSchema(id="id", key="user", time="ts", type="kind")
-    data = b'{"id":"a","user":"u","ts":0,"kind":"k"}\n{"id":"b","ts":0,"kind":"k"}'
+    data = (
+        b'{"id":"a","user":"u","ts":1764000000,"kind":"k"}\n{"id":"b","ts":1764000000,"kind":"k"}'
+    )
     out = decode_ndjson(data, schema)
     assert out.good.column("user").to_pylist() == ["u"]
     assert out.dead.column("reason").to_pylist() == ["missing_field:user"]

@@ -87,7 +87,7 @@ def test_malformed_conditions(when: str) -> None:
 
 def test_schema_roles_checked() -> None:
     msg = load_error("schema: {key: user_id, shard: x}")
-    assert "schema.shard: unknown role; expected one of id, key, time, type" in msg
+    assert "schema.shard: unknown key; expected one of id, key, time, type, arrival" in msg
     policy = Policy.from_yaml("schema: {key: user_id}")
     assert policy.schema.key == "user_id"
     assert policy.schema.time == "event_time"

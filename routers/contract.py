@@ -1,0 +1,265 @@
+"""One schema per stream: declared columns cast, the others inferred and widened, never mixed.
+
+Clients drift: a field is missing from some event types, arrives as ``5`` in one block and ``4.99``
+in the next, as ``"max"`` in a third. Arrow infers a type per read, so two blocks of one stream
+can disagree, and any concatenation of them would fail. A :class:`SchemaContract` is kept per
+stream (one per pipeline, across all source partitions) and every decoded segment is conformed
+to it before it leaves the decoder:
+
+- a **declared** column (``schema.columns`` in the policy) is cast to its declared type;
+- an **undeclared** column takes the type it was first inferred with, and *widens* when a later
+  segment needs it: null to anything, int64 to double, a struct gains the fields it lacked;
+- a later value of another kind is cast to the column's type when Arrow can (``"12"`` to 12 for
+  an int64 column, 5 to ``"5"`` for a string column); a value that cannot be cast makes its row,
+  and only that row, a dead letter ``bad_type:<column>``. So the first inferred kind wins: declare
+  a column's type to choose it instead of the first event that happens to carry it;
+- a column the segment lacks is added as nulls; column order is the contract's, never the
+  segment's.
+
+The contract only grows (columns are added, types widen), so every batch it produced casts safely
+to its latest schema: :func:`concat_conformed` does that before concatenating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["SchemaContract", "cast_rows", "concat_conformed", "parse_type"]
+
+#: Type names a policy may declare, and the Arrow type each means.
+TYPE_NAMES: Final[dict[str, pa.DataType]] = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "int32": pa.int32(),
+    "double": pa.float64(),
+    "float64": pa.float64(),
+    "float32": pa.float32(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("ms", "UTC"),
+    "date": pa.date32(),
+}
+_INTEGER = r"^\s*[+-]?\d+\s*$"
+_NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+
+
+def parse_type(name: str) -> pa.DataType:
+    """The Arrow type for a declared type name.
+
+    Raises:
+        ValueError: an unknown name, with the known ones.
+
+    Example:
+        >>> parse_type("double")
+        DataType(double)
+    """
+    try:
+        return TYPE_NAMES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"expected one of {', '.join(TYPE_NAMES)}, got {name!r}") from None
+
+
+class SchemaContract:
+    """The schema of one stream, grown as segments arrive (see the module docstring).
+
+    Not thread-safe: one per stream, used by the thread that decodes it.
+
+    Args:
+        declared: column name to its declared type (payload columns; roles are typed by the
+            decoder itself).
+        fixed: columns whose type is fixed upstream (the roles): kept first, never widened.
+
+    Example:
+        >>> contract = SchemaContract({"amount": pa.float64()})
+        >>> a, bad = contract.conform(pa.table({"amount": [5, 7], "level": ["1", "2"]}))
+        >>> a.schema.types, bad
+        ([DataType(double), DataType(string)], None)
+        >>> b, bad = contract.conform(pa.table({"level": [3, 4], "tier": ["vip", None]}))
+        >>> b.column_names, b["level"].to_pylist(), b["amount"].null_count
+        (['amount', 'level', 'tier'], ['3', '4'], 2)
+        >>> c, bad = contract.conform(pa.table({"amount": ["4.99", "free"]}))
+        >>> c["amount"].to_pylist(), bad.to_pylist()
+        ([4.99, None], [None, 'bad_type:amount'])
+    """
+
+    def __init__(
+        self,
+        declared: Mapping[str, pa.DataType] | None = None,
+        fixed: Mapping[str, pa.DataType] | None = None,
+    ) -> None:
+        self.declared = dict(declared or {})
+        self.fixed = dict(fixed or {})
+        self._types: dict[str, pa.DataType] = {**self.fixed, **self.declared}
+        #: How many times a column's type widened (a changed schema downstream).
+        self.changes = 0
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The stream's schema so far."""
+        return pa.schema(list(self._types.items()))
+
+    def seed(self, schema: pa.Schema) -> None:
+        """Start from a schema saved earlier (a checkpoint), so a resumed run types alike."""
+        for f in schema:
+            if f.name not in self.fixed and f.name not in self.declared:
+                self._types[f.name] = self._widen(self._types.get(f.name), f.type) or f.type
+
+    def conform(self, table: pa.Table) -> tuple[pa.Table, pa.Array | None]:
+        """``table`` with the contract's schema, and per row the reason it is bad (or None).
+
+        Returns:
+            (table, reasons): reasons is None when every row conforms, else a string array
+            with ``bad_type:<column>`` on the rows whose value could not take the column's type
+            (their value is null in the returned table; drop them).
+        """
+        n = table.num_rows
+        reasons: pa.Array | None = None
+        columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            if name in columns:
+                continue  # a duplicate name: Arrow never produces one from JSON objects
+            current = self._types.get(name)
+            if current is None:
+                self._types[name] = column.type
+                columns[name] = column
+                continue
+            if column.type == current:
+                columns[name] = column
+                continue
+            if name not in self.fixed and name not in self.declared:
+                wider = self._widen(current, column.type)
+                if wider is not None:
+                    if wider != current:
+                        self._types[name] = wider
+                        self.changes += 1
+                    columns[name] = column.cast(wider) if column.type != wider else column
+                    continue
+            values, bad = cast_rows(column, self._types[name])
+            columns[name] = values
+            if bad is not None:
+                reason = pc.if_else(
+                    bad, pa.scalar(f"bad_type:{name}"), pa.scalar(None, pa.string())
+                )
+                reasons = reason if reasons is None else pc.coalesce(reasons, reason)
+        arrays = [
+            columns[name] if name in columns else pa.nulls(n, kind)
+            for name, kind in self._types.items()
+        ]
+        # Columns that widened after this segment's first column was placed: cast them now.
+        arrays = [
+            a if a.type == kind else a.cast(kind)
+            for a, kind in zip(arrays, self._types.values(), strict=True)
+        ]
+        return pa.Table.from_arrays(arrays, schema=self.schema), reasons
+
+    @staticmethod
+    def _widen(current: pa.DataType | None, new: pa.DataType) -> pa.DataType | None:
+        """The type both fit in without loss, if widening allows it (else None)."""
+        if current is None or pa.types.is_null(current):
+            return new
+        if pa.types.is_null(new):
+            return current
+        numeric = {pa.int64(), pa.float64()}
+        if current in numeric and new in numeric:
+            return pa.float64()
+        if pa.types.is_struct(current) and pa.types.is_struct(new):
+            try:
+                unified = pa.unify_schemas(
+                    [pa.schema([("v", current)]), pa.schema([("v", new)])],
+                    promote_options="permissive",
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                return None
+            kind = unified.field("v").type
+            # Only when every child widened by these same rules (no string meets number).
+            return kind if _children_widen(current, kind) and _children_widen(new, kind) else None
+        if pa.types.is_list(current) and pa.types.is_list(new):
+            inner = SchemaContract._widen(current.value_type, new.value_type)
+            return pa.list_(inner) if inner is not None else None
+        return None
+
+
+def _children_widen(old: pa.DataType, new: pa.DataType) -> bool:
+    for f in old:
+        target = new.field(f.name).type
+        if f.type != target and SchemaContract._widen(f.type, target) != target:
+            return False
+    return True
+
+
+def cast_rows(
+    column: pa.Array | pa.ChunkedArray, target: pa.DataType
+) -> tuple[pa.Array, pa.Array | None]:
+    """Cast ``column`` to ``target``; values that cannot be cast become null and are flagged.
+
+    Returns:
+        (cast values, a boolean array true where a non-null value failed, or None when none did).
+
+    Example:
+        >>> values, bad = cast_rows(pa.array(["1", "x", None]), pa.int64())
+        >>> values.to_pylist(), bad.to_pylist()
+        ([1, None, None], [False, True, False])
+    """
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    try:
+        return pc.cast(array, target), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    # Strings into numbers, the common drift: one vectorized check keeps the rest to one cast.
+    if pa.types.is_string(array.type) and (
+        pa.types.is_integer(target) or pa.types.is_floating(target)
+    ):
+        pattern = _INTEGER if pa.types.is_integer(target) else _NUMBER
+        plausible = pc.fill_null(pc.match_substring_regex(array, pattern), False)
+        candidates = pc.if_else(plausible, array, pa.scalar(None, array.type))
+        values = _cast_or_null(pc.utf8_trim_whitespace(candidates), target)
+    else:
+        values = _cast_or_null(array, target)
+    bad = pc.and_(array.is_valid(), values.is_null())
+    return values, bad
+
+
+def _cast_or_null(array: pa.Array, target: pa.DataType) -> pa.Array:
+    """Cast, turning values Arrow refuses into nulls (halving only around the bad ones)."""
+    try:
+        return pc.cast(array, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        if len(array) <= 1:
+            return pa.nulls(len(array), target)
+    parts = np.array_split(np.arange(len(array)), min(len(array), 8))
+    return pa.concat_arrays(
+        [_cast_or_null(array.slice(int(p[0]), len(p)), target) for p in parts if len(p)]
+    )
+
+
+def concat_conformed(tables: Iterable[pa.Table | pa.RecordBatch]) -> pa.Table:
+    """One table from batches of one contract taken at different times (schemas only grew).
+
+    Each is cast to the unified (latest) schema, columns in one order, missing ones as nulls.
+
+    Example:
+        >>> a = pa.table({"id": ["1"], "amount": [5]})
+        >>> b = pa.table({"id": ["2"], "amount": [4.99], "tier": ["vip"]})
+        >>> concat_conformed([a, b]).to_pylist()
+        [{'id': '1', 'amount': 5.0, 'tier': None}, {'id': '2', 'amount': 4.99, 'tier': 'vip'}]
+    """
+    parts = [t if isinstance(t, pa.Table) else pa.Table.from_batches([t]) for t in tables]
+    if not parts:
+        return pa.table({})
+    if all(p.schema == parts[0].schema for p in parts):
+        return pa.concat_tables(parts)
+    unified = pa.unify_schemas([p.schema for p in parts], promote_options="permissive")
+    return pa.concat_tables([_to_schema(p, unified) for p in parts])
+
+
+def _to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    n = table.num_rows
+    arrays = [
+        (table[f.name] if f.name in table.column_names else pa.nulls(n, f.type)).cast(f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
