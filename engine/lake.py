@@ -7,21 +7,35 @@ Layout under ``lake_uri`` (a local folder by default; any fsspec URL, e.g. ``s3:
   same source range always gets the same name and a retry overwrites instead of duplicating;
 - ``warm/{output_name}/``: warm path outputs;
 - ``hot/alerts/``: alerts emitted by the hot processor;
-- ``_dead_letter/dt=YYYY-MM-DD/``: rows that could not be decoded, with raw bytes and reason.
+- ``_dead_letter/``: rows that could not be decoded, with raw bytes and reason.
 
 Partition values never come raw from events: ``dt``/``hour`` are formatted from the event time,
-and any other partition value is percent-encoded (``/``, ``\\``, ``%``, ``..`` and control
-characters), so an event field like ``../../etc`` stays one directory level inside the lake.
+and any other partition value goes through :func:`encode_partition_value`, an injective encoding
+into one safe path segment, so ``../../etc`` stays one folder inside the lake and two different
+values never share a folder (where they would overwrite each other's files).
+
+The folder name is only a place to put rows: it cannot carry every value back (``""`` and long
+values do not survive it), so the ``partition_by`` columns stay inside the Parquet files and
+:meth:`Lake.read` takes them from there. A reader that decodes ``col=value`` folders (pyarrow's
+``partitioning="hive"``, DuckDB's default ``hive_partitioning``) lets the folder win over the
+file, which changes ``""`` and long values; read the lake with :meth:`Lake.read`, or with DuckDB
+as ``read_parquet(files, union_by_name=true, hive_partitioning=false)``.
+
+Storage failures (any ``OSError`` but a missing path or a permission problem, which are
+configuration mistakes and raise at once) are retried with exponential backoff, then surface as
+:class:`LakeUnavailableError`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
-from typing import Any, Final
-from urllib.parse import quote
+from typing import Any, Final, TypeVar
 
 import fsspec
 import numpy as np
@@ -29,10 +43,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from routers.errors import ThermoclineError
+
 __all__ = [
     "DEAD_LETTER_DIR",
     "EVENTS_DIR",
+    "NULL_PARTITION",
     "Lake",
+    "LakeUnavailableError",
     "encode_partition_value",
     "file_stem",
 ]
@@ -40,21 +58,90 @@ __all__ = [
 EVENTS_DIR: Final[str] = "events"
 DEAD_LETTER_DIR: Final[str] = "_dead_letter"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
+_T = TypeVar("_T")
+
+#: The null folder, as Hive, Spark, pyarrow and DuckDB name it.
+NULL_PARTITION: Final[str] = "__HIVE_DEFAULT_PARTITION__"
+#: Longest encoded value: leaves room for ``column=`` within the usual 255-byte file name limit.
+_MAX_SEGMENT: Final[int] = 200
+#: ``-`` escaped. The plain encoding never escapes ``-``, so this marks the empty string and
+#: separates a long value's prefix from its hash, and no plain encoding can contain it.
+_TAG: Final[str] = "%2D"
+#: Readable head of a long value: what is left of the segment after the tag and a sha256 hex.
+_PREFIX_BYTES: Final[int] = _MAX_SEGMENT - len(_TAG) - 64
+_PLAIN: Final[frozenset[int]] = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
+)
+_ESCAPED: Final[tuple[str, ...]] = tuple(chr(b) if b in _PLAIN else f"%{b:02X}" for b in range(256))
+#: The dataset keys the lake writes itself; they are read from folder names, nothing else is.
+_PATH_KEYS: Final[dict[str, pa.DataType]] = {"dt": pa.string(), "hour": pa.int32()}
+
+#: Storage retries: 5 attempts, 0.2 s doubling, ~3 s of waiting in all: rides out a throttled or
+#: briefly unreachable object store without holding a flush back for long.
+_ATTEMPTS: Final[int] = 5
+_FIRST_DELAY_S: Final[float] = 0.2
+#: OSErrors that retrying cannot fix: the lake is misconfigured (wrong path, no access).
+_PERMANENT: Final = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+class LakeUnavailableError(ThermoclineError):
+    """The lake's storage kept failing after every retry (network, throttling, a full disk).
+
+    Retriable: the write or read can be repeated as is (writes are atomic and idempotent).
+    """
+
+    retriable = True
+
+
+def _escape(text: str) -> str:
+    # surrogatepass: a lone surrogate (possible in a Python str) still gets its own bytes.
+    return "".join(_ESCAPED[b] for b in text.encode("utf-8", "surrogatepass"))
 
 
 def encode_partition_value(value: object) -> str:
-    """A partition value that is one safe path segment (Hive-style percent-encoding).
+    """One safe path segment for a partition value; different values never share one.
+
+    The rule: every UTF-8 byte outside ``[A-Za-z0-9-]`` becomes ``%XX`` (``.``, ``_``, ``/``,
+    ``\\``, ``%`` included); ``None`` is ``__HIVE_DEFAULT_PARTITION__`` and ``""`` is ``%2D``.
+    A value whose encoding would pass 200 bytes becomes its encoded head, ``%2D``, and the
+    sha256 hex of the whole value. Since ``-`` is never escaped otherwise and ``_`` always is,
+    the three forms cannot meet, and each is injective (the long one as far as sha256 is).
+    Non-string values are encoded as ``str(value)``; a column has one type, so ``5`` and
+    ``"5"`` never meet in one table.
+
+    The segment is injective on case-sensitive storage (Linux file systems, object stores), not
+    on case-insensitive ones (``A`` and ``a`` share a folder there).
 
     Example:
-        >>> encode_partition_value("../../etc")
-        '%2E%2E%2F%2E%2E%2Fetc'
         >>> encode_partition_value("eu-1")
         'eu-1'
+        >>> encode_partition_value("../../etc")
+        '%2E%2E%2F%2E%2E%2Fetc'
+        >>> [encode_partition_value(v) for v in (None, "__HIVE_DEFAULT_PARTITION__", "", "\\x00")]
+        ['__HIVE_DEFAULT_PARTITION__', '%5F%5FHIVE%5FDEFAULT%5FPARTITION%5F%5F', '%2D', '%00']
+        >>> long = encode_partition_value("a" * 1000)
+        >>> long[:4], long[133:136], len(long)
+        ('aaaa', '%2D', 200)
     """
     if value is None:
-        return "__HIVE_DEFAULT_PARTITION__"
-    text = quote(str(value), safe="-_ ").replace(".", "%2E")
-    return text or "%00"
+        return NULL_PARTITION
+    text = str(value)
+    if not text:
+        return _TAG
+    if len(text) <= _MAX_SEGMENT:  # a longer text cannot fit: skip escaping all of it
+        encoded = _escape(text)
+        if len(encoded) <= _MAX_SEGMENT:
+            return encoded
+    head: list[str] = []
+    size = 0
+    for char in text[:_PREFIX_BYTES]:  # whole characters, so the head still decodes as UTF-8
+        piece = _escape(char)
+        if size + len(piece) > _PREFIX_BYTES:
+            break
+        head.append(piece)
+        size += len(piece)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return "".join(head) + _TAG + digest
 
 
 def file_stem(source: str, partition: str, first: int, last: int) -> str:
@@ -74,6 +161,25 @@ class Lake:
     Args:
         uri: folder path or fsspec URL.
         storage_options: passed to fsspec (e.g. S3 endpoint and credentials).
+
+    Example:
+        >>> import tempfile
+        >>> lake = Lake(tempfile.mkdtemp())
+        >>> t0 = datetime(2024, 5, 1, 13, 5, tzinfo=timezone.utc)
+        >>> table = pa.table({
+        ...     "id": [1, 2, 3],
+        ...     "time": pa.array([t0] * 3, pa.timestamp("ms", "UTC")),
+        ...     "region": [None, "", "__HIVE_DEFAULT_PARTITION__"],
+        ... })
+        >>> paths = lake.write_partitioned(table, "time", "src-0-1-3", partition_by=("region",))
+        >>> for folder in sorted(p.split("/")[-2] for p in paths):
+        ...     print(folder)
+        region=%2D
+        region=%5F%5FHIVE%5FDEFAULT%5FPARTITION%5F%5F
+        region=__HIVE_DEFAULT_PARTITION__
+        >>> back = lake.read("events").sort_by("id")
+        >>> back["region"].to_pylist(), back["dt"][0].as_py(), back["hour"][0].as_py()
+        ([None, '', '__HIVE_DEFAULT_PARTITION__'], '2024-05-01', 13)
     """
 
     def __init__(self, uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -83,20 +189,56 @@ class Lake:
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def _retrying(self, doing: str, relative: str, call: Callable[[], _T]) -> _T:
+        """``call()``, again after 0.2, 0.4, 0.8, 1.6 s while storage fails (see ``_ATTEMPTS``).
+
+        Raises:
+            FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError: at once.
+            LakeUnavailableError: another ``OSError`` on every attempt.
+        """
+        delay = _FIRST_DELAY_S
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return call()
+            except _PERMANENT:
+                raise
+            except OSError as error:
+                if attempt == _ATTEMPTS:
+                    cause = " ".join(f"{type(error).__name__}: {error}".split())
+                    raise LakeUnavailableError(
+                        f"lake {self.uri}: {doing} {relative} failed {_ATTEMPTS} times, last with"
+                        f" {cause}. Operator action: check that the storage is reachable and"
+                        " has room; the operation is safe to retry."
+                    ) from error
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
     def _write_atomically(self, relative: str, write: Callable[[Any], object]) -> str:
         """Call ``write(handle)`` on a hidden temporary file, then rename it to ``relative``.
 
         Readers (pyarrow datasets skip names starting with ``.``) never see a half-written file,
-        and writing the same content to the same name again replaces the file.
+        and writing the same content to the same name again replaces the file. Retried as a
+        whole (a fresh temporary name each time) while storage fails.
         """
         final = self.path(relative)
         folder, name = final.rsplit("/", 1)
-        self.fs.makedirs(folder, exist_ok=True)
-        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open(temporary, "wb") as handle:
-            write(handle)
-        self.fs.mv(temporary, final)
-        return final
+
+        def attempt() -> str:
+            self.fs.makedirs(folder, exist_ok=True)
+            temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+            try:
+                with self.fs.open(temporary, "wb") as handle:
+                    write(handle)
+                self.fs.mv(temporary, final)
+            except BaseException:
+                # A leftover would be harmless (hidden) but would pile up over retries.
+                with contextlib.suppress(OSError):
+                    self.fs.rm(temporary)
+                raise
+            return final
+
+        return self._retrying("writing", relative, attempt)
 
     def write_parquet(self, table: pa.Table, relative: str) -> str:
         """Write ``table`` to ``relative`` atomically (see :meth:`_write_atomically`)."""
@@ -115,9 +257,23 @@ class Lake:
     ) -> list[str]:
         """Write ``table`` Hive-partitioned by event date (and hour, and ``partition_by``).
 
+        Each file keeps every column of ``table``, the ``partition_by`` ones included: their
+        folder names (:func:`encode_partition_value`) only place the rows, :meth:`read` takes
+        the values from the files. ``dt``/``hour`` exist only in the path.
+
         Returns:
             The paths written, one per partition present in ``table``.
+
+        Raises:
+            ValueError: a ``partition_by`` name that is not a plain column name, starts with
+                ``_`` (readers skip such folders) or is ``dt``/``hour``.
         """
+        for column in partition_by:
+            if column in _PATH_KEYS or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", column):
+                raise ValueError(
+                    f"partition_by: expected column names of letters, digits, '_' and '-' not"
+                    f" starting with '_' and other than dt/hour, got {column!r}"
+                )
         if table.num_rows == 0:
             return []
         # Integer hour (or day) buckets: formatting dates once per partition, not once per row.
@@ -145,26 +301,74 @@ class Lake:
 
     def read_text(self, relative: str) -> str | None:
         """A small text file's content, or None when it does not exist."""
-        try:
-            with self.fs.open(self.path(relative), "rb") as handle:
-                return bytes(handle.read()).decode()
-        except FileNotFoundError:
-            return None
+
+        def attempt() -> str | None:
+            try:
+                with self.fs.open(self.path(relative), "rb") as handle:
+                    return bytes(handle.read()).decode()
+            except FileNotFoundError:
+                return None
+
+        return self._retrying("reading", relative, attempt)
 
     def files(self, directory: str) -> list[str]:
         """Every file below ``directory`` (full paths; empty when it does not exist)."""
         path = self.path(directory)
-        return sorted(self.fs.find(path)) if self.fs.exists(path) else []
+        return self._retrying(
+            "listing",
+            directory,
+            lambda: sorted(self.fs.find(path)) if self.fs.exists(path) else [],
+        )
 
     def read(self, directory: str) -> pa.Table:
-        """Read a lake directory back as one table (Hive partition columns included)."""
+        """Read a lake directory back as one table, every column as the files hold it.
+
+        Columns come from the files, the ``dt``/``hour`` columns from the folder names, when
+        there are such folders. Files written at different times may differ in schema: columns
+        added later, in another order, or widened (``int64`` then ``double``) are read as one
+        table whose schema unifies them (``promote_options="permissive"``); a column a file
+        lacks reads as null there.
+
+        Raises:
+            pyarrow.ArrowTypeError: two files hold one column with types that do not unify.
+            LakeUnavailableError: storage kept failing (see :meth:`_retrying`).
+        """
+        return self._retrying("reading", directory, lambda: self._read(directory))
+
+    def _read(self, directory: str) -> pa.Table:
         import pyarrow.dataset as ds
 
         path = self.path(directory)
         if not self.fs.exists(path):
             return pa.table({})
+        # The partitioning names only the keys the lake writes. Measured (pyarrow 26): with
+        # partitioning="hive" every `k=v` folder becomes a partition expression that wins over
+        # the file's own column (`region=%2D` read "-" where the file holds ""); with an
+        # explicit hive schema the other `k=v` folders are not parsed at all, so partition_by
+        # columns come only from the files.
+        found = ds.dataset(path, filesystem=self.fs, format="parquet")
+        fragments = list(found.get_fragments())
+        if not fragments:
+            return found.to_table()
+        files = [fragment.path for fragment in fragments]
+        folders = {
+            part.split("=", 1)[0]
+            for file in files
+            for part in file.removeprefix(f"{path}/").split("/")[:-1]
+        }
+        keys = pa.schema([(k, t) for k, t in _PATH_KEYS.items() if k in folders])
+        # Each file's footer, not just the first file's: a column added or widened later exists
+        # only in the newer files.
+        physical = pa.unify_schemas(
+            [fragment.physical_schema for fragment in fragments], promote_options="permissive"
+        )
         return ds.dataset(
-            path, filesystem=self.fs, format="parquet", partitioning="hive"
+            files,  # as listed above: no second listing
+            filesystem=self.fs,
+            format="parquet",
+            partitioning=ds.partitioning(keys, flavor="hive") if len(keys) else None,
+            partition_base_dir=path,
+            schema=pa.unify_schemas([physical, keys]),
         ).to_table()
 
 

@@ -10,7 +10,15 @@ Example:
 from __future__ import annotations
 
 from routers.conditions import AGE_COLUMN, Condition, age_ms
-from routers.decode import DEAD_LETTER_SCHEMA, Decoded, DecodeHints, decode_ndjson
+from routers.contract import SchemaContract, concat_conformed
+from routers.decode import (
+    DEAD_LETTER_SCHEMA,
+    Decoded,
+    DecodeHints,
+    decode_arrow,
+    decode_ndjson,
+    new_contract,
+)
 from routers.duration import parse_duration_ms
 from routers.errors import ConfigError, PolicyError, RouterError, ThermoclineError
 from routers.policy import Policy, Rule
@@ -33,8 +41,12 @@ __all__ = [
     "Router",
     "RouterError",
     "Rule",
+    "SchemaContract",
     "ThermoclineError",
     "age_ms",
+    "concat_conformed",
+    "decode_arrow",
     "decode_ndjson",
+    "new_contract",
     "parse_duration_ms",
 ]
