@@ -9,6 +9,7 @@ returns are the blocks reported done, so a position is never committed before it
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import defaultdict
@@ -19,7 +20,7 @@ import pyarrow as pa
 import ray
 
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, file_stem
-from routers import EventSchema
+from routers import EventSchema, concat_conformed
 
 __all__ = ["ColdWriter", "FlushReport"]
 
@@ -72,6 +73,8 @@ class _ColdWriter:
         self.flush_bytes = flush_bytes
         self.flush_interval_s = flush_interval_s
         self._pending: dict[str, list[_Pending]] = defaultdict(list)
+        #: Dead letters made after decode (a processor raised on them), per source partition.
+        self._late_dead: dict[str, list[pa.Table]] = defaultdict(list)
         self._rows = 0
         self._bytes = 0
         self._oldest: float | None = None
@@ -98,6 +101,16 @@ class _ColdWriter:
             return self.flush()
         return FlushReport([], 0, 0, [])
 
+    def add_dead(self, partition: str, dead: pa.Table) -> None:
+        """Buffer dead letters a path's processor made (``raw``, ``reason``, ``line``); they are
+        written by the next flush, so a checkpoint (which flushes) makes them durable."""
+        n = dead.num_rows
+        self._late_dead[partition].append(
+            dead.append_column("offset", dead["line"])
+            .append_column("source", pa.array([self.source_name] * n, pa.string()))
+            .append_column("partition", pa.array([partition] * n, pa.string()))
+        )
+
     def flush(self) -> FlushReport:
         """Write everything buffered; return the blocks that are now durable."""
         seqs: list[int] = []
@@ -106,7 +119,8 @@ class _ColdWriter:
         for partition, blocks in self._pending.items():
             stem = file_stem(self.source_name, partition, blocks[0].first, blocks[-1].last)
             batches = [b.cold for b in blocks if b.cold.num_rows]
-            cold = pa.Table.from_batches(batches) if batches else pa.table({})
+            # One stream contract, but taken at different times: cast to its latest schema.
+            cold = concat_conformed(batches) if batches else pa.table({})
             if cold.num_rows:
                 files += self.lake.write_partitioned(
                     cold, self.schema.time, stem, EVENTS_DIR, self.partition_by
@@ -117,6 +131,14 @@ class _ColdWriter:
             cold_rows += cold.num_rows
             dead_rows += dead.num_rows
             seqs += [b.seq for b in blocks]
+        for partition, tables in self._late_dead.items():
+            late = concat_conformed(tables)
+            # Named by content: a rerun that meets the same poison rows rewrites the same file.
+            digest = hashlib.sha1(b"".join(late["raw"].to_pylist())).hexdigest()[:16]
+            name = f"{DEAD_LETTER_DIR}/{file_stem(self.source_name, partition, 0, 0)}-proc-{digest}"
+            files.append(self.lake.write_parquet(late, f"{name}.parquet"))
+            dead_rows += late.num_rows
+        self._late_dead.clear()
         self._pending.clear()
         self._rows = self._bytes = 0
         self._oldest = None

@@ -15,18 +15,21 @@ import ray
 from engine.config import HotConfig
 from engine.keys import actor_of_groups, key_groups
 from engine.processors import hot_processor
-from routers import EventSchema
+from engine.quarantine import isolate
+from routers import EventSchema, concat_conformed
 
 __all__ = ["HotActor", "HotPath", "HotResult"]
 
 
 @dataclass(frozen=True)
 class HotResult:
-    """What one hot call reports back: rows applied, ingest-to-state latency, output rows."""
+    """What one hot call reports back: rows applied, ingest-to-state latency, output rows, and
+    the rows the processor raised on (dead letters, see :mod:`engine.quarantine`)."""
 
     rows: int
     latency_s: float
     output: pa.RecordBatch | None
+    dead: pa.Table | None = None
 
 
 class _HotActor:
@@ -45,12 +48,21 @@ class _HotActor:
         self.partition_of: dict[str, str] = {}
 
     def process(self, batch: pa.RecordBatch, ingest_ts: float, partition: str = "") -> HotResult:
-        output = self.processor.process(batch)
+        outputs, dead = isolate(self.processor.process, batch, "hot")
+        parts = [o for o in outputs if o is not None and o.num_rows]
+        output = (
+            parts[0]
+            if len(parts) == 1
+            else concat_conformed(parts).combine_chunks().to_batches()[0]
+            if parts
+            else None
+        )
         # One partition per call: a dict update over the call's distinct keys (C-level loop).
         self.partition_of.update(
             dict.fromkeys(pc.unique(batch.column(self.schema.key)).to_pylist(), partition)
         )
-        return HotResult(batch.num_rows, time.time() - ingest_ts, output)
+        bad = 0 if dead is None else dead.num_rows
+        return HotResult(batch.num_rows - bad, time.time() - ingest_ts, output, dead)
 
     def snapshot(self) -> pa.Table:
         """The processor's snapshot with each key's source partition (``__partition``)."""
@@ -100,9 +112,14 @@ class HotPath:
         ]
         self.inflight: list[dict[ray.ObjectRef, int]] = [{} for _ in self.actors]
         self._calls_left: dict[int, int] = {}
+        self._partition: dict[ray.ObjectRef, str] = {}
         self.latencies: list[tuple[float, int]] = []
         #: Output rows of the processor (e.g. alerts) not yet taken by the pipeline.
         self.outputs: list[pa.RecordBatch] = []
+        #: Rows the processor raised on (dead letters), with their source partition, not yet
+        #: taken by the pipeline.
+        self.dead: list[tuple[str, pa.Table]] = []
+        self.dead_rows = 0
         self.rows_done = 0
 
     def wait_ready(self) -> None:
@@ -141,6 +158,7 @@ class HotPath:
                 grouped.slice(lo, hi - lo), ingest_ts, partition
             )
             self.inflight[actor][ref] = seq
+            self._partition[ref] = partition
         return done
 
     def poll(self, timeout: float | None = 0) -> list[int]:
@@ -161,6 +179,10 @@ class HotPath:
             self.rows_done += result.rows
             if result.output is not None and result.output.num_rows:
                 self.outputs.append(result.output)
+            partition = self._partition.pop(ref, "")
+            if result.dead is not None and result.dead.num_rows:
+                self.dead.append((partition, result.dead))
+                self.dead_rows += result.dead.num_rows
             self._calls_left[seq] -= 1
             if self._calls_left[seq] == 0:
                 del self._calls_left[seq]

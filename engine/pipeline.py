@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -41,11 +40,14 @@ from engine.sources import FileSource, Source, SourceBlock, SyntheticSource
 from engine.sources.kafka import KafkaSource
 from engine.warm import WarmPath
 from routers import (
-    DEAD_LETTER_SCHEMA,
+    TIME_TYPE,
     ConfigError,
     DecodeHints,
     Router,
+    decode_arrow,
     decode_ndjson,
+    new_contract,
+    normalize_time,
     parse_duration_ms,
 )
 
@@ -106,6 +108,10 @@ def source_from_config(config: PipelineConfig, start_ms: int | None = None) -> S
         malformed_share=s.malformed_share,
         iso_time_share=s.iso_time_share,
         event_mix=s.event_mix,
+        numeric_id_share=s.numeric_id_share,
+        missing_share=s.missing_share,
+        epoch_seconds_share=s.epoch_seconds_share,
+        drift=s.drift,
     )
 
 
@@ -146,6 +152,10 @@ class RunSummary:
     #: Seconds from the start (paths deployed) to the first block read: connecting, joining a
     #: consumer group, the first fetch. None when nothing was read.
     first_block_s: float | None = None
+    #: Rows each rule could not compare (a column of another kind than its literal).
+    type_mismatches: dict[str, int] = field(default_factory=dict)
+    #: How many times a payload column's type widened in the stream's schema contract.
+    schema_changes: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -169,6 +179,8 @@ class RunSummary:
             "bounds": self.bounds,
             "checkpoints": self.checkpoints,
             "first_block_s": None if self.first_block_s is None else round(self.first_block_s, 3),
+            "type_mismatches": self.type_mismatches,
+            "schema_changes": self.schema_changes,
         }
 
 
@@ -199,6 +211,8 @@ class Pipeline:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.tracker = PositionTracker()
         self._hints: dict[str, DecodeHints] = {}  # per source partition
+        #: One schema contract for the whole stream, every partition (routers.contract).
+        self.contract = new_contract(config.policy.schema)
         self.hot: HotPath | None = None
         self.warm: WarmPath | None = None
         self.cold: Any = None  # the ColdWriter actor handle once running
@@ -315,7 +329,9 @@ class Pipeline:
         seq, self._seq = self._seq, self._seq + 1
         if self._first_block_at is None:
             self._first_block_at = time.monotonic()
-        ingest_ts = time.time()
+        # Hot latency counts from when the block's first event was due (produced, scheduled),
+        # so time queued before we read it shows (no coordinated omission).
+        ingest_ts = block.due_s if block.due_s is not None else time.time()
         self._first.setdefault(block.partition, block.first_offset)
         good, dead, lines = self._decode(block)
         parts = self.router.split(good, now=self.clock())
@@ -342,8 +358,17 @@ class Pipeline:
         """Take whatever acknowledgements are ready, without waiting."""
         assert self.hot is not None and self.warm is not None
         self._acked(self.hot.poll())
+        self._forward_hot_dead()
         self._acked(self.warm.tick())
         self._collect_cold(timeout=0, num_returns=len(self._cold_inflight))
+
+    def _forward_hot_dead(self) -> None:
+        """Rows a hot processor raised on go to the lake writer's dead letters (written by its
+        next flush, so before the next checkpoint's commit)."""
+        assert self.hot is not None
+        for partition, dead in self.hot.dead:
+            self.cold.add_dead.remote(partition, dead)
+        self.hot.dead.clear()
 
     def _collect_cold(self, timeout: float | None, num_returns: int) -> None:
         if not self._cold_inflight:
@@ -363,6 +388,7 @@ class Pipeline:
         assert self.hot is not None and self.warm is not None
         self._acked(self.warm.flush())
         self._acked(self.hot.poll(timeout=None))
+        self._forward_hot_dead()
         self._acked(self.warm.poll(timeout=None))
         self._collect_cold(timeout=None, num_returns=len(self._cold_inflight))
         final: FlushReport = ray.get(self.cold.flush.remote())
@@ -449,17 +475,15 @@ class Pipeline:
     # -- helpers ------------------------------------------------------------------------------
 
     def _decode(self, block: SourceBlock) -> tuple[pa.RecordBatch, pa.Table, int]:
+        schema = self.config.policy.schema
         if block.data is not None:
             hints = self._hints.setdefault(block.partition, DecodeHints())
-            decoded = decode_ndjson(block.data, self.config.policy.schema, hints)
-            good, dead_batch, lines = decoded.good, decoded.dead, decoded.lines
-            good_lines = decoded.good_lines
+            decoded = decode_ndjson(block.data, schema, hints, self.contract, block.raw_lines)
         else:
             assert block.batch is not None
-            good, lines = block.batch, block.batch.num_rows
-            dead_batch = pa.RecordBatch.from_pylist([], schema=DEAD_LETTER_SCHEMA)
-            good_lines = np.arange(lines, dtype=np.int64)
-        dead = pa.Table.from_batches([dead_batch])
+            decoded = decode_arrow(block.batch, schema, self.contract)
+        good, lines, good_lines = decoded.good, decoded.lines, decoded.good_lines
+        dead = pa.Table.from_batches([decoded.dead])
         # Where each dead letter came from; the source's own offsets when it gives them.
         line = dead["line"]
         offsets = (
@@ -468,8 +492,17 @@ class Pipeline:
             else pc.add(line, block.first_offset)
         )
         dead = dead.append_column("offset", offsets)
+        rows = pa.array(good_lines)
         for name, values in block.meta.items():  # per-record source columns on the good rows
-            good = good.append_column(name, pc.take(values, pa.array(good_lines)))
+            good = _put_column(good, name, pc.take(values, rows))
+        arrival = schema.arrival
+        if arrival not in block.meta:
+            # The source does not know: the event's own arrival column (a file that recorded
+            # when it was received), else the time we read the block.
+            own = good.column(arrival) if arrival in good.schema.names else None
+            read_at = pa.scalar(int(time.time() * 1000), pa.int64()).cast(TIME_TYPE)
+            times = own_arrival(own, good.num_rows, schema)
+            good = _put_column(good, arrival, pc.fill_null(times, read_at))
         return good, dead, lines
 
     def _progress(self, started: float) -> Progress:
@@ -492,13 +525,17 @@ class Pipeline:
         assert self.hot is not None and self.warm is not None
         lake = self.config.cold.lake_uri.rstrip("/")
         c = self._counts
+        # Rows a processor raised on were routed, then dead-lettered: counted once, as dead.
+        hot_dead, warm_dead = self.hot.dead_rows, self.warm.dead_rows
         return RunSummary(
             events_in=c["events_in"],
-            hot=c["hot"],
-            warm=c["warm"],
+            hot=c["hot"] - hot_dead,
+            warm=c["warm"] - warm_dead,
             cold=c["cold"],
-            dead_letter=c["dead_letter"],
+            dead_letter=c["dead_letter"] + hot_dead + warm_dead,
             per_rule=self.router.counts,
+            type_mismatches=self.router.type_mismatches,
+            schema_changes=self.contract.changes,
             elapsed_s=elapsed,
             lake_uri=self.config.cold.lake_uri,
             done_positions=self.tracker.done(),
@@ -517,3 +554,18 @@ class Pipeline:
             checkpoints=self.checkpoints_taken,
             first_block_s=None if self._first_block_at is None else self._first_block_at - started,
         )
+
+
+def _put_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
+    """``batch`` with column ``name`` set to ``values`` (replaced when the event had one)."""
+    if name in batch.schema.names:
+        return batch.set_column(batch.schema.get_field_index(name), name, values)
+    return batch.append_column(name, values)
+
+
+def own_arrival(column: pa.Array | None, n: int, schema: Any) -> pa.Array:
+    """An event's own arrival column as ``timestamp[ms, UTC]`` (null where unusable)."""
+    if column is None:
+        return pa.nulls(n, TIME_TYPE)
+    times, usable = normalize_time(column, schema)
+    return pc.if_else(pa.array(usable), times, pa.scalar(None, TIME_TYPE))

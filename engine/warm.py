@@ -17,9 +17,10 @@ import ray
 
 from engine.cold import _THROUGHPUT_NICENESS
 from engine.config import WarmConfig
-from engine.lake import Lake, file_stem
+from engine.lake import DEAD_LETTER_DIR, Lake, file_stem
 from engine.processors import warm_processor
-from routers import EventSchema
+from engine.quarantine import isolate
+from routers import EventSchema, concat_conformed
 
 __all__ = ["WarmPath", "run_micro_batch"]
 
@@ -33,18 +34,39 @@ def run_micro_batch(
     lake_uri: str,
     storage_options: dict[str, Any],
     relative_path: str,
-) -> int:
+    source: str = "",
+    partition: str = "",
+) -> tuple[int, int]:
     """Run the warm processor over one micro-batch and append its output to the lake.
+
+    Rows the processor raises on are isolated (:mod:`engine.quarantine`) and written as dead
+    letters beside (``_dead_letter/warm-<name>``); the rest is processed.
 
     Idempotent: the output file's name is fixed by the micro-batch's source range, so a retried
     task overwrites its own file.
+
+    Returns:
+        (rows processed, rows dead-lettered).
     """
     import engine.processors  # noqa: F401 - registers the built-in processors in this worker
 
     _yield_cpu_to_hot()
-    output = warm_processor(processor)(schema, **options).process(batch)
-    Lake(lake_uri, storage_options).write_parquet(output, relative_path)
-    return batch.num_rows
+    instance = warm_processor(processor)(schema, **options)
+    outputs, dead = isolate(instance.process, batch, "warm")
+    lake = Lake(lake_uri, storage_options)
+    if outputs:
+        lake.write_parquet(concat_conformed(outputs), relative_path)
+    if dead is None:
+        return batch.num_rows, 0
+    n = dead.num_rows
+    dead = (
+        dead.append_column("offset", dead["line"])
+        .append_column("source", pa.array([source] * n, pa.string()))
+        .append_column("partition", pa.array([partition] * n, pa.string()))
+    )
+    name = relative_path.rsplit("/", 1)[-1]
+    lake.write_parquet(dead, f"{DEAD_LETTER_DIR}/warm-{name}")
+    return batch.num_rows - n, n
 
 
 @ray.remote
@@ -86,6 +108,7 @@ class WarmPath:
         self._tasks_left: dict[int, int] = defaultdict(int)
         self._unsent: dict[int, int] = defaultdict(int)  # rows of a block still in the buffer
         self.rows_done = 0
+        self.dead_rows = 0
         self.max_in_flight_seen = 0
         self.max_buffered_rows_seen = 0
 
@@ -150,7 +173,8 @@ class WarmPath:
         pieces, self._buffer = self._buffer, []
         self._buffered_rows = self._buffered_bytes = 0
         self._oldest = None
-        batch = pa.Table.from_batches([p[0] for p in pieces]).combine_chunks().to_batches()[0]
+        # Pieces of blocks decoded at different times: cast to the contract's latest schema.
+        batch = concat_conformed([p[0] for p in pieces]).combine_chunks().to_batches()[0]
         _, _, partition, first = pieces[0]
         stem = file_stem(self.source_name, partition, first, pieces[-1][3])
         relative = f"warm/{self.config.output_name}/{stem}-{pieces[0][1]:08d}.parquet"
@@ -164,6 +188,8 @@ class WarmPath:
             self.lake_uri,
             self.storage_options,
             relative,
+            self.source_name,
+            partition,
         )
         seqs = sorted({p[1] for p in pieces})
         for piece, seq, _, _ in pieces:
@@ -183,8 +209,9 @@ class WarmPath:
     def _wait(self, num_returns: int, timeout: float | None) -> list[int]:
         ready, _ = ray.wait(list(self._inflight), num_returns=num_returns, timeout=timeout)
         done = []
-        for ref, rows in zip(ready, ray.get(ready), strict=True):
+        for ref, (rows, dead) in zip(ready, ray.get(ready), strict=True):
             self.rows_done += rows
+            self.dead_rows += dead
             for seq in self._inflight.pop(ref):
                 self._tasks_left[seq] -= 1
                 if self._tasks_left[seq] == 0 and self._unsent[seq] == 0:

@@ -18,6 +18,7 @@ from routers.decode import (
     decode_arrow,
     decode_ndjson,
     new_contract,
+    normalize_time,
 )
 from routers.duration import parse_duration_ms
 from routers.errors import ConfigError, PolicyError, RouterError, ThermoclineError
@@ -48,5 +49,6 @@ __all__ = [
     "decode_arrow",
     "decode_ndjson",
     "new_contract",
+    "normalize_time",
     "parse_duration_ms",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "decode_arrow",
     "decode_ndjson",
     "new_contract",
+    "normalize_time",
 ]
 
 #: Columns of a dead-letter batch. ``line`` is the 0-based index among the block's non-blank lines.
@@ -462,6 +463,22 @@ def _normalize_time(
         millis = np.where(got, parsed_ms.fill_null(0).to_numpy(zero_copy_only=False), millis)
         usable = usable | got
     return pa.array(millis, pa.int64()).cast(TIME_TYPE), usable
+
+
+def normalize_time(
+    column: pa.Array | pa.ChunkedArray, schema: EventSchema
+) -> tuple[pa.Array, np.ndarray]:
+    """Times of any JSON kind (ISO strings, epoch numbers in ``schema.time_unit``) as
+    ``timestamp[ms, UTC]``, and a mask of the rows that held a usable time.
+
+    Example:
+        >>> column = pa.array(["1764000000", "2026-01-01T00:00:00Z", "x"])
+        >>> times, ok = normalize_time(column, EventSchema())
+        >>> [str(t) for t in times.to_pylist()[:2]], ok.tolist()
+        (['2025-11-24 16:00:00+00:00', '2026-01-01 00:00:00+00:00'], [True, True, False])
+    """
+    chunked = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+    return _normalize_time(chunked, len(column), schema)
 
 
 def _cast_or_null(arr: pa.Array, target: pa.DataType) -> pa.Array:

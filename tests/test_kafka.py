@@ -377,15 +377,18 @@ def test_block_keeps_one_line_per_record() -> None:
 
     from engine.sources.kafka import _block
 
-    good = b'{"event_id":"e","player_id":"p","event_time":0,"event_type":"x"}'
+    good = b'{"event_id":"e","player_id":"p","event_time":1764000000000,"event_type":"x"}'
     values = [good, b"", None, b"  ", b'{"a":\n1}', good]
     records = [
         SimpleNamespace(value=v, offset=10 + i, timestamp=0, key=None) for i, v in enumerate(values)
     ]
     block = _block(TopicPartition("t", 0), records)
     assert block.data is not None
-    assert block.data.split(b"\n") == [good, b"null", b"null", b"null", b'{"a": 1}', good]
-    decoded = decode_ndjson(block.data)
+    # Not events (empty, tombstone, blank): a placeholder line, their exact bytes kept apart.
+    assert block.data.split(b"\n") == [good, b"\x00", b"\x00", b"\x00", b'{"a": 1}', good]
+    assert block.raw_lines == {1: b"", 2: b"", 3: b"  ", 4: b"{\"a\":\\n1}"}
+    decoded = decode_ndjson(block.data, raw_lines=block.raw_lines)
+    assert decoded.dead["raw"].to_pylist() == [b"", b"", b"  ", b"{\"a\":\\n1}"]
     assert decoded.lines == len(records)
     assert [block.meta["kafka_offset"][i].as_py() for i in decoded.dead["line"].to_pylist()] == [
         11,

@@ -21,7 +21,7 @@ from engine.config import PipelineConfig
 from engine.pipeline import Pipeline
 from engine.processors import merge_kpis
 from engine.sources import FileSource, SyntheticSource
-from routers import Router, decode_ndjson
+from routers import Router, concat_conformed, decode_ndjson, new_contract
 from tests.test_processors import expected_features
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -68,15 +68,19 @@ def synthetic(events: int = 24_000) -> SyntheticSource:
 def expected_split(source: SyntheticSource) -> tuple[dict[str, pa.Table], list[bytes]]:
     """What each path should receive: the same blocks decoded and routed here, in the test."""
     router = Router.from_dict(POLICY)
+    contract = new_contract(router.policy.schema)  # one per stream, as the pipeline keeps
     parts: dict[str, list[pa.RecordBatch]] = {"hot": [], "warm": [], "cold": []}
     dead: list[bytes] = []
     for block in source.blocks():
         assert block.data is not None
-        decoded = decode_ndjson(block.data)
+        decoded = decode_ndjson(block.data, contract=contract)
         dead += decoded.dead.column("raw").to_pylist()
-        for temperature, part in router.split(decoded.good, now=NOW).items():
+        good = decoded.good
+        for name, values in block.meta.items():  # the arrival time age rules measure from
+            good = good.append_column(name, values.take(pa.array(decoded.good_lines)))
+        for temperature, part in router.split(good, now=NOW).items():
             parts[temperature].append(part)
-    tables = {t: pa.Table.from_batches(b).combine_chunks() for t, b in parts.items()}
+    tables = {t: concat_conformed(b).combine_chunks() for t, b in parts.items()}
     return tables, dead
 
 
@@ -104,7 +108,7 @@ def test_every_event_lands_once_and_outputs_equal_a_recompute(tmp_path: Path) ->
     # Dead letters keep their raw bytes, a reason and their source offset.
     dead = pq.read_table(lake / "_dead_letter").to_pandas()
     assert sorted(dead["raw"]) == sorted(expected_dead)
-    assert dead["reason"].str.match(r"^(invalid_json|missing_field:|bad_type:)").all()
+    assert dead["reason"].str.match(r"^(invalid_json|missing_field:|bad_type:|bad_value:)").all()
     assert dead["offset"].between(0, 23_999).all()
 
     # Hot state equals a pandas recompute, for every key.
@@ -147,7 +151,7 @@ def check_warm(lake: Path, warm_rows: pa.Table) -> None:
     df = warm_rows.to_pandas()
     df["minute"] = df["event_time"].dt.floor("min")
     want = (
-        df.groupby(["minute", "event_type", "level"])
+        df.groupby(["minute", "event_type", "level"], dropna=False)
         .agg(events=("event_id", "size"), players=("player_id", "nunique"),
              mean_engagement=("engagement_score", "mean"))
         .reset_index()
@@ -214,10 +218,13 @@ def test_hostile_partition_value_stays_inside_the_lake(tmp_path: Path) -> None:
 
 
 def test_parquet_file_source(tmp_path: Path) -> None:
-    blocks = [decode_ndjson(b.data).good for b in synthetic(6_000).blocks() if b.data]
+    contract = new_contract(Router.from_dict(POLICY).policy.schema)
+    blocks = [
+        decode_ndjson(b.data, contract=contract).good for b in synthetic(6_000).blocks() if b.data
+    ]
     folder = tmp_path / "in"
     folder.mkdir()
-    pq.write_table(pa.Table.from_batches(blocks), folder / "events.parquet")
+    pq.write_table(concat_conformed(blocks), folder / "events.parquet")
     summary = Pipeline(
         make_config(tmp_path / "lake"),
         source=FileSource(folder, block_rows=1_000),

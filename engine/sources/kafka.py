@@ -2,13 +2,17 @@
 
 Positions are Kafka offsets; a partition is named ``{topic}-{partition}``. Records are joined and
 decoded together (one NDJSON block per partition per poll); key, partition, offset and timestamp
-become per-line columns. Offsets are committed only by :meth:`KafkaSource.commit`, which the
+become per-line columns, and the timestamp is also each event's arrival time (``ARRIVAL_COLUMN``).
+A record that cannot be one line of JSON (a raw newline inside a string, an empty value, a
+tombstone) is given to the decoder as an invalid line, and the block's ``raw_lines`` keep its exact
+bytes for the dead letter. Offsets are committed only by :meth:`KafkaSource.commit`, which the
 pipeline calls after a checkpoint; never automatically.
 
 The consumer runs in a child process of its own (the *reader*). kafka-python parses every record
 in Python, so in the driver's process it would hold the GIL most of the time and starve the
 decoding, routing and Ray calls beside it; in its own process it polls on its own core while the
-driver works. The reader polls, builds blocks and queues them (at most ``prefetch``);
+driver works. The reader polls, builds blocks and queues them (at most ``prefetch`` blocks and
+``prefetch_bytes`` of them: a counter shared with the driver, which takes blocks off it);
 ``blocks()`` hands them out on the driver's thread. The driver's calls (``commit``, ``stop``,
 ``close``) go to the reader as messages, which it serves between polls. The reader leaves the
 group and exits if the driver dies.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -47,7 +52,7 @@ import pyarrow as pa
 from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import CommitFailedError, KafkaTimeoutError, RebalanceInProgressError
 
-from engine.sources.base import Source, SourceBlock
+from engine.sources.base import ARRIVAL_COLUMN, Source, SourceBlock
 
 __all__ = ["KafkaSource", "partition_name"]
 
@@ -65,6 +70,9 @@ META_TYPES = {
 _CHECK_EVERY_S = 0.02
 #: Longest wait for a commit or a committed-offset lookup (kafka-python's own default is forever).
 _KAFKA_TIMEOUT_MS = 30_000
+#: Default bound on bytes read ahead: a few blocks of 20,000 ~200-byte records (~4-5 MB each)
+#: keep the driver busy, while big records cannot fill the memory of a small machine.
+_PREFETCH_BYTES = 64 << 20
 
 
 def partition_name(topic: str, partition: int) -> str:
@@ -87,6 +95,33 @@ class _Settings:
     idle_timeout_s: float | None
     max_events: int | None
     config: dict[str, Any] = field(repr=False)  # may hold credentials: never in a repr
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """The byte bound on read-ahead, shared by the reader (adds) and the driver (subtracts)."""
+
+    queued: Any  # a multiprocessing Value("q"): bytes of blocks queued and not yet taken
+    limit: int
+
+    def take(self, size: int) -> bool:
+        """Count a block of ``size`` bytes as queued, unless that would pass the limit while
+        other blocks are queued (alone, any block goes: the stream never stalls)."""
+        with self.queued.get_lock():
+            if self.queued.value and self.queued.value + size > self.limit:
+                return False
+            self.queued.value += size
+            return True
+
+
+def _queued_size(block: SourceBlock) -> int:
+    """The bytes a queued block holds; the reader and the driver count a block alike."""
+    arrays = {id(a): a for a in block.meta.values()}  # the arrival column is kafka_timestamp's
+    return (
+        len(block.data or b"")
+        + sum(map(len, block.raw_lines.values()))
+        + sum(a.nbytes for a in arrays.values())
+    )
 
 
 @dataclass(frozen=True)
@@ -156,8 +191,12 @@ class KafkaSource(Source):
         idle_timeout_s: stop after this long without records while owning partitions (None: run
             until closed).
         max_events: stop after this many records (None: no limit).
-        prefetch: blocks read ahead of the pipeline (memory: at most ``prefetch * max_records``
-            records wait in the queue).
+        prefetch: blocks read ahead of the pipeline (at most ``prefetch * max_records`` records
+            wait in the queue).
+        prefetch_bytes: bytes of blocks (values, raw lines and metadata columns) read ahead of
+            the pipeline: the reader waits before queueing a block that would pass it, unless
+            nothing is queued (a block bigger than the bound alone still goes, so the stream
+            never stalls). :attr:`queued_bytes` is the current amount.
         config: extra ``KafkaConsumer`` settings (e.g. security); never logged.
 
     Example:
@@ -178,8 +217,11 @@ class KafkaSource(Source):
         idle_timeout_s: float | None = None,
         max_events: int | None = None,
         prefetch: int = 8,
+        prefetch_bytes: int = _PREFETCH_BYTES,
         config: dict[str, Any] | None = None,
     ) -> None:
+        if prefetch_bytes < 1:
+            raise ValueError(f"prefetch_bytes: expected a positive number, got {prefetch_bytes}")
         self.settings = _Settings(
             bootstrap,
             tuple(topics),
@@ -192,6 +234,7 @@ class KafkaSource(Source):
             dict(config or {}),
         )
         self.prefetch = prefetch
+        self.prefetch_bytes = prefetch_bytes
         # spawn, not fork: the driver runs Ray's threads, which a forked child must not inherit.
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None  # the reader (a SpawnProcess) once started
@@ -199,12 +242,19 @@ class KafkaSource(Source):
         self._iterated = False
         self._calls: Any = None  # driver -> reader: _Call
         self._results: Any = None  # reader -> driver: _Result
+        self._queued: Any = None  # shared: bytes of blocks queued by the reader, not yet taken
         self._ids = itertools.count()
         self._stopping = False
 
     @property
     def checkpointed(self) -> bool:
         return True
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of blocks the reader has queued and ``blocks()`` has not taken yet (0 before
+        the reader starts); at most ``prefetch_bytes`` unless one block alone is bigger."""
+        return 0 if self._queued is None else int(self._queued.value)
 
     def start(self) -> None:
         """Start the reader: it connects and joins the group, then waits for ``blocks()`` to
@@ -214,9 +264,11 @@ class KafkaSource(Source):
         self._items = self._context.Queue(maxsize=self.prefetch)
         self._calls = self._context.Queue()
         self._results = self._context.Queue()
+        self._queued = self._context.Value("q", 0)
+        budget = _Budget(self._queued, self.prefetch_bytes)
         self._process = self._context.Process(
             target=_read,
-            args=(self.settings, self._items, self._calls, self._results, os.getpid()),
+            args=(self.settings, self._items, self._calls, self._results, budget, os.getpid()),
             name=f"thermocline-kafka-reader-{self.settings.group}",
             daemon=True,
         )
@@ -247,6 +299,8 @@ class KafkaSource(Source):
             except (EOFError, OSError):
                 self._reader_gone()
             if isinstance(item, SourceBlock):
+                with self._queued.get_lock():  # taken: the reader may queue more
+                    self._queued.value -= _queued_size(item)
                 yield item
             elif isinstance(item, _Handoff):
                 self._run_hook(item)
@@ -338,7 +392,9 @@ class _Closing(Exception):
     """The driver asked to close, or died: unwind and leave the group."""
 
 
-def _read(settings: _Settings, items: Any, calls: Any, results: Any, driver_pid: int) -> None:
+def _read(
+    settings: _Settings, items: Any, calls: Any, results: Any, budget: _Budget, driver_pid: int
+) -> None:
     """The reader process's entry point."""
     # The driver decides when to stop (its own SIGINT/SIGTERM handler sends "stop").
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -346,7 +402,7 @@ def _read(settings: _Settings, items: Any, calls: Any, results: Any, driver_pid:
     # Never wait at exit for queued items nobody will read (the driver may be gone).
     items.cancel_join_thread()
     results.cancel_join_thread()
-    _Reader(settings, items, calls, results, driver_pid).run()
+    _Reader(settings, items, calls, results, budget, driver_pid).run()
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -376,12 +432,19 @@ class _Reader:
     """Owns the consumer; every call on it happens on this process's one thread."""
 
     def __init__(
-        self, settings: _Settings, items: Any, calls: Any, results: Any, driver_pid: int
+        self,
+        settings: _Settings,
+        items: Any,
+        calls: Any,
+        results: Any,
+        budget: _Budget,
+        driver_pid: int,
     ) -> None:
         self.settings = settings
         self.items = items
         self.calls = calls
         self.results = results
+        self.budget = budget
         self.driver_pid = driver_pid
         self.consumer: KafkaConsumer | None = None
         self.stopping = False
@@ -443,7 +506,12 @@ class _Reader:
             self.active_at = time.monotonic()  # after the puts: waiting on the driver is not idle
 
     def put(self, item: SourceBlock | _Handoff | _End | _Failed) -> None:
-        """Queue ``item`` for the driver; while the queue is full, serve the driver's calls."""
+        """Queue ``item`` for the driver; while the queue is full, or a block would pass the
+        byte bound, serve the driver's calls."""
+        if isinstance(item, SourceBlock):
+            size = _queued_size(item)
+            while not self.budget.take(size):
+                self.serve(wait=True)  # also the pause before looking again
         while True:
             self.serve()
             try:
@@ -603,43 +671,90 @@ def _block(tp: TopicPartition, records: list[Any]) -> SourceBlock:
     values, offsets, stamps, keys = zip(
         *[(r.value, r.offset, r.timestamp, r.key) for r in records], strict=True
     )
-    data = _join_lines(values)
+    data, raw_lines = _join_lines(values)
+    stamps_ms = np.array(stamps, dtype=np.int64)
+    timestamps = pa.array(stamps_ms).cast(META_TYPES["kafka_timestamp"])
     meta = {
         "kafka_key": pa.array(keys, pa.binary()),
         "kafka_partition": pa.array(np.full(len(records), tp.partition, dtype=np.int32)),
         "kafka_offset": pa.array(np.array(offsets, dtype=np.int64)),
-        "kafka_timestamp": pa.array(np.array(stamps, dtype=np.int64)).cast(
-            META_TYPES["kafka_timestamp"]
-        ),
+        "kafka_timestamp": timestamps,
+        # The record's time (the producer's, or the broker's with LogAppendTime) is its arrival.
+        ARRIVAL_COLUMN: timestamps,
     }
+    known = stamps_ms[stamps_ms >= 0]  # -1: a record without a timestamp (old message format)
     return SourceBlock(
         partition=partition_name(tp.topic, tp.partition),
         first_offset=int(offsets[0]),
         last_offset=int(offsets[-1]),
         data=data,
         meta=meta,
+        raw_lines=raw_lines,
+        due_s=int(known.min()) / 1000 if len(known) else None,
     )
 
 
 _SPACE = np.frombuffer(b" \t\r\n", dtype=np.uint8)
+#: The line that stands for a record which cannot be one line of JSON: certainly invalid JSON,
+#: never blank (a blank line is skipped, not a dead letter), and one byte.
+_INVALID_LINE = b"\x00"
 
 
-def _join_lines(values: tuple[bytes | None, ...]) -> bytes:
-    """Values joined by newlines, exactly one line per record.
+def _join_lines(values: tuple[bytes | None, ...]) -> tuple[bytes, dict[int, bytes]]:
+    """Values joined by newlines, exactly one line per record, and the records that had to be
+    replaced by an invalid line (line index -> exact bytes; ``b""`` for a tombstone).
 
     Checked in bulk on the joined bytes: as many newlines as separators, and no line empty or
-    starting with whitespace. Only when that fails are the values fixed one by one: a raw newline
-    is JSON whitespace, so it becomes a space; an empty or blank value becomes ``null`` (a dead
-    letter, not a skipped line).
+    starting with whitespace. Only when that fails are the records holding a newline, and the
+    empty, blank and ``None`` ones, looked at one by one:
+
+    - a JSON object spread over lines (newlines between tokens, which JSON reads as whitespace)
+      is one event: its ``\\n``/``\\r`` become spaces, which changes nothing it says (its
+      exact bytes go to ``raw_lines`` too, for its dead letter should it be one);
+    - anything else (a raw newline inside a string, which JSON forbids; not JSON; not an
+      object; empty, blank or ``None``: not an event) becomes :data:`_INVALID_LINE`, so it is a
+      dead letter, and its exact bytes go to ``raw_lines``.
     """
     try:
         data = b"\n".join(values)  # type: ignore[arg-type]
     except TypeError:  # a None value (tombstone)
-        data = b""
+        pass
     else:
         arr = np.frombuffer(data, dtype=np.uint8)
         starts = np.concatenate(([0], np.flatnonzero(arr == ord("\n")) + 1))
         one_per_record = len(starts) == len(values) and len(arr) and (starts < len(arr)).all()
         if one_per_record and not np.isin(arr[starts], _SPACE).any():
-            return data
-    return b"\n".join(v.replace(b"\n", b" ") if v and v.strip() else b"null" for v in values)
+            return data, {}
+    lines: list[bytes] = []
+    raw_lines: dict[int, bytes] = {}
+    for i, value in enumerate(values):
+        if value and b"\n" not in value and value.strip():
+            lines.append(value)  # one line already (maybe padded: the decoder decides)
+            continue
+        line = _one_line(value) if value else None
+        if line is None:
+            lines.append(_INVALID_LINE)
+            raw_lines[i] = value or b""
+        else:
+            lines.append(line)
+            raw_lines[i] = value  # should it still be a dead letter (a missing role), exactly
+    return b"\n".join(lines), raw_lines
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _one_line(value: bytes) -> bytes | None:
+    """``value`` as one line if it is one JSON object (newlines only between tokens), else None.
+
+    As strict as the decoder: UTF-8 only (``json.loads`` on bytes would also take UTF-16/32),
+    no NaN or Infinity; raw control characters in strings are rejected by ``json`` itself.
+    """
+    try:
+        parsed = json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
+    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+        return None
+    if not isinstance(parsed, dict):
+        return None  # a dead letter either way; this way it keeps its exact bytes
+    return value.replace(b"\n", b" ").replace(b"\r", b" ")
