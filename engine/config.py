@@ -72,6 +72,14 @@ class SourceConfig(_Frozen):
     iso_time_share: float = Field(0.0, ge=0, le=1)
     #: synthetic: event types and their relative weights (default: engine.sources.EVENT_MIX).
     event_mix: dict[str, float] | None = None
+    #: synthetic: share of players whose ids are JSON integers (64-bit account ids) not "p123".
+    numeric_id_share: float = Field(0.2, ge=0, le=1)
+    #: synthetic: share of events missing each optional common field (tier, region, scores...).
+    missing_share: float = Field(0.1, ge=0, le=1)
+    #: synthetic: share of events sending their time as epoch seconds (a decimal) not ms.
+    epoch_seconds_share: float = Field(0.0, ge=0, le=1)
+    #: synthetic: share of events from mid-stream on sent by a drifted client (new fields, strings).
+    drift: float = Field(0.0, ge=0, le=1)
 
     @field_validator("event_mix")
     @classmethod

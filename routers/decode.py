@@ -49,6 +49,7 @@ _AUTO_UNITS: Final[tuple[tuple[float, str], ...]] = ((1e11, "s"), (1e14, "ms"), 
 _MS_PER_UNIT: Final[dict[str, float]] = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
 #: Placeholder time of rows whose time is unusable (they are dead letters, dropped afterwards).
 _NO_TIME: Final[int] = 0
+_JSON_NUMBER: Final[str] = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
 _WHITESPACE_BYTES: Final[np.ndarray] = np.frombuffer(b" \t\r\n", dtype=np.uint8)
 #: Piece sizes once a block needs recovery: a piece halves after a failure and doubles after a
 #: clean read, so dense errors cost small re-reads and sparse ones few Arrow calls (~30 us each).
@@ -205,7 +206,7 @@ class _Lines:
         )
 
 
-def _read(buffer: pa.Buffer, schema: EventSchema, quoted: set[str]) -> pa.Table:
+def _read(buffer: pa.Buffer, schema: EventSchema, quoted: _Quoted) -> pa.Table:
     """One Arrow read; the id and key roles may be JSON integers (quoted first, exactly).
 
     Args:
@@ -213,16 +214,17 @@ def _read(buffer: pa.Buffer, schema: EventSchema, quoted: set[str]) -> pa.Table:
             that fails on another of them adds it (a stream's :class:`DecodeHints` keep the set,
             so later blocks quote at once instead of failing first).
     """
-    data = _quote_numbers(buffer, quoted) if quoted else buffer
+    pending = quoted.pending()
+    data = _quote_numbers(buffer, pending) if pending else buffer
     while True:
         try:
             return _read_json(data, schema)
         except pa.ArrowInvalid as exc:
-            role = _numeric_role(str(exc), schema)
-            if role is None or role in quoted:
+            column = _numeric_column(str(exc), schema, quoted.contract)
+            if column is None or column in quoted:
                 raise
-            quoted.add(role)
-            data = _quote_numbers(buffer, quoted)
+            quoted.add(column)
+            data = _quote_numbers(buffer, quoted.pending())
 
 
 def _read_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
@@ -237,29 +239,61 @@ def _read_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
     )
 
 
-def _numeric_role(message: str, schema: EventSchema) -> str | None:
-    """The id or key role an Arrow error says held a number, if that is the error."""
-    change = _TYPE_CHANGE.search(message)
-    if change is None or change.group(3) != "number":
-        return None
-    column = change.group(1).strip("/")
-    return column if column in (schema.id, schema.key) else None
+class _Quoted(set[str]):
+    """Columns whose integers are quoted before reading, and the contract that decides more."""
+
+    def __init__(self, columns: set[str], contract: SchemaContract, roles: set[str]) -> None:
+        super().__init__(columns)
+        self.contract = contract
+        self.roles = roles
+        #: Columns already quoted in the block being read (once, up front).
+        self.applied: set[str] = set()
+
+    def pending(self) -> _Quoted:
+        """The columns still to quote in a piece of the block."""
+        rest = _Quoted(self - self.applied, self.contract, self.roles)
+        return rest
 
 
-def _quote_numbers(buffer: pa.Buffer, roles: set[str]) -> pa.Buffer:
-    """``"role": 123`` becomes ``"role": "123"`` (integers only: the digits stay exact).
+def _numeric_column(message: str, schema: EventSchema, contract: SchemaContract) -> str | None:
+    """The column an Arrow error says mixed strings and numbers, if its numbers may be quoted.
 
-    One RE2 pass over the block; lines stay lines, so Arrow's row numbers still match. A value
-    with a fraction or exponent is left alone: the read then rejects it as ``bad_type``.
+    The id and key roles when integers follow strings (integers are ids too). A top-level payload
+    column either way, unless the stream declared it a number: read as strings, its values are
+    then cast to the stream's type by the contract (``"12"`` to 12; ``"max"`` into a number
+    column is a ``bad_type`` row), instead of the block being split at every change of kind.
     """
-    names = "|".join(re.escape(json.dumps(r)) for r in sorted(roles))
+    change = _TYPE_CHANGE.search(message)
+    if change is None:
+        return None
+    kinds = {change.group(2), change.group(3)}
+    column = change.group(1).strip("/")
+    if kinds != {"string", "number"} or "/" in column or column in (schema.time, schema.type):
+        return None
+    if column in (schema.id, schema.key):
+        return column if change.group(3) == "number" else None
+    return column
+
+
+def _quote_numbers(buffer: pa.Buffer, columns: _Quoted) -> pa.Buffer:
+    """``"col": 123`` becomes ``"col": "123"``, the digits exactly as sent.
+
+    One RE2 pass over the block per kind; lines stay lines, so Arrow's row numbers still match.
+    Roles: integers only (an id with a fraction or exponent stays a number, and the read rejects
+    it as ``bad_type``). Payload columns: any JSON number.
+    """
+    roles = sorted(c for c in columns if c in columns.roles)
+    payload = sorted(c for c in columns if c not in columns.roles)
     block = pa.Array.from_buffers(
         pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, buffer.size], np.int64)), buffer]
     )
-    out = pc.replace_substring_regex(
-        block, rf"((?:{names})\s*:\s*)(-?[0-9]+)(\s*[,}}])", r'\1"\2"\3'
-    )
-    return out[0].as_buffer()
+    for names, number in ((roles, r"-?[0-9]+"), (payload, _JSON_NUMBER)):
+        if names:
+            keys = "|".join(re.escape(json.dumps(c)) for c in names)
+            block = pc.replace_substring_regex(
+                block, rf"((?:{keys})\s*:\s*)({number})(\s*[,}}])", r'\1"\2"\3'
+            )
+    return block[0].as_buffer()
 
 
 def _bad_reason(message: str, explicit: tuple[str, ...]) -> tuple[str, bool]:
@@ -281,16 +315,33 @@ def _bad_reason(message: str, explicit: tuple[str, ...]) -> tuple[str, bool]:
 _Read = tuple[list[tuple[np.ndarray, pa.Table]], list[tuple[int, str]]]
 
 
-def _read_lines(lines: _Lines, schema: EventSchema, quoted: set[str], whole: bool = True) -> _Read:
+class _Misaligned(Exception):
+    """Arrow read another number of objects than lines: a line held two objects, or an object
+    ran over into the next line (Arrow's reader does not respect line boundaries)."""
+
+
+def _read_exact(
+    lines: _Lines, first: int, stop: int, schema: EventSchema, quoted: _Quoted
+) -> pa.Table:
+    """Lines ``first`` to ``stop - 1`` read as exactly one row each (else :class:`_Misaligned`)."""
+    table = _read(lines.span(first, stop), schema, quoted)
+    if table.num_rows != stop - first:
+        raise _Misaligned
+    return table
+
+
+def _read_lines(lines: _Lines, schema: EventSchema, quoted: _Quoted, whole: bool = True) -> _Read:
     """Read a set of lines: whole if it parses, else misshapen lines out, by time kind, in pieces.
 
     Returns:
         Segments as (block line index of each row, table), and (block line index, reason) of
         the lines that are bad.
     """
-    if whole:
+    if whole and len(lines):
         try:
-            return [(lines.index, _read(lines.buffer, schema, quoted))], []
+            table = _read(lines.buffer, schema, quoted)
+            if table.num_rows == len(lines):
+                return [(lines.index, table)], []
         except pa.ArrowInvalid:
             pass
     misshapen = lines.misshapen()
@@ -299,19 +350,27 @@ def _read_lines(lines: _Lines, schema: EventSchema, quoted: set[str], whole: boo
         lines = lines.without([i for i, _ in misshapen])  # a private copy from here on
     segments: list[tuple[np.ndarray, pa.Table]] = []
     for group in lines.by_time_kind(schema.time):
+        if not len(group):
+            continue
         try:
-            segments.append((group.index, _read(group.buffer, schema, quoted)))
+            table = _read(group.buffer, schema, quoted)
+            if table.num_rows == len(group):
+                segments.append((group.index, table))
+                continue
         except pa.ArrowInvalid:
-            more_segments, more_bad = _read_in_pieces(group, schema, quoted)
-            segments += more_segments
-            bad += more_bad
+            pass
+        more_segments, more_bad = _read_in_pieces(group, schema, quoted)
+        segments += more_segments
+        bad += more_bad
     return segments, bad
 
 
-def _read_in_pieces(lines: _Lines, schema: EventSchema, quoted: set[str]) -> _Read:
+def _read_in_pieces(lines: _Lines, schema: EventSchema, quoted: _Quoted) -> _Read:
     """Read contiguous pieces around the lines Arrow rejects.
 
     A bad line costs one extra read of the piece it was in; pieces shrink where errors are dense.
+    A piece whose rows do not match its lines one to one shrinks down to single lines, and a
+    single line that is not exactly one object is ``invalid_json``.
     """
     segments: list[tuple[np.ndarray, pa.Table]] = []
     bad: list[tuple[int, str]] = []
@@ -319,9 +378,16 @@ def _read_in_pieces(lines: _Lines, schema: EventSchema, quoted: set[str]) -> _Re
     while pos < total:
         stop = min(total, pos + size)
         try:
-            table = _read(lines.span(pos, stop), schema, quoted)
+            table = _read_exact(lines, pos, stop, schema, quoted)
             segments.append((lines.index[pos:stop], table))
             pos, size = stop, min(size * 2, _RECOVERY_MAX_LINES)
+            continue
+        except _Misaligned:
+            if stop - pos == 1:
+                bad.append((int(lines.index[pos]), "invalid_json"))
+                pos += 1
+            else:
+                size = max((stop - pos) // 2, 1)
             continue
         except pa.ArrowInvalid as exc:
             size = max(size // 2, _RECOVERY_MIN_LINES)
@@ -331,9 +397,15 @@ def _read_in_pieces(lines: _Lines, schema: EventSchema, quoted: set[str]) -> _Re
             else:
                 row = int(found.group(1))
                 reason, starts_segment = _bad_reason(str(exc), schema.string_roles)
+        if pos + row >= stop:  # Arrow counted objects, not lines: place it by smaller reads
+            size = max((stop - pos) // 2, 1)
+            continue
         if row > 0:
-            # Everything before the failing row parsed together, so it parses alone too.
-            prefix = _read(lines.span(pos, pos + row), schema, quoted)
+            try:
+                prefix = _read_exact(lines, pos, pos + row, schema, quoted)
+            except (_Misaligned, pa.ArrowInvalid):
+                size = max(row // 2, 1)
+                continue
             segments.append((lines.index[pos : pos + row], prefix))
         if starts_segment and row > 0:
             pos += row  # the failing row begins the next piece
@@ -360,6 +432,13 @@ def _invalid_utf8(lines: _Lines) -> list[tuple[int, str]]:
         except UnicodeDecodeError:
             found.append((i, "invalid_utf8"))
     return found
+
+
+def _line_count(data: bytes) -> int:
+    """Lines in ``data``, blank ones included (a trailing newline ends the last line)."""
+    if not data:
+        return 0
+    return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
 
 
 def _valid_utf8(data: bytes) -> bool:
@@ -544,7 +623,7 @@ class DecodeHints:
     """
 
     dirty: bool = False
-    quoted: set[str] = field(default_factory=set)
+    quoted: _Quoted = field(default_factory=set)
 
 
 def decode_ndjson(
@@ -590,15 +669,29 @@ def decode_ndjson(
     segments: list[tuple[np.ndarray, pa.Table]] = []
     bad: list[tuple[int, str]] = []
     fast: pa.Table | None = None
+    quoted = _Quoted(hints.quoted, contract, {schema.id, schema.key})
     valid_utf8 = _valid_utf8(data)
+    original = data
+    if quoted and valid_utf8:
+        # Columns earlier blocks showed mixing numbers in: quoted once for every read below
+        # (lines stay lines; dead letters still take their bytes from ``original``).
+        data = _quote_numbers(pa.py_buffer(data), quoted).to_pybytes()
+        quoted.applied = set(quoted)
     if not hints.dirty and valid_utf8:
         try:
-            fast = _read(pa.py_buffer(data), schema, hints.quoted)
-            segments = [(np.arange(fast.num_rows, dtype=np.int64), fast)]  # row i = line i
+            fast = _read(pa.py_buffer(data), schema, quoted)
         except pa.ArrowInvalid:
             fast = None
+        # Row i is line i only if Arrow saw as many objects as there are lines (it does not
+        # respect line boundaries: two objects on a line, one over two lines).
+        if fast is not None and fast.num_rows != _line_count(data):
+            lines = _Lines(data)
+            if fast.num_rows != len(lines):
+                fast = None
+        if fast is not None:
+            segments = [(np.arange(fast.num_rows, dtype=np.int64), fast)]
     if fast is None:
-        lines = _Lines(data)
+        lines = lines or _Lines(data)
         whole = not hints.dirty
         if not valid_utf8:
             invalid = _invalid_utf8(lines)
@@ -606,10 +699,11 @@ def decode_ndjson(
             subset = lines.without([i for i, _ in invalid]) if invalid else lines
         else:
             subset = lines
-        more_segments, more_bad = _read_lines(subset, schema, hints.quoted, whole=whole)
+        more_segments, more_bad = _read_lines(subset, schema, quoted, whole=whole)
         segments, bad = more_segments, bad + more_bad
     # A stream whose blocks keep having bad lines skips the whole-block read that would fail.
     hints.dirty = bool(bad)
+    hints.quoted |= quoted
 
     # Each segment: roles normalized, payload conformed to the stream's contract.
     tables: list[pa.Table] = []
@@ -636,7 +730,7 @@ def decode_ndjson(
     dead = _empty(DEAD_LETTER_SCHEMA)
     if bad:
         bad.sort()
-        lines = lines or _Lines(data)
+        lines = lines if lines is not None and original is data else _Lines(original)
         idx = np.fromiter((b[0] for b in bad), dtype=np.int64, count=len(bad))
         raw = lines.raw(idx)
         if raw_lines:

@@ -196,22 +196,12 @@ def test_one_line_per_record_whatever_the_values(seed: int) -> None:
                 assert i not in dead
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routers/decode.py: pyarrow.json reads several JSON values on one line, so one "
-    "record holding two objects becomes two events and shifts rows against offsets",
-)
 def test_a_record_holding_two_objects_is_one_dead_letter() -> None:
     two = GOOD + GOOD.replace(b"e1", b"e9")
     block = block_of([GOOD, two, GOOD])
     assert dead_at(block) == {1: two}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routers/decode.py: pyarrow.json reads newlines as whitespace between tokens, so a "
-    "truncated record and the next record's tail become one event, and later rows shift",
-)
 def test_a_truncated_record_never_joins_the_next_one() -> None:
     head = b'{"event_id":"e7","player_id":"p7",'
     tail = b'"event_time":1764000000000,"event_type":"purchase"}'

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Final
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -97,6 +98,13 @@ def merge_kpis(partials: pa.Table) -> pa.Table:
         One row per (minute, event_type, level): ``events``, ``players`` (distinct),
         ``mean_engagement``; sorted by the group columns.
     """
+    # Arrow's join never matches null keys; events without a level are a group of their own.
+    no_level = pa.scalar(np.iinfo(np.int64).min, pa.int64())
+    partials = partials.set_column(
+        partials.schema.get_field_index("level"),
+        "level",
+        pc.fill_null(pc.cast(partials["level"], pa.int64()), no_level),
+    )
     sums = partials.group_by(_GROUP, use_threads=False).aggregate(
         [("events", "sum"), ("engagement_sum", "sum"), ("engagement_count", "sum")]
     )
@@ -114,7 +122,9 @@ def merge_kpis(partials: pa.Table) -> pa.Table:
     )
     return pa.table(
         {
-            **{c: merged[c] for c in _GROUP},
+            "minute": merged["minute"],
+            "event_type": merged["event_type"],
+            "level": pc.if_else(pc.equal(merged["level"], no_level), None, merged["level"]),
             "events": merged["events_sum"],
             "players": pc.fill_null(merged["player_count_distinct"], 0),
             "mean_engagement": mean,
