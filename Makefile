@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/thermocline run --config examples/demo.yaml
+	$(BIN)/thermocline run
 
 test: setup lint typecheck
 	$(BIN)/python -m pytest

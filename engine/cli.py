@@ -18,11 +18,15 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from routers import ConfigError, Policy, PolicyError
 
-__all__ = ["main"]
+__all__ = ["DEMO_CONFIG", "main"]
+
+#: What ``thermocline run`` runs without ``--config``: the game-telemetry demo of the project.
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -79,8 +83,10 @@ def _run(args: argparse.Namespace) -> int:
         overrides["source.topics"] = args.topic
     if args.group is not None:
         overrides["source.group"] = args.group
+    # No config: the demo pipeline (every path in use), not an empty policy sending all warm.
+    path = args.config or (DEMO_CONFIG if DEMO_CONFIG.exists() else None)
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(path, overrides)
     except ConfigError as exc:
         print(f"{args.config or '<defaults>'}: invalid config", file=sys.stderr)
         for problem in exc.problems:
@@ -111,7 +117,12 @@ def _run(args: argparse.Namespace) -> int:
         f"  warm        {summary.warm:>12,}\n"
         f"  cold        {summary.cold:>12,}\n"
         f"  dead letter {summary.dead_letter:>12,}\n"
-        f"  accounted   {total:>12,}  {'ok' if total == summary.events_in else 'MISMATCH'}\n"
+        + (
+            f"  type mismatches by rule: {summary.type_mismatches}\n"
+            if summary.type_mismatches
+            else ""
+        )
+        + f"  accounted   {total:>12,}  {'ok' if total == summary.events_in else 'MISMATCH'}\n"
         "per rule:\n"
         + "".join(f"  {name:<16}{count:>12,}\n" for name, count in summary.per_rule.items())
         + "outputs:\n"
@@ -131,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("policy", help="path to the policy YAML")
     validate.set_defaults(handler=_validate)
     run = commands.add_parser("run", help="run a pipeline on a local Ray")
-    run.add_argument("--config", help="pipeline YAML (default: built-in defaults)")
+    run.add_argument("--config", help="pipeline YAML (default: examples/demo.yaml)")
     run.add_argument("--events", type=int, help="synthetic source: how many events")
     run.add_argument("--rate", type=float, help="synthetic source: events per second")
     run.add_argument("--lake", help="lake URI (folder or fsspec URL)")

@@ -107,6 +107,8 @@ class SourceConfig(_Frozen):
     max_events: int | None = Field(None, ge=0)
     #: kafka: blocks (polls of one partition) read ahead while the pipeline works.
     prefetch: int = Field(8, ge=1)
+    #: kafka: bytes of read-ahead blocks at most (a single larger block still passes).
+    prefetch_bytes: int = Field(64 << 20, ge=1)
     #: kafka: extra KafkaConsumer settings (e.g. security); kept out of reprs and logs.
     consumer: dict[str, Any] = Field(default_factory=dict, repr=False)
 

@@ -14,6 +14,7 @@ import ray
 
 from engine.config import HotConfig
 from engine.keys import actor_of_groups, key_groups
+from engine.latency import LatencyHistogram
 from engine.processors import hot_processor
 from engine.quarantine import isolate
 from routers import EventSchema, concat_conformed
@@ -82,6 +83,22 @@ class _HotActor:
     def state(self) -> pa.Table:
         return self.processor.state()
 
+    def release(self, partitions: list[str]) -> int:
+        """Drop the state of keys whose rows came from ``partitions`` (revoked); returns how many
+        keys. A processor without ``release`` keeps them (memory only, never wrong answers:
+        the new owner restores from the checkpoint)."""
+        gone = {p for p in partitions}
+        keys = [k for k, p in self.partition_of.items() if p in gone]
+        if not keys:
+            return 0
+        try:
+            self.processor.release(pa.array(keys, pa.string()))
+        except NotImplementedError:
+            return 0
+        for key in keys:
+            del self.partition_of[key]
+        return len(keys)
+
     def ready(self) -> bool:
         return True
 
@@ -113,7 +130,8 @@ class HotPath:
         self.inflight: list[dict[ray.ObjectRef, int]] = [{} for _ in self.actors]
         self._calls_left: dict[int, int] = {}
         self._partition: dict[ray.ObjectRef, str] = {}
-        self.latencies: list[tuple[float, int]] = []
+        #: Ingest-to-state latency of every row, in fixed memory.
+        self.latency = LatencyHistogram()
         #: Output rows of the processor (e.g. alerts) not yet taken by the pipeline.
         self.outputs: list[pa.RecordBatch] = []
         #: Rows the processor raised on (dead letters), with their source partition, not yet
@@ -175,7 +193,7 @@ class HotPath:
         done = []
         for ref, result in zip(ready, ray.get(ready), strict=True):
             seq = next(calls.pop(ref) for calls in self.inflight if ref in calls)
-            self.latencies.append((result.latency_s, result.rows))
+            self.latency.record(result.latency_s * 1000, weight=max(result.rows, 0))
             self.rows_done += result.rows
             if result.output is not None and result.output.num_rows:
                 self.outputs.append(result.output)
@@ -206,21 +224,18 @@ class HotPath:
             ]
         )
 
+    def release(self, partitions: list[str]) -> int:
+        """Drop, in every actor, the state of keys of revoked ``partitions``; returns the count."""
+        return sum(ray.get([actor.release.remote(partitions) for actor in self.actors]))
+
     def state(self) -> pa.Table:
         """The state of every key, from all actors (one row per key)."""
         return pa.concat_tables(ray.get([actor.state.remote() for actor in self.actors]))
 
     def latency_percentiles(self) -> dict[str, float | None]:
         """p50/p99 of ingest-to-state latency in milliseconds, weighted by rows."""
-        if not self.latencies:
-            return {"p50_ms": None, "p99_ms": None}
-        lat = np.array([latency for latency, _ in self.latencies])
-        weights = np.array([rows for _, rows in self.latencies], dtype=np.float64)
-        order = np.argsort(lat)
-        cumulative = np.cumsum(weights[order]) / weights.sum()
-
-        def pick(q: float) -> float:
-            index = min(int(np.searchsorted(cumulative, q)), len(lat) - 1)
-            return round(float(lat[order][index] * 1000), 3)
-
-        return {"p50_ms": pick(0.50), "p99_ms": pick(0.99)}
+        p50, p99 = self.latency.percentile(50), self.latency.percentile(99)
+        return {
+            "p50_ms": None if p50 is None else round(p50, 3),
+            "p99_ms": None if p99 is None else round(p99, 3),
+        }

@@ -90,6 +90,7 @@ def source_from_config(config: PipelineConfig, start_ms: int | None = None) -> S
             else parse_duration_ms(s.idle_timeout) / 1000,
             max_events=s.max_events,
             prefetch=s.prefetch,
+            prefetch_bytes=s.prefetch_bytes,
             config=dict(s.consumer),
         )
     if s.kind == "file":
@@ -445,6 +446,11 @@ class Pipeline:
 
     def _on_revoke(self, partitions: list[str]) -> None:
         self.checkpoint()  # everything read so far, from every partition, is done and committed
+        assert self.hot is not None
+        # Their keys' state is checkpointed: give the memory back (the new owner restores it).
+        self.hot.release(partitions)
+        for name in partitions:
+            self._held.pop(name, None)
 
     def _on_assign(self, partitions: dict[str, int]) -> dict[str, int]:
         """Where each newly assigned partition resumes; restores state and cleans the lake.
@@ -500,7 +506,7 @@ class Pipeline:
             # The source does not know: the event's own arrival column (a file that recorded
             # when it was received), else the time we read the block.
             own = good.column(arrival) if arrival in good.schema.names else None
-            read_at = pa.scalar(int(time.time() * 1000), pa.int64()).cast(TIME_TYPE)
+            read_at = pa.scalar(self.clock(), TIME_TYPE)  # the pipeline's clock: the wall clock
             times = own_arrival(own, good.num_rows, schema)
             good = _put_column(good, arrival, pc.fill_null(times, read_at))
         return good, dead, lines

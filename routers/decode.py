@@ -251,8 +251,7 @@ class _Quoted(set[str]):
 
     def pending(self) -> _Quoted:
         """The columns still to quote in a piece of the block."""
-        rest = _Quoted(self - self.applied, self.contract, self.roles)
-        return rest
+        return _Quoted(set(self) - self.applied, self.contract, self.roles)
 
 
 def _numeric_column(message: str, schema: EventSchema, contract: SchemaContract) -> str | None:
@@ -619,11 +618,12 @@ class DecodeHints:
 
     Attributes:
         dirty: the last block had bad lines: skip the whole-block read that would fail again.
-        quoted: role columns that arrived as JSON integers: quote them before reading.
+        quoted: columns that arrived as numbers among strings (id and key integers, payload
+            columns of mixed kind): their numbers are quoted before reading.
     """
 
     dirty: bool = False
-    quoted: _Quoted = field(default_factory=set)
+    quoted: set[str] = field(default_factory=set)
 
 
 def decode_ndjson(

@@ -737,7 +737,7 @@ def _join_lines(values: tuple[bytes | None, ...]) -> tuple[bytes, dict[int, byte
             raw_lines[i] = value or b""
         else:
             lines.append(line)
-            raw_lines[i] = value  # should it still be a dead letter (a missing role), exactly
+            raw_lines[i] = value or b""  # exact, should it be dead
     return b"\n".join(lines), raw_lines
 
 
