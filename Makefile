@@ -48,6 +48,7 @@ bench-router: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.end_to_end
+	$(BIN)/python -m benchmarks.decode_telemetry
 
 bench-kafka: setup
 	$(BIN)/python -m benchmarks.kafka_ingest

@@ -1,0 +1,90 @@
+"""Decode rate on realistic heterogeneous telemetry vs uniform events, beside a calibration.
+
+Machines here differ 2-3x, so every rate is reported with the calibration measured in the same
+run over the same bytes: a bare single-threaded ``pyarrow.json.read_json`` of the heterogeneous
+blocks. Rounds alternate (uniform, heterogeneous, calibration) and the medians are reported, with
+the per-round ratios.
+
+    python -m benchmarks.decode_telemetry [--events N] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.json as pj
+
+from engine.sources import SyntheticSource
+from routers import DecodeHints, EventSchema, decode_ndjson, new_contract
+
+RESULTS = Path(__file__).resolve().parent / "results" / "decode_telemetry.json"
+START_MS = 1_764_000_000_000
+
+
+def blocks(events: int, **knobs: float) -> list[bytes]:
+    source = SyntheticSource(events=events, block_rows=50_000, start_ms=START_MS, **knobs)
+    return [b.data for b in source.blocks() if b.data is not None]
+
+
+def decode_rate(data: list[bytes], events: int) -> float:
+    schema = EventSchema()
+    contract, hints = new_contract(schema), DecodeHints()
+    started = time.perf_counter()
+    for block in data:
+        decode_ndjson(block, schema, hints, contract)
+    return events / (time.perf_counter() - started)
+
+
+def calibration_rate(data: list[bytes], events: int) -> float:
+    options = pj.ReadOptions(use_threads=False, block_size=1 << 30)
+    started = time.perf_counter()
+    for block in data:
+        pj.read_json(pa.BufferReader(block), read_options=options)
+    return events / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    n = args.events
+    # Uniform: every field, one order, one type, string ids (the old generator's shape).
+    uniform = blocks(n, numeric_id_share=0.0, missing_share=0.0)
+    hetero = blocks(n)  # the defaults: per-type fields, missing fields, numeric ids
+    drift = blocks(n, drift=0.2)
+    # Calibration over bytes it can read in one piece: the malformed share would make it fail.
+    clean = blocks(n, malformed_share=0.0)
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append(
+            {
+                "uniform": decode_rate(uniform, n),
+                "heterogeneous": decode_rate(hetero, n),
+                "drift_0.2": decode_rate(drift, n),
+                "calibration": calibration_rate(clean, n),
+            }
+        )
+    median = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    ratios = [r["uniform"] / r["heterogeneous"] for r in rounds]
+    result = {
+        "benchmark": "decode_telemetry",
+        "events": n,
+        "rates_events_per_s": {k: round(v) for k, v in median.items()},
+        "uniform_over_heterogeneous": round(statistics.median(ratios), 3),
+        "heterogeneous_over_calibration": round(median["heterogeneous"] / median["calibration"], 3),
+        "target_uniform_over_heterogeneous": 1.3,
+        "rounds": [{k: round(v) for k, v in r.items()} for r in rounds],
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
