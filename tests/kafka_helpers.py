@@ -41,7 +41,7 @@ POLICY: dict[str, Any] = {
         {"name": "test-traffic", "route": "cold", "when": {"field": "region", "matches": "^test-"}},
     ],
 }
-_PLAYER = re.compile(rb'"player_id":"([^"]+)"')
+_PLAYER = re.compile(rb'"player_id":"?([^",}]+)')  # string or integer ids
 
 
 def workload(events: int, seed: int) -> list[bytes]:
