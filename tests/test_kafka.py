@@ -386,9 +386,9 @@ def test_block_keeps_one_line_per_record() -> None:
     assert block.data is not None
     # Not events (empty, tombstone, blank): a placeholder line, their exact bytes kept apart.
     assert block.data.split(b"\n") == [good, b"\x00", b"\x00", b"\x00", b'{"a": 1}', good]
-    assert block.raw_lines == {1: b"", 2: b"", 3: b"  ", 4: b"{\"a\":\\n1}"}
+    assert block.raw_lines == {1: b"", 2: b"", 3: b"  ", 4: b'{"a":\n1}'}
     decoded = decode_ndjson(block.data, raw_lines=block.raw_lines)
-    assert decoded.dead["raw"].to_pylist() == [b"", b"", b"  ", b"{\"a\":\\n1}"]
+    assert decoded.dead["raw"].to_pylist() == [b"", b"", b"  ", b'{"a":\n1}']
     assert decoded.lines == len(records)
     assert [block.meta["kafka_offset"][i].as_py() for i in decoded.dead["line"].to_pylist()] == [
         11,
