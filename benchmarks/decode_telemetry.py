@@ -11,18 +11,14 @@ the per-round ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.json as pj
-
+from benchmarks._common import RESULTS, calibration_rate, emit
 from engine.sources import SyntheticSource
 from routers import DecodeHints, EventSchema, decode_ndjson, new_contract
 
-RESULTS = Path(__file__).resolve().parent / "results" / "decode_telemetry.json"
 START_MS = 1_764_000_000_000
 
 
@@ -40,26 +36,17 @@ def decode_rate(data: list[bytes], events: int) -> float:
     return events / (time.perf_counter() - started)
 
 
-def calibration_rate(data: list[bytes], events: int) -> float:
-    options = pj.ReadOptions(use_threads=False, block_size=1 << 30)
-    started = time.perf_counter()
-    for block in data:
-        pj.read_json(pa.BufferReader(block), read_options=options)
-    return events / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     n = args.events
     # Uniform: every field, one order, one type, string ids (the old generator's shape).
     uniform = blocks(n, numeric_id_share=0.0, missing_share=0.0)
     hetero = blocks(n)  # the defaults: per-type fields, missing fields, numeric ids
     drift = blocks(n, drift=0.2)
-    # Calibration over bytes it can read in one piece: the malformed share would make it fail.
-    clean = blocks(n, malformed_share=0.0)
     rounds = []
     for _ in range(args.rounds):
         rounds.append(
@@ -67,13 +54,12 @@ def main() -> None:
                 "uniform": decode_rate(uniform, n),
                 "heterogeneous": decode_rate(hetero, n),
                 "drift_0.2": decode_rate(drift, n),
-                "calibration": calibration_rate(clean, n),
+                "calibration": calibration_rate(hetero, n),
             }
         )
     median = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     ratios = [r["uniform"] / r["heterogeneous"] for r in rounds]
     result = {
-        "benchmark": "decode_telemetry",
         "events": n,
         "rates_events_per_s": {k: round(v) for k, v in median.items()},
         "uniform_over_heterogeneous": round(statistics.median(ratios), 3),
@@ -81,9 +67,7 @@ def main() -> None:
         "target_uniform_over_heterogeneous": 1.3,
         "rounds": [{k: round(v) for k, v in r.items()} for r in rounds],
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    emit("decode_telemetry", result, args.results)
 
 
 if __name__ == "__main__":

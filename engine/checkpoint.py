@@ -4,7 +4,11 @@ A checkpoint of partition P at offset N says: every event of P up to N is in the
 hot state snapshot saved with it, and nothing after N is. Layout::
 
     {lake}/_state/{source}/{partition}/hot-{N:020d}.parquet   hot snapshot rows of P's keys
-    {lake}/_state/{source}/{partition}/CURRENT.json          {"position": N, "hot": "<path>"}
+    {lake}/_state/{source}/{partition}/CURRENT.json          {"position": N, "hot": "<path>",
+                                                               "schema": "<Arrow IPC, base64>"}
+
+``schema`` is the stream's schema contract at the checkpoint (routers.contract): a resumed run
+seeds its contract with it, so it types undeclared columns as the uninterrupted run did.
 
 ``CURRENT.json`` is written last (atomically), so a crash mid-checkpoint leaves the previous one
 in force. Recovery (:meth:`Checkpoints.recover`) deletes lake files of P that start after the
@@ -14,6 +18,7 @@ again under the same or different names (file names carry source offsets, so the
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass
@@ -36,6 +41,8 @@ class Checkpoint:
     partition: str
     position: int
     hot: pa.Table
+    #: The stream's schema contract when the checkpoint was taken (None in older checkpoints).
+    schema: pa.Schema | None = None
 
 
 class Checkpoints:
@@ -49,8 +56,11 @@ class Checkpoints:
     def _folder(self, partition: str) -> str:
         return f"_state/{file_stem(self.source, partition, 0, 0).rsplit('-', 2)[0]}"
 
-    def save(self, positions: dict[str, int], hot: pa.Table) -> None:
+    def save(
+        self, positions: dict[str, int], hot: pa.Table, schema: pa.Schema | None = None
+    ) -> None:
         """Write each partition's hot rows (``__partition`` column) and then its pointer."""
+        encoded = base64.b64encode(schema.serialize().to_pybytes()).decode() if schema else None
         for partition, position in positions.items():
             folder = self._folder(partition)
             rows = hot.filter(pc.equal(hot["__partition"], partition)) if hot.num_rows else hot
@@ -58,7 +68,8 @@ class Checkpoints:
             snapshot = f"{folder}/hot-{position:020d}.parquet"
             self.lake.write_parquet(rows, snapshot)
             self.lake.write_text(
-                json.dumps({"position": position, "hot": snapshot}), f"{folder}/CURRENT.json"
+                json.dumps({"position": position, "hot": snapshot, "schema": encoded}),
+                f"{folder}/CURRENT.json",
             )
             if previous and previous["hot"] != snapshot:
                 self.lake.fs.rm(self.lake.path(previous["hot"]))
@@ -75,7 +86,9 @@ class Checkpoints:
             return None
         with self.lake.fs.open(self.lake.path(pointer["hot"]), "rb") as handle:
             hot = pq.read_table(handle)
-        return Checkpoint(partition, int(pointer["position"]), hot)
+        encoded = pointer.get("schema")
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(encoded))) if encoded else None
+        return Checkpoint(partition, int(pointer["position"]), hot, schema)
 
     def recover(self, resume: dict[str, int]) -> list[str]:
         """Delete each partition's lake files that start at or after its ``resume`` offset

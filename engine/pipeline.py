@@ -315,6 +315,9 @@ class Pipeline:
                 self._write_alerts()
         finally:
             source.close()
+            # The hooks are our bound methods: a caller keeping the source must not keep this
+            # pipeline (and, through it, its actors' handles) alive.
+            source.on_revoke = source.on_assign = None
             if self._alerts_sink is not None:
                 self._alerts_sink.close()
         elapsed = time.monotonic() - started
@@ -417,7 +420,7 @@ class Pipeline:
         # the member that took such a partition over after a rebalance.
         moved = {p: n for p, n in positions.items() if self._held.get(p) != n}
         if moved:
-            self.checkpoints.save(moved, self.hot.snapshot())
+            self.checkpoints.save(moved, self.hot.snapshot(), self.contract.schema)
             self._held.update(moved)
         # All of them: a commit the last run missed (a crash between steps 3 and 4) happens now.
         self.source.commit(positions)
@@ -467,6 +470,8 @@ class Pipeline:
                 # Someone (a crashed run of ours, another member) got further than our actors:
                 # their checkpoint is the truth for this partition's keys.
                 self.hot.restore(checkpoint.hot)
+                if checkpoint.schema is not None:  # type undeclared columns as that run did
+                    self.contract.seed(checkpoint.schema)
                 resume[name] = checkpoint.position + 1
                 self._held[name] = checkpoint.position
             elif held is not None:

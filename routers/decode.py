@@ -50,6 +50,7 @@ _MS_PER_UNIT: Final[dict[str, float]] = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns
 #: Placeholder time of rows whose time is unusable (they are dead letters, dropped afterwards).
 _NO_TIME: Final[int] = 0
 _JSON_NUMBER: Final[str] = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+_JSON_NUMBER_FULL: Final[str] = rf"^{_JSON_NUMBER}$"
 _WHITESPACE_BYTES: Final[np.ndarray] = np.frombuffer(b" \t\r\n", dtype=np.uint8)
 #: Piece sizes once a block needs recovery: a piece halves after a failure and doubles after a
 #: clean read, so dense errors cost small re-reads and sparse ones few Arrow calls (~30 us each).
@@ -224,6 +225,7 @@ def _read(buffer: pa.Buffer, schema: EventSchema, quoted: _Quoted) -> pa.Table:
             if column is None or column in quoted:
                 raise
             quoted.add(column)
+            quoted.first.setdefault(column, _TYPE_CHANGE.search(str(exc)).group(2))  # type: ignore[union-attr]
             data = _quote_numbers(buffer, quoted.pending())
 
 
@@ -248,10 +250,14 @@ class _Quoted(set[str]):
         self.roles = roles
         #: Columns already quoted in the block being read (once, up front).
         self.applied: set[str] = set()
+        #: Kind (``number``/``string``) a column quoted in this block had in its first rows.
+        self.first: dict[str, str] = {}
 
     def pending(self) -> _Quoted:
         """The columns still to quote in a piece of the block."""
-        return _Quoted(set(self) - self.applied, self.contract, self.roles)
+        rest = _Quoted(set(self) - self.applied, self.contract, self.roles)
+        rest.first = self.first
+        return rest
 
 
 def _numeric_column(message: str, schema: EventSchema, contract: SchemaContract) -> str | None:
@@ -459,7 +465,9 @@ def _epoch_ms(values: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
     magnitude (see :class:`~routers.schema.EventSchema`).
     """
     magnitude = np.abs(values.astype(np.float64))
-    usable = np.isfinite(magnitude) & (magnitude < 9.2e18)
+    usable = np.isfinite(magnitude)
+    # Beyond int64 milliseconds in any unit: a time, but not a plausible one (bad_value later).
+    huge = usable & (magnitude >= 9.2e18)
     if unit == "auto":
         units = np.full(len(values), "ns", dtype=object)
         for limit, name in reversed(_AUTO_UNITS):
@@ -468,7 +476,7 @@ def _epoch_ms(values: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
         units = np.full(len(values), unit, dtype=object)
     out = np.zeros(len(values), dtype=np.int64)
     for name, per in _MS_PER_UNIT.items():
-        rows = (units == name) & usable
+        rows = (units == name) & usable & ~huge
         if not rows.any():
             continue
         chosen = values[rows]
@@ -477,8 +485,9 @@ def _epoch_ms(values: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
         else:
             scaled = np.floor(chosen.astype(np.float64) * per)
             fits = np.abs(scaled) < 9.2e18
-            usable[np.flatnonzero(rows)[~fits]] = False
+            huge[np.flatnonzero(rows)[~fits]] = True
             out[rows] = np.where(fits, scaled, 0).astype(np.int64)
+    out[huge] = np.iinfo(np.int64).max
     return out, usable
 
 
@@ -490,10 +499,14 @@ def _normalize_time(
     Unusable rows (no time, a value of another kind, a number too large) get a placeholder time
     and ``False``; the caller makes them dead letters.
     """
-    if column is None:
-        return pa.array(np.full(n, _NO_TIME), pa.int64()).cast(TIME_TYPE), np.zeros(n, bool)
+    placeholder = pa.array(np.full(n, _NO_TIME), pa.int64()).cast(TIME_TYPE)
+    kind = column.type if column is not None else pa.null()
+    timelike = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+    timelike = timelike or pa.types.is_timestamp(kind) or pa.types.is_string(kind)
+    if column is None or not (timelike or pa.types.is_large_string(kind)):
+        # Objects, lists, booleans: no time (and Arrow cannot always combine sliced structs).
+        return placeholder, np.zeros(n, bool)
     arr = column.combine_chunks()
-    kind = arr.type
     millis = np.full(n, _NO_TIME, dtype=np.int64)
     usable = np.zeros(n, dtype=bool)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
@@ -591,8 +604,10 @@ def _check_roles(table: pa.Table, schema: EventSchema) -> tuple[pa.Table, pa.Arr
     for role in schema.required:
         if role == schema.time:
             present = original.is_valid() if original is not None else pa.array(np.zeros(n, bool))
-        else:
+        elif role in table.column_names:
             present = table.column(role).is_valid()
+        else:  # columnar input without the column at all (NDJSON reads always have it)
+            present = pa.array(np.zeros(n, bool))
         missing = pc.invert(present)
         reason = pc.if_else(pc.and_(reason.is_null(), missing), f"missing_field:{role}", reason)
         if role == schema.time:
@@ -705,6 +720,12 @@ def decode_ndjson(
     hints.dirty = bool(bad)
     hints.quoted |= quoted
 
+    # A column that came first as numbers, then mixed, is a number column for a stream that
+    # did not know it yet (the first kind wins, as it would have across blocks).
+    for column, kind in quoted.first.items():
+        if kind == "number" and column not in contract.schema.names and column not in quoted.roles:
+            values = [t[column] for _, t in segments if column in t.column_names]
+            contract.seed(pa.schema([(column, _number_type(values))]))
     # Each segment: roles normalized, payload conformed to the stream's contract.
     tables: list[pa.Table] = []
     rows: list[np.ndarray] = []
@@ -743,6 +764,17 @@ def decode_ndjson(
             schema=DEAD_LETTER_SCHEMA,
         )
     return Decoded(good=good, dead=dead, good_lines=good_lines, lines=good.num_rows + dead.num_rows)
+
+
+def _number_type(columns: list[pa.ChunkedArray]) -> pa.DataType:
+    """int64 when every number among these (quoted) strings is an integer, else double."""
+    for column in columns:
+        text = column.cast(pa.string())
+        number = pc.match_substring_regex(text, _JSON_NUMBER_FULL)
+        integer = pc.match_substring_regex(text, r"^-?[0-9]+$")
+        if pc.any(pc.and_(number, pc.invert(integer))).as_py():
+            return pa.float64()
+    return pa.int64()
 
 
 def _role_types(schema: EventSchema) -> dict[str, pa.DataType]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +28,26 @@ from engine.sources import SyntheticSource
 from routers import EventSchema, Router, decode_ndjson
 
 ROOT = Path(__file__).resolve().parents[1]
-# No age rules: routing must not depend on when the (restarted) pipeline runs.
+# Age rules included: they measure event time against arrival (the record timestamp), so a
+# restarted pipeline routes every event as an uninterrupted one.
 POLICY: dict[str, Any] = {
     "default": "warm",
+    "schema": {"columns": {"partner_id": "string", "amount": "double", "level": "int64"}},
     "rules": [
         {
             "name": "monetization",
             "route": "hot",
             "when": {"field": "event_type", "in": ["purchase", "refund"]},
         },
+        {"name": "stale", "route": "cold", "when": {"age": {"gt": "1h"}}},
+        {"name": "late", "route": "cold", "when": {"age": {"gt": "2m"}}},
         {"name": "starts", "route": "hot", "when": {"field": "event_type", "eq": "session_start"}},
         {"name": "social", "route": "cold", "when": {"field": "event_type", "eq": "social"}},
         {"name": "test-traffic", "route": "cold", "when": {"field": "region", "matches": "^test-"}},
     ],
 }
+START_MS = 1_764_000_000_000
+_EVENT_ID = re.compile(rb'"event_id":"e(\d+)"')
 _PLAYER = re.compile(rb'"player_id":"?([^",}]+)')  # string or integer ids
 
 
@@ -50,7 +57,7 @@ def workload(events: int, seed: int) -> list[bytes]:
         players=3_000,
         seed=seed,
         block_rows=10_000,
-        start_ms=1_764_000_000_000,
+        start_ms=START_MS,
         malformed_share=0.01,
     )
     return [line for b in source.blocks() for line in (b.data or b"").splitlines()]
@@ -63,14 +70,28 @@ def produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
     )
     for line in lines:
         found = _PLAYER.search(line)
-        producer.send(topic, value=line, key=found.group(1) if found else None)
+        key = found.group(1) if found else None
+        producer.send(topic, value=line, key=key, timestamp_ms=arrival_ms(line))
     producer.flush()
     producer.close()
 
 
+def arrival_ms(line: bytes) -> int:
+    """When the synthetic client sent this event (its record timestamp): event i at
+    ``START_MS + floor(i * 0.02)`` (engine.sources.synthetic); lines without an id: the start."""
+    found = _EVENT_ID.search(line)
+    return START_MS + (int(int(found.group(1)) * 0.02) if found else 0)
+
+
 def expected(lines: list[bytes]) -> tuple[dict[str, pa.Table], int]:
-    decoded = decode_ndjson(b"\n".join(lines))
-    parts = Router.from_dict(POLICY).split(decoded.good)
+    router = Router.from_dict(POLICY)
+    decoded = decode_ndjson(b"\n".join(lines), router.policy.schema)
+    arrival = [arrival_ms(lines[i]) for i in decoded.good_lines.tolist()]
+    good = decoded.good.append_column(
+        "arrival_time", pa.array(arrival, pa.int64()).cast(pa.timestamp("ms", "UTC"))
+    )
+    # A far-off clock: routing must come from the arrival times alone.
+    parts = router.split(good, now=datetime(2000, 1, 1, tzinfo=timezone.utc))
     return {t: pa.Table.from_batches([b]) for t, b in parts.items()}, decoded.dead.num_rows
 
 

@@ -50,7 +50,11 @@ def test_end_to_end_smoke(tmp_path: Path) -> None:
     )  # fmt: skip
     assert record["events"] == 20_000
     assert sum(record["split"].values()) == 20_000
-    assert record["events_per_s"] > 0 and record["naive_events_per_s"] > 0
+    assert (
+        record["events_per_s"] > 0
+        and record["hot_naive_events_per_s"] > 0
+        and record["events_per_s_over_calibration"] > 0
+    )
     assert record["hot_latency_ms"]["p99_ms"] >= record["hot_latency_ms"]["p50_ms"] > 0
 
 
@@ -63,3 +67,12 @@ def test_kafka_ingest_smoke(tmp_path: Path, kafka_bootstrap: str, monkeypatch) -
     assert sum(record["split"].values()) == 3_000
     assert record["bare_consumer_events_per_s"] > 0 and record["pipeline_events_per_s"] > 0
     assert (tmp_path / "kafka_ingest.png").stat().st_size > 0
+
+
+def test_decode_telemetry_smoke(tmp_path: Path) -> None:
+    record = run_benchmark(
+        "benchmarks.decode_telemetry", "--events", "20000", "--rounds", "1", results=tmp_path
+    )
+    rates = record["rates_events_per_s"]
+    assert set(rates) == {"uniform", "heterogeneous", "drift_0.2", "calibration"}
+    assert all(rate > 0 for rate in rates.values())

@@ -1,0 +1,160 @@
+"""Telemetry as real clients send it, at the decoder and router (no Ray): each case was a defect.
+
+Heterogeneous events, drifting types, numeric ids, epoch units, hostile bytes, replays.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+import pytest
+
+from routers import (
+    DecodeHints,
+    EventSchema,
+    Policy,
+    Router,
+    SchemaContract,
+    concat_conformed,
+    decode_ndjson,
+    new_contract,
+)
+
+T = 1_764_000_000_000  # 2025-11-24, epoch ms
+WHEN = datetime.fromtimestamp(T / 1000, timezone.utc)
+
+
+def line(i: int, **fields: object) -> bytes:
+    body = {"event_id": f"e{i}", "player_id": f"p{i}", "event_time": T, "event_type": "social"}
+    return json.dumps({**body, **fields}).encode()
+
+
+def stream(blocks: list[list[bytes]], schema: EventSchema | None = None) -> list:
+    """Decode blocks as one stream (one contract, hints kept), as the pipeline does."""
+    schema = schema or EventSchema()
+    contract, hints = new_contract(schema), DecodeHints()
+    return [decode_ndjson(b"\n".join(b), schema, hints, contract) for b in blocks]
+
+
+def test_fields_that_differ_by_block_share_one_schema() -> None:
+    # The issue's reproducer: no amount, then 4.99, then 5, in blocks of 100.
+    blocks = [
+        [line(i) for i in range(100)],
+        [line(i, amount=4.99) for i in range(100, 200)],
+        [line(i, amount=5) for i in range(200, 300)],
+    ]
+    out = stream(blocks)
+    assert all(o.dead.num_rows == 0 for o in out)
+    table = concat_conformed([o.good for o in out])  # what the lake writer does
+    assert table.schema.field("amount").type == pa.float64()
+    amounts = table["amount"].to_pylist()
+    assert amounts == [None] * 100 + [4.99] * 100 + [5.0] * 100
+
+
+def test_optional_fields_in_another_order_share_one_schema() -> None:
+    out = stream([[line(1, tier="vip", level=3)], [line(2, level=4, tier="free")], [line(3)]])
+    schemas = {o.good.schema for o in out}
+    assert len(schemas) == 1  # same columns, same order, every block
+    assert concat_conformed([o.good for o in out])["level"].to_pylist() == [3, 4, None]
+
+
+def test_a_value_that_cannot_take_its_type_makes_only_its_row_dead() -> None:
+    block = [line(i, level=i) for i in range(50)] + [line(50, level="max"), line(51, level="12")]
+    (out,) = stream([block])
+    assert out.dead["reason"].to_pylist() == ["bad_type:level"]
+    assert out.dead["raw"].to_pylist() == [line(50, level="max")]
+    assert out.good.num_rows == 51 and out.good["level"].to_pylist()[-1] == 12
+
+
+def test_declared_columns_decide_the_type() -> None:
+    schema = EventSchema(columns=(("amount", "double"), ("partner_id", "string")))
+    block = [
+        line(1, amount=5, partner_id=7340000000000001),
+        line(2, amount="4.99", partner_id="p9"),
+    ]
+    (out,) = stream([block], schema)
+    assert out.dead.num_rows == 0
+    assert out.good["amount"].to_pylist() == [5.0, 4.99]
+    assert out.good["partner_id"].to_pylist() == ["7340000000000001", "p9"]
+
+
+def test_numeric_player_ids_are_events_with_exact_string_ids() -> None:
+    big = 18446744073709551617  # beyond 64 bits: no float may touch it
+    block = [line(1, player_id=42), line(2, player_id="p2"), line(3, player_id=big)]
+    block += [line(4, player_id=1.5), line(5, event_id=9100000000000001)]
+    (out,) = stream([block])
+    assert out.good["player_id"].to_pylist() == ["42", "p2", str(big), "p5"]
+    assert out.good["event_id"].to_pylist() == ["e1", "e2", "e3", "9100000000000001"]
+    assert out.dead["reason"].to_pylist() == ["bad_type:player_id"]  # 1.5 is no id
+
+
+def test_epoch_units_are_read_by_magnitude_and_never_overflow() -> None:
+    seconds, millis, micros, nanos = T // 1000, T, T * 1000, T * 1_000_000
+    times = [seconds, millis, micros, nanos, seconds + 0.5, "2025-11-24T16:00:00Z"]
+    (out,) = stream([[line(i, event_time=t) for i, t in enumerate(times)]])
+    assert out.dead.num_rows == 0
+    got = out.good["event_time"].to_pylist()
+    assert got[:4] == [WHEN] * 4 and got[4] == WHEN + timedelta(milliseconds=500)
+
+
+def test_implausible_times_are_dead_letters_not_overflows() -> None:
+    times = [0, 10**19 - 1, 32503680000000, -5, "1969-07-20T20:17:00Z", T]
+    (out,) = stream([[line(i, event_time=t) for i, t in enumerate(times)]])
+    assert out.good["event_id"].to_pylist() == ["e5"]
+    assert set(out.dead["reason"].to_pylist()) == {"bad_value:event_time"}
+
+
+def test_a_configured_unit_and_window_apply() -> None:
+    schema = EventSchema(time_unit="us", time_range=(T - 1000, T + 1000))
+    (out,) = stream([[line(1, event_time=T * 1000), line(2, event_time=T)]], schema)
+    assert out.good["event_id"].to_pylist() == ["e1"]
+    assert out.dead["reason"].to_pylist() == ["bad_value:event_time"]  # ms read as us: 1970
+
+
+def test_invalid_utf8_is_a_dead_letter_with_its_exact_bytes() -> None:
+    bad = b'{"event_id":"e1","player_id":"p\xff\xfe","event_time":1764000000000,"event_type":"x"}'
+    (out,) = stream([[line(0, note="caf\u00e9 \U0001f600"), bad, line(2)]])
+    assert out.good["event_id"].to_pylist() == ["e0", "e2"]
+    assert out.dead["raw"].to_pylist() == [bad]
+    assert out.dead["reason"].to_pylist() == ["invalid_utf8"]
+
+
+@pytest.mark.parametrize("control", [b"\t", b"\x01", b"\r"])
+def test_raw_control_characters_inside_strings_are_invalid_json(control: bytes) -> None:
+    bad = b'{"event_id":"e1","player_id":"p' + control + b'","event_time":1764000000000}'
+    (out,) = stream([[line(0), bad]])
+    assert out.dead["raw"].to_pylist() == [bad] and out.dead["reason"][0].as_py() == "invalid_json"
+
+
+def test_a_resumed_contract_types_like_the_first_run() -> None:
+    first = new_contract(EventSchema())
+    decode_ndjson(line(1, level="max"), contract=first)  # level inferred as a string first
+    resumed = new_contract(EventSchema())
+    resumed.seed(first.schema)  # from the checkpoint
+    out = decode_ndjson(line(2, level=5), contract=resumed)
+    assert out.good["level"].to_pylist() == ["5"] and out.dead.num_rows == 0
+    fresh = decode_ndjson(line(2, level=5), contract=new_contract(EventSchema()))
+    assert fresh.good["level"].to_pylist() == [5]  # what a resume without the seed would do
+
+
+def test_age_rules_route_by_arrival_so_a_replay_routes_alike() -> None:
+    router = Router(Policy.from_dict({"rules": [{"name": "stale", "route": "cold",
+                                                 "when": {"age": {"gt": "1h"}}}]}))  # fmt: skip
+    times = pa.array([T - 2 * 3_600_000, T - 60_000], pa.timestamp("ms", "UTC"))
+    arrival = pa.array([T, T], pa.timestamp("ms", "UTC"))
+    batch = pa.record_batch({"event_time": times, "arrival_time": arrival})
+    first = router.classify(batch, now=WHEN).to_pylist()
+    replay = router.classify(batch, now=WHEN + timedelta(days=3)).to_pylist()
+    assert first == replay == ["cold", "warm"]
+
+
+def test_contract_widens_and_never_narrows() -> None:
+    contract = SchemaContract()
+    contract.conform(pa.table({"x": pa.nulls(2)}))
+    contract.conform(pa.table({"x": [1, 2]}))
+    contract.conform(pa.table({"x": [1.5]}))
+    out, bad = contract.conform(pa.table({"x": [3]}))
+    assert contract.schema.field("x").type == pa.float64() and out["x"].to_pylist() == [3.0]
+    assert bad is None and contract.changes == 2  # null to int64, int64 to double
