@@ -131,6 +131,9 @@ class HotConfig(_Frozen):
     max_in_flight: int = Field(4, ge=1)
     processor: str = "player_features"
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Drop a key's state once the newest event time an actor has seen is this far past the
+    #: key's latest event (event time, so a replay drops the same keys). None: keep every key.
+    state_ttl: Duration | None = None
     #: CPU reserved per actor (fractional: on the embedded default all paths share few cores).
     num_cpus: float = Field(0.25, ge=0)
     #: Custom Ray resources per actor, e.g. ``{hot: 1}`` to land on cluster.yaml's hot nodes.

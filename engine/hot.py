@@ -17,9 +17,12 @@ from engine.keys import actor_of_groups, key_groups
 from engine.latency import LatencyHistogram
 from engine.processors import hot_processor
 from engine.quarantine import isolate
-from routers import EventSchema, concat_conformed
+from routers import EventSchema, concat_conformed, parse_duration_ms
 
 __all__ = ["HotActor", "HotPath", "HotResult"]
+
+#: Hot calls between two TTL checks: a check compacts the state, a pass over every key.
+_EXPIRE_EVERY = 64
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,20 @@ class _HotActor:
     applied in the order the driver sent them.
     """
 
-    def __init__(self, processor: str, schema: EventSchema, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        processor: str,
+        schema: EventSchema,
+        options: dict[str, Any],
+        state_ttl_ms: int | None = None,
+    ) -> None:
         import engine.processors  # noqa: F401 - registers the built-in processors in this worker
 
         self.schema = schema
         self.processor = hot_processor(processor)(schema, **options)
+        self.state_ttl_ms = state_ttl_ms
+        self._newest_ms: int | None = None  # newest event time seen (for the TTL)
+        self._calls = 0
         #: Source partition each key's rows came from, so state is saved per source partition.
         self.partition_of: dict[str, str] = {}
 
@@ -62,8 +74,25 @@ class _HotActor:
         self.partition_of.update(
             dict.fromkeys(pc.unique(batch.column(self.schema.key)).to_pylist(), partition)
         )
+        if self.state_ttl_ms is not None:
+            self._expire(batch)
         bad = 0 if dead is None else dead.num_rows
         return HotResult(batch.num_rows - bad, time.time() - ingest_ts, output, dead)
+
+    def _expire(self, batch: pa.RecordBatch) -> None:
+        """Per-key TTL in event time; checked every :data:`_EXPIRE_EVERY` calls (a compaction
+        of the state costs a pass over every key)."""
+        assert self.state_ttl_ms is not None
+        newest = pc.max(batch.column(self.schema.time)).cast(pa.int64()).as_py()
+        if newest is not None:
+            self._newest_ms = max(newest, self._newest_ms or newest)
+        self._calls += 1
+        if self._newest_ms is None or self._calls % _EXPIRE_EVERY:
+            return
+        try:
+            self.processor.expire(self._newest_ms - self.state_ttl_ms)
+        except NotImplementedError:
+            self.state_ttl_ms = None  # the processor keeps every key; said in its docs
 
     def snapshot(self) -> pa.Table:
         """The processor's snapshot with each key's source partition (``__partition``)."""
@@ -124,7 +153,12 @@ class HotPath:
             options["resources"] = dict(config.resources)
         # Ray's actor handles are typed loosely; Any keeps mypy honest about what it cannot see.
         self.actors: list[Any] = [
-            HotActor.options(**options).remote(config.processor, schema, dict(config.options))
+            HotActor.options(**options).remote(
+                config.processor,
+                schema,
+                dict(config.options),
+                None if config.state_ttl is None else parse_duration_ms(config.state_ttl),
+            )
             for _ in range(config.actors)
         ]
         self.inflight: list[dict[ray.ObjectRef, int]] = [{} for _ in self.actors]

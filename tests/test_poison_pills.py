@@ -59,3 +59,27 @@ def test_rows_a_processor_raises_on_become_dead_letters_and_the_rest_is_processe
     # Every other hot row reached the state, once.
     state = pipeline.hot_state()
     assert pc.sum(state["events_total"]).as_py() == summary.hot == 1_000 - 2
+
+
+def test_state_ttl_drops_keys_idle_in_event_time(tmp_path: Path) -> None:
+    events = tmp_path / "events.ndjson"
+    old = [
+        {"event_id": f"o{i}", "player_id": f"old{i}", "event_time": T0 - 7_200_000,
+         "event_type": "purchase"}
+        for i in range(10)
+    ]  # fmt: skip
+    new = [
+        {"event_id": f"n{i}", "player_id": f"new{i % 5}", "event_time": T0 + i,
+         "event_type": "purchase"}
+        for i in range(1_400)
+    ]  # fmt: skip
+    events.write_text("\n".join(json.dumps(e) for e in old + new) + "\n")
+
+    def keys(ttl: str | None) -> set[str]:  # ~6 lines a block: > 64 hot calls, a TTL check
+        config = make_config(tmp_path / f"lake-{ttl}", hot={"state_ttl": ttl, "actors": 1})
+        pipeline = Pipeline(config, source=FileSource(events, block_rows=2), clock=lambda: NOW)
+        pipeline.run()
+        return set(pipeline.hot_state()["player_id"].to_pylist())
+
+    assert keys(None) == {f"old{i}" for i in range(10)} | {f"new{i}" for i in range(5)}
+    assert keys("1h") == {f"new{i}" for i in range(5)}  # 2 h idle in event time: dropped
