@@ -244,6 +244,20 @@ class Pipeline:
         assert self.hot is not None, "run() first"
         return self.hot.state()
 
+    def close(self) -> None:
+        """Stop this pipeline's actors (hot actors, lake writer) and free their CPUs.
+
+        :meth:`run` keeps them after it returns, for :meth:`hot_state`; it closes them itself
+        when it fails. Idempotent.
+        """
+        actors = [*(self.hot.actors if self.hot is not None else []), self.cold]
+        for actor in actors:
+            if actor is not None:
+                ray.kill(actor)
+        if self.hot is not None:
+            self.hot.actors = []
+        self.cold = None
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _start_paths(self) -> None:
@@ -313,6 +327,11 @@ class Pipeline:
             else:
                 self.drain()
                 self._write_alerts()
+        except BaseException:
+            # A failed run's actors would hold their CPUs for as long as anything (a traceback)
+            # refers to this pipeline.
+            self.close()
+            raise
         finally:
             source.close()
             # The hooks are our bound methods: a caller keeping the source must not keep this

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["SchemaContract", "cast_rows", "concat_conformed", "parse_type"]
+__all__ = ["SchemaContract", "cast_rows", "combined", "concat_conformed", "parse_type"]
 
 #: Type names a policy may declare, and the Arrow type each means.
 TYPE_NAMES: Final[dict[str, pa.DataType]] = {
@@ -204,7 +204,7 @@ def cast_rows(
         >>> values.to_pylist(), bad.to_pylist()
         ([1, None, None], [False, True, False])
     """
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = combined(column)
     try:
         return pc.cast(array, target), None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
@@ -221,6 +221,21 @@ def cast_rows(
         values = _cast_or_null(array, target)
     bad = pc.and_(array.is_valid(), values.is_null())
     return values, bad
+
+
+def combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One array from a column's chunks.
+
+    Arrow 26 has failed to combine chunks of deeply nested JSON values that a fuzz test sent
+    (``ArrowIndexError: array slice would exceed array length``); those are rebuilt from their
+    values instead (slow, and only for such columns).
+    """
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    try:
+        return column.combine_chunks()
+    except (pa.ArrowIndexError, pa.ArrowInvalid):
+        return pa.array(column.to_pylist(), type=column.type)
 
 
 def _cast_or_null(array: pa.Array, target: pa.DataType) -> pa.Array:

@@ -158,3 +158,12 @@ def test_contract_widens_and_never_narrows() -> None:
     out, bad = contract.conform(pa.table({"x": [3]}))
     assert contract.schema.field("x").type == pa.float64() and out["x"].to_pylist() == [3.0]
     assert bad is None and contract.changes == 2  # null to int64, int64 to double
+
+
+def test_a_value_arrow_reads_into_an_invalid_array_is_a_dead_letter() -> None:
+    # pyarrow 26 builds an invalid list array from [null, ""] (found by the fuzz test).
+    odd = line(1, tags=[None, ""])
+    (out,) = stream([[line(0), odd, line(2, tags=["a"])]])
+    assert out.good["event_id"].to_pylist() == ["e0", "e2"]
+    assert out.dead["raw"].to_pylist() == [odd]
+    assert out.dead["reason"].to_pylist() == ["unreadable:tags"]
