@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 import time
 import uuid
@@ -282,7 +283,7 @@ class Lake:
         keys = {"__bucket": pa.array(np.floor_divide(millis, bucket_ms))}
         for column in partition_by:
             values = table[column] if column in table.column_names else pa.nulls(table.num_rows)
-            keys[column] = pc.cast(values, pa.string())
+            keys[column] = _as_text(values)
         groups = pa.table(keys).append_column("__row", pa.array(range(table.num_rows)))
         written = []
         for names, rows in _group_rows(groups, list(keys)):
@@ -370,6 +371,18 @@ class Lake:
             partition_base_dir=path,
             schema=pa.unify_schemas([physical, keys]),
         ).to_table()
+
+
+def _as_text(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Partition values as text: scalars cast; objects and lists (a column a client first sent
+    as an object) as their JSON, so a value never stops the writer."""
+    try:
+        return pc.cast(values, pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return pa.array(
+            [None if v is None else json.dumps(v, default=str) for v in values.to_pylist()],
+            pa.string(),
+        )
 
 
 def _group_rows(groups: pa.Table, keys: list[str]) -> Iterator[tuple[dict[str, Any], pa.Array]]:

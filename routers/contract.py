@@ -205,14 +205,20 @@ def cast_rows(
         ([1, None, None], [False, True, False])
     """
     array = combined(column)
-    try:
-        return pc.cast(array, target), None
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        pass
-    # Strings into numbers, the common drift: one vectorized check keeps the rest to one cast.
-    if pa.types.is_string(array.type) and (
-        pa.types.is_integer(target) or pa.types.is_floating(target)
+    numeric = pa.types.is_integer(target) or pa.types.is_floating(target)
+    if pa.types.is_boolean(array.type) != pa.types.is_boolean(target) and (
+        numeric or pa.types.is_boolean(target)
     ):
+        # true is no number and 1 no boolean (Arrow would cast them): every value is bad.
+        return pa.nulls(len(array), target), array.is_valid()
+    text_to_number = pa.types.is_string(array.type) and numeric
+    if not text_to_number:  # Arrow's cast would take "NaN" and "inf" for numbers: not JSON's
+        try:
+            return pc.cast(array, target), None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
+    # Strings into numbers, the common drift: one vectorized check keeps the rest to one cast.
+    if text_to_number:
         pattern = _INTEGER if pa.types.is_integer(target) else _NUMBER
         plausible = pc.fill_null(pc.match_substring_regex(array, pattern), False)
         candidates = pc.if_else(plausible, array, pa.scalar(None, array.type))
@@ -220,7 +226,7 @@ def cast_rows(
     else:
         values = _cast_or_null(array, target)
     bad = pc.and_(array.is_valid(), values.is_null())
-    return values, bad
+    return values, bad if pc.any(bad).as_py() else None
 
 
 def combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -656,8 +656,9 @@ def _empty(schema: pa.Schema) -> pa.RecordBatch:
 class DecodeHints:
     """What earlier blocks of one stream showed, so the next block skips reads that would fail.
 
-    Keep one per stream (a source partition) and pass it to every :func:`decode_ndjson` call;
-    results never depend on the hints, only the work done to reach them.
+    Keep one per stream (a source partition) and pass it to every :func:`decode_ndjson` call.
+    Results do not depend on the hints, only the work done to reach them, with one exception:
+    a nested key named like a quoted column is quoted too (see docs/architecture.md).
 
     Attributes:
         dirty: the last block had bad lines: skip the whole-block read that would fail again.
@@ -797,6 +798,10 @@ def decode_ndjson(
 def _number_type(columns: list[pa.ChunkedArray]) -> pa.DataType:
     """int64 when every number among these (quoted) strings is an integer, else double."""
     for column in columns:
+        if not (pa.types.is_string(column.type) or pa.types.is_integer(column.type)):
+            if pa.types.is_floating(column.type):
+                return pa.float64()
+            continue  # objects, lists, booleans: cast (or dead-lettered) by the contract
         text = column.cast(pa.string())
         number = pc.match_substring_regex(text, _JSON_NUMBER_FULL)
         integer = pc.match_substring_regex(text, r"^-?[0-9]+$")

@@ -249,3 +249,16 @@ def test_storage_failure_is_retried_then_named(tmp_path: Path) -> None:
     assert "File name too long" in message and caught.value.retriable
     assert isinstance(caught.value.__cause__, OSError)
     assert not list((tmp_path / "lake").rglob("*.tmp"))
+
+
+def test_an_object_partition_value_never_stops_the_writer(tmp_path: Path) -> None:
+    # A client's first event sent "region" as an object: the stream typed the column a struct.
+    lake = Lake(str(tmp_path / "lake"))
+    table = events(["eu", "us"]).drop_columns(["region"])
+    table = table.append_column(
+        "region", pa.array([{"x": 1}, None], pa.struct([("x", pa.int64())]))
+    )
+    paths = lake.write_partitioned(table, "event_time", "s-0-0-1", partition_by=("region",))
+    assert len(paths) == 2
+    back = lake.read("events").sort_by("id")
+    assert back["region"].to_pylist() == [{"x": 1}, None]

@@ -1,10 +1,9 @@
 """Real-world telemetry through the whole pipeline: one conformance suite per source, and a fuzz.
 
-Every source (file NDJSON, file Parquet, synthetic) gets the same hostile stream and must keep the
-same promises: every line is counted once (routed or dead), dead letters keep the bytes that
-arrived, and the cold events read back the same with the lake reader, DuckDB and Ray Data.
-Kafka is covered by ``tests/test_kafka.py`` / ``tests/test_kafka_source.py`` (it needs a broker);
-it is not part of this suite.
+Every source (file NDJSON, file Parquet, synthetic, Kafka on the test broker) gets a hostile
+stream and must keep the same promises: every line is counted once (routed or dead), dead letters
+keep the bytes that arrived, and the cold events read back the same with the lake reader, DuckDB
+and Ray Data.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import json
 import os
 import random
 import tempfile
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -297,10 +297,13 @@ def outcome_of(cls: type[SourceConformance], factory: pytest.TempPathFactory) ->
     return _OUTCOMES[cls]
 
 
-def test_cold_events_read_back_with_ray_data(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_cold_events_read_back_with_ray_data(
+    tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
+) -> None:
     """Every source's cold files in one Ray Data read (a read costs ~5-10 s whatever its size)."""
     import ray.data
 
+    TestKafka.bootstrap = kafka_bootstrap
     outcomes = [outcome_of(cls, tmp_path_factory) for cls in CONFORMING]
     files = [f for o in outcomes for f in cold_files(o.lake)]
     # One read task: the default of a task per file costs ~0.2 s per file on a 2-CPU Ray.
@@ -372,6 +375,42 @@ class TestFileNdjson(SourceConformance):
         return file_case(lines, FileSource(path, block_rows=50), lines)
 
 
+class TestKafka(SourceConformance):
+    """The same lines as records of a one-partition topic (one partition: the stream's order is
+    the file's, so the first kind of each column is the same), each record stamped ``NOW``: its
+    arrival, as the file source's clock gives the file's lines."""
+
+    bootstrap: ClassVar[str] = ""
+
+    @pytest.fixture(scope="class")
+    def run(self, tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Outcome:
+        type(self).bootstrap = kafka_bootstrap
+        return outcome_of(type(self), tmp_path_factory)
+
+    def build(self, folder: Path) -> Case:
+        from kafka import KafkaAdminClient, KafkaProducer
+        from kafka.admin import NewTopic
+
+        from engine.sources.kafka import KafkaSource
+
+        lines = hostile_lines()
+        topic = f"conformance-{uuid.uuid4().hex[:8]}"
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        admin.close()
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        stamp = int(NOW.timestamp() * 1000)
+        for line in lines:
+            producer.send(topic, value=line.raw, timestamp_ms=stamp)
+        producer.flush()
+        producer.close()
+        source = KafkaSource(
+            self.bootstrap, [topic], f"g-{topic}", start="earliest", max_records=50,
+            idle_timeout_s=3, max_events=len(lines),
+        )  # fmt: skip
+        return file_case(lines, source, lines)
+
+
 class TestFileParquet(SourceConformance):
     """The lines that are JSON objects, as Parquet files: a file per shape of row."""
 
@@ -439,7 +478,12 @@ class TestSynthetic(SourceConformance):
         )
 
 
-CONFORMING: tuple[type[SourceConformance], ...] = (TestFileNdjson, TestFileParquet, TestSynthetic)
+CONFORMING: tuple[type[SourceConformance], ...] = (
+    TestFileNdjson,
+    TestFileParquet,
+    TestSynthetic,
+    TestKafka,
+)
 
 
 def test_parquet_file_without_a_role_column_is_dead_lettered(tmp_path: Path) -> None:

@@ -167,3 +167,19 @@ def test_a_value_arrow_reads_into_an_invalid_array_is_a_dead_letter() -> None:
     assert out.good["event_id"].to_pylist() == ["e0", "e2"]
     assert out.dead["raw"].to_pylist() == [odd]
     assert out.dead["reason"].to_pylist() == ["unreadable:tags"]
+
+
+def test_a_column_mixing_numbers_strings_and_objects_in_a_block_never_raises() -> None:
+    # Found by review: numbers, then a string, then an object, in one block.
+    block = [line(0, p=3), line(1, p="x"), line(2, p={"a": 1}), line(3, p=4)]
+    (out,) = stream([block])
+    assert out.good.num_rows + out.dead.num_rows == 4
+    assert out.good["p"].to_pylist() == [3, 4]
+    assert out.dead["reason"].to_pylist() == ["bad_type:p", "bad_type:p"]
+
+
+def test_nan_strings_and_booleans_are_not_numbers() -> None:
+    block = [line(0, x=1.5), line(1, x="NaN"), line(2, x="inf"), line(3, x=True), line(4, x="2")]
+    (out,) = stream([block])
+    assert out.good["x"].to_pylist() == [1.5, 2.0]
+    assert out.dead["reason"].to_pylist() == ["bad_type:x"] * 3
