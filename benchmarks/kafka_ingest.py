@@ -33,7 +33,7 @@ from benchmarks._common import RESULTS, emit
 from engine.config import load_config
 from engine.pipeline import Pipeline, init_local_ray
 from engine.sources import SyntheticSource
-from routers import DecodeHints, decode_ndjson
+from routers import DecodeHints, decode_ndjson, new_contract
 from scripts.services import start_kafka
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +68,9 @@ def bare(bootstrap: str, topic: str, events: int) -> dict[str, float]:
         fetch_max_bytes=64 << 20,
         max_partition_fetch_bytes=16 << 20,
     )
+    # The pipeline's decode: the demo's schema (declared columns), one contract for the stream.
+    schema = load_config(ROOT / "examples" / "demo.yaml").policy.schema
+    contract = new_contract(schema)
     hints: dict[int, DecodeHints] = {}
     seen = good = 0
     first: float | None = None
@@ -78,7 +81,7 @@ def bare(bootstrap: str, topic: str, events: int) -> dict[str, float]:
                 first = time.perf_counter()
             data = b"\n".join(r.value for r in records)
             good += decode_ndjson(
-                data, hints=hints.setdefault(tp.partition, DecodeHints())
+                data, schema, hints.setdefault(tp.partition, DecodeHints()), contract
             ).good.num_rows
             seen += len(records)
     ended = time.perf_counter()
