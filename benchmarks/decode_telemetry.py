@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from benchmarks._common import RESULTS, calibration_rate, emit
-from engine.sources import SyntheticSource
 from engine.config import load_config
+from engine.sources import SyntheticSource
 from routers import DecodeHints, decode_ndjson, new_contract
 
 START_MS = 1_764_000_000_000
