@@ -248,3 +248,22 @@ def test_snapshot_restore_round_trip_after_compaction() -> None:
     left = processor.state().sort_by("player_id").to_pandas()
     right = copy.state().sort_by("player_id").to_pandas()
     pd.testing.assert_frame_equal(left, right)
+
+
+def test_a_hot_actor_releases_the_keys_of_revoked_partitions() -> None:
+    from engine.hot import _HotActor  # the actor's class, run in this process
+
+    actor = _HotActor("player_features", EventSchema(), {})
+    t = pa.array([1_764_000_000_000] * 2, pa.int64()).cast(pa.timestamp("ms", "UTC"))
+
+    def batch(keys: list[str]) -> pa.RecordBatch:
+        return pa.record_batch(
+            {"event_id": keys, "player_id": keys, "event_time": t, "event_type": ["x", "x"]}
+        )
+
+    actor.process(batch(["a1", "a2"]), 0.0, "topic-0")
+    actor.process(batch(["b1", "b2"]), 0.0, "topic-1")
+    assert actor.release(["topic-0"]) == 2
+    assert sorted(actor.state()["player_id"].to_pylist()) == ["b1", "b2"]
+    assert sorted(actor.partition_of) == ["b1", "b2"]
+    assert actor.release(["topic-0"]) == 0
