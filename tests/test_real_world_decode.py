@@ -183,3 +183,10 @@ def test_nan_strings_and_booleans_are_not_numbers() -> None:
     (out,) = stream([block])
     assert out.good["x"].to_pylist() == [1.5, 2.0]
     assert out.dead["reason"].to_pylist() == ["bad_type:x"] * 3
+
+
+def test_numeric_ids_with_whitespace_around_the_colon() -> None:
+    # Whitespace around the colon is JSON too.
+    spaced = b'{"event_id":"e1", "player_id" : 5 ,"event_time":1764000000000,"event_type":"x"}'
+    (out,) = stream([[line(0), spaced, line(2, player_id=7)]])
+    assert out.good["player_id"].to_pylist() == ["p0", "5", "7"]
