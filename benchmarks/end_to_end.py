@@ -47,7 +47,12 @@ def workload(events: int, block_rows: int, seed: int) -> list[SourceBlock]:
     return list(source.blocks())
 
 
-def run_pipeline(config: PipelineConfig, blocks: list[SourceBlock], rate: float | None) -> dict:
+def run_pipeline(
+    config: PipelineConfig,
+    blocks: list[SourceBlock],
+    rate: float | None,
+    max_rows: int | None = None,
+) -> dict:
     lake = tempfile.mkdtemp(prefix="tc-bench-lake-")
     try:
         config = config.model_copy(
@@ -56,7 +61,10 @@ def run_pipeline(config: PipelineConfig, blocks: list[SourceBlock], rate: float 
                 "progress_every_s": 0,
             }
         )
-        summary = Pipeline(config, source=MemorySource(blocks, "synthetic", rate=rate)).run()
+        source = MemorySource(blocks, "synthetic", rate=rate, max_rows=max_rows)
+        pipeline = Pipeline(config, source=source)
+        summary = pipeline.run()
+        pipeline.close()
         assert summary.hot + summary.warm + summary.cold + summary.dead_letter == summary.events_in
         return summary.to_json()
     finally:
@@ -111,10 +119,15 @@ def main() -> None:
     throughput = run_pipeline(config, blocks, rate=None)
     calibration = calibration_rate([b.data or b"" for b in blocks], throughput["events_in"])
     latency_rate = args.latency_rate or throughput["events_per_s"] / 2
-    # Small blocks when paced: what a source polling every ~20 ms brings at that rate.
-    latency_blocks = max(500, int(latency_rate / 50))
+    # Events arrive in 5 ms slices; the source hands out everything due at once (up to 50K
+    # rows), as a consumer's poll does: small blocks when the pipeline keeps up, larger ones
+    # when it falls behind.
+    latency_blocks = max(100, int(latency_rate / 200))
     latency = run_pipeline(
-        config, workload(args.latency_events, latency_blocks, seed=2), rate=latency_rate
+        config,
+        workload(args.latency_events, latency_blocks, seed=2),
+        rate=latency_rate,
+        max_rows=50_000,
     )
     naive_rate, batched_rate = hot_rates(
         config, workload(max(args.naive_events * 8, 10_000), 50_000, seed=3), args.naive_events
@@ -130,7 +143,7 @@ def main() -> None:
         "split": {t: throughput[t] for t in ("hot", "warm", "cold", "dead_letter")},
         "hot_latency_at_full_speed_ms": throughput["hot_latency_ms"],
         "latency_rate_events_per_s": round(latency_rate),
-        "latency_block_rows": latency_blocks,
+        "latency_slice_rows": latency_blocks,
         "latency_events": latency["events_in"],
         "achieved_rate_events_per_s": latency["events_per_s"],
         "hot_latency_ms": latency["hot_latency_ms"],

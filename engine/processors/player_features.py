@@ -44,6 +44,9 @@ _NONE: Final[int] = np.iinfo(np.int64).min // 2  # "no value" that survives subt
 _TIME_BOUND: Final[int] = 2**53
 #: Rows allocated at least: a fresh or compacted instance does not regrow on every batch.
 _MIN_CAPACITY: Final[int] = 1024
+#: Recent keys are merged into the large index past this many (or a quarter of it): a rebuild
+#: of the small one per call stays cheap, the large one's rebuilds stay rare.
+_MERGE_RECENT: Final[int] = 4096
 #: State column -> (values per key, fill for "no value").
 _COLUMNS: Final[dict[str, tuple[int, int]]] = {
     "events_total": (1, 0),
@@ -100,7 +103,11 @@ class PlayerFeatures(HotProcessor):
     def __init__(self, schema: EventSchema, **options: Any) -> None:
         super().__init__(schema, **options)
         self.alert_purchases = int(options.get("alert_purchases", 3))
+        # Keys by dense id in two indexes: a large one rebuilt rarely and the recent additions,
+        # rebuilt on each add (small). Rebuilding one index per batch with new keys cost
+        # O(all keys) per call: 5-10 ms at 100K keys, which throttled small batches.
         self._index = pd.Index([], dtype=object)
+        self._recent = pd.Index([], dtype=object)
         self._size = 0
         self._cols: dict[str, np.ndarray] = {}
         self._cols = self._resized(_MIN_CAPACITY)
@@ -108,13 +115,14 @@ class PlayerFeatures(HotProcessor):
     @property
     def nbytes(self) -> int:
         """Bytes held by the state arrays and the key index (not counting the key strings)."""
-        return sum(values.nbytes for values in self._cols.values()) + int(self._index.nbytes)
+        indexes = int(self._index.nbytes) + int(self._recent.nbytes)
+        return sum(values.nbytes for values in self._cols.values()) + indexes
 
     # --- reading (no state change) ---------------------------------------------------------
 
     def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dense id of each key; new keys get the next ids, in order of first appearance."""
-        ids = self._index.get_indexer(pd.Index(keys, dtype=object)).astype(np.int64)
+        ids = self._ids_of(keys)
         new = ids < 0
         if not new.any():
             return ids, keys[:0]
@@ -169,9 +177,30 @@ class PlayerFeatures(HotProcessor):
             self._cols = self._resized(max(size, 2 * capacity))
         # Object dtype on purpose: pandas 3 would make an appended Index Arrow-backed ``str``,
         # whose hash table is slower to build and holds a Python copy of every key anyway.
-        keys = np.concatenate([self._index.to_numpy(dtype=object), fresh])
-        self._index = pd.Index(keys, dtype=object)
+        recent = np.concatenate([self._recent.to_numpy(dtype=object), fresh])
+        if len(recent) > max(_MERGE_RECENT, len(self._index) // 4):  # amortized: O(1) per key
+            merged = np.concatenate([self._index.to_numpy(dtype=object), recent])
+            self._index = pd.Index(merged, dtype=object)
+            self._recent = pd.Index([], dtype=object)
+        else:
+            self._recent = pd.Index(recent, dtype=object)
         self._size = size
+
+    def _ids_of(self, keys: np.ndarray) -> np.ndarray:
+        """Dense id of each key (-1 for keys not held)."""
+        wanted = pd.Index(keys, dtype=object)
+        ids = self._index.get_indexer(wanted).astype(np.int64)
+        missing = ids < 0
+        if missing.any() and len(self._recent):
+            found = self._recent.get_indexer(wanted[missing]).astype(np.int64)
+            ids[missing] = np.where(found >= 0, found + len(self._index), -1)
+        return ids
+
+    def _keys(self) -> np.ndarray:
+        """Every key held, by dense id."""
+        return np.concatenate(
+            [self._index.to_numpy(dtype=object), self._recent.to_numpy(dtype=object)]
+        )
 
     def _resized(self, capacity: int, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """New arrays of ``capacity`` rows holding the current keys (only ``keep`` if given)."""
@@ -229,7 +258,7 @@ class PlayerFeatures(HotProcessor):
             return None
         return pa.RecordBatch.from_arrays(
             [
-                pa.array(self._index.values[uid[crossed]], pa.string()),
+                pa.array(self._keys()[uid[crossed]], pa.string()),
                 pa.array(umin[crossed] * _MINUTE_MS, pa.int64()).cast(TIME_TYPE),
                 pa.array(before[crossed] + buys[crossed]),
             ],
@@ -241,7 +270,7 @@ class PlayerFeatures(HotProcessor):
     def release(self, keys: pa.Array) -> int:
         values = coerce(keys, pa.string())
         values = pc.drop_null(values).to_numpy(zero_copy_only=False)
-        ids = self._index.get_indexer(pd.Index(values, dtype=object))
+        ids = self._ids_of(values)
         return self._drop(ids[ids >= 0])
 
     def expire(self, before_ms: int) -> int:
@@ -256,15 +285,16 @@ class PlayerFeatures(HotProcessor):
         keep[ids] = False
         left = int(keep.sum())
         cols = self._resized(max(left, _MIN_CAPACITY), keep)
-        index = pd.Index(self._index.values[keep], dtype=object)
+        index = pd.Index(self._keys()[keep], dtype=object)
         self._cols, self._index, self._size = cols, index, left
+        self._recent = pd.Index([], dtype=object)
         return len(keep) - left
 
     # --- snapshots and views -----------------------------------------------------------------
 
     def snapshot(self) -> pa.Table:
         n, c = self._size, self._cols
-        columns: dict[str, pa.Array] = {self.schema.key: pa.array(self._index.values, pa.string())}
+        columns: dict[str, pa.Array] = {self.schema.key: pa.array(self._keys(), pa.string())}
         for name, values in c.items():
             if values.ndim == 1:
                 columns[name] = pa.array(values[:n])
@@ -297,7 +327,7 @@ class PlayerFeatures(HotProcessor):
         session = np.where(start > _NONE, np.maximum(last - start, 0), 0) / 1000
         return pa.table(
             {
-                self.schema.key: pa.array(self._index.values, pa.string()),
+                self.schema.key: pa.array(self._keys(), pa.string()),
                 "events_total": c["events_total"][:n],
                 "purchases_total": c["purchases_total"][:n],
                 "events_5m": (c["slot_events"][:n] * in_window).sum(axis=1),
