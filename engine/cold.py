@@ -22,7 +22,7 @@ import ray
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, file_stem
 from routers import EventSchema, concat_conformed
 
-__all__ = ["ColdWriter", "FlushReport"]
+__all__ = ["ColdWriter", "FlushReport", "with_origin"]
 
 #: Added to the writer's (and warm workers') niceness: lake flushes and micro-batches are
 #: throughput work and yield the CPU to hot actors, whose latency is the one with a target.
@@ -104,12 +104,7 @@ class _ColdWriter:
     def add_dead(self, partition: str, dead: pa.Table) -> None:
         """Buffer dead letters a path's processor made (``raw``, ``reason``, ``line``); they are
         written by the next flush, so a checkpoint (which flushes) makes them durable."""
-        n = dead.num_rows
-        self._late_dead[partition].append(
-            dead.append_column("offset", dead["line"])
-            .append_column("source", pa.array([self.source_name] * n, pa.string()))
-            .append_column("partition", pa.array([partition] * n, pa.string()))
-        )
+        self._late_dead[partition].append(with_origin(dead, self.source_name, partition))
 
     def flush(self) -> FlushReport:
         """Write everything buffered; return the blocks that are now durable."""
@@ -125,7 +120,9 @@ class _ColdWriter:
                 files += self.lake.write_partitioned(
                     cold, self.schema.time, stem, EVENTS_DIR, self.partition_by
                 )
-            dead = pa.concat_tables([_with_source(b, self.source_name, partition) for b in blocks])
+            dead = pa.concat_tables(
+                [with_origin(b.dead, self.source_name, partition) for b in blocks]
+            )
             if dead.num_rows:
                 files.append(self.lake.write_parquet(dead, f"{DEAD_LETTER_DIR}/{stem}.parquet"))
             cold_rows += cold.num_rows
@@ -155,9 +152,12 @@ class _ColdWriter:
 ColdWriter = ray.remote(_ColdWriter)
 
 
-def _with_source(block: _Pending, source: str, partition: str) -> pa.Table:
-    """Dead letters of one block with where they came from (their offsets are already there)."""
-    n = block.dead.num_rows
-    return block.dead.append_column("source", pa.array([source] * n, pa.string())).append_column(
+def with_origin(dead: pa.Table, source: str, partition: str) -> pa.Table:
+    """Dead letters with where they came from: ``offset`` (their ``line`` when the source gave
+    none), ``source`` and ``partition``, as the lake's ``_dead_letter`` files hold them."""
+    n = dead.num_rows
+    if "offset" not in dead.column_names:
+        dead = dead.append_column("offset", dead["line"])
+    return dead.append_column("source", pa.array([source] * n, pa.string())).append_column(
         "partition", pa.array([partition] * n, pa.string())
     )

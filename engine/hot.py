@@ -63,13 +63,7 @@ class _HotActor:
     def process(self, batch: pa.RecordBatch, ingest_ts: float, partition: str = "") -> HotResult:
         outputs, dead = isolate(self.processor.process, batch, "hot")
         parts = [o for o in outputs if o is not None and o.num_rows]
-        output = (
-            parts[0]
-            if len(parts) == 1
-            else concat_conformed(parts).combine_chunks().to_batches()[0]
-            if parts
-            else None
-        )
+        output = concat_conformed(parts).combine_chunks().to_batches()[0] if parts else None
         # One partition per call: a dict update over the call's distinct keys (C-level loop).
         self.partition_of.update(
             dict.fromkeys(pc.unique(batch.column(self.schema.key)).to_pylist(), partition)
@@ -116,7 +110,7 @@ class _HotActor:
         """Drop the state of keys whose rows came from ``partitions`` (revoked); returns how many
         keys. A processor without ``release`` keeps them (memory only, never wrong answers:
         the new owner restores from the checkpoint)."""
-        gone = {p for p in partitions}
+        gone = set(partitions)
         keys = [k for k, p in self.partition_of.items() if p in gone]
         if not keys:
             return 0
@@ -161,9 +155,9 @@ class HotPath:
             )
             for _ in range(config.actors)
         ]
-        self.inflight: list[dict[ray.ObjectRef, int]] = [{} for _ in self.actors]
+        #: Per actor: each call in flight -> (block seq, source partition).
+        self.inflight: list[dict[ray.ObjectRef, tuple[int, str]]] = [{} for _ in self.actors]
         self._calls_left: dict[int, int] = {}
-        self._partition: dict[ray.ObjectRef, str] = {}
         #: Ingest-to-state latency of every row, in fixed memory.
         self.latency = LatencyHistogram()
         #: Output rows of the processor (e.g. alerts) not yet taken by the pipeline.
@@ -209,8 +203,7 @@ class HotPath:
             ref = self.actors[actor].process.remote(
                 grouped.slice(lo, hi - lo), ingest_ts, partition
             )
-            self.inflight[actor][ref] = seq
-            self._partition[ref] = partition
+            self.inflight[actor][ref] = (seq, partition)
         return done
 
     def poll(self, timeout: float | None = 0) -> list[int]:
@@ -226,12 +219,11 @@ class HotPath:
         ready, _ = ray.wait(refs, num_returns=num_returns, timeout=timeout)
         done = []
         for ref, result in zip(ready, ray.get(ready), strict=True):
-            seq = next(calls.pop(ref) for calls in self.inflight if ref in calls)
+            seq, partition = next(calls.pop(ref) for calls in self.inflight if ref in calls)
             self.latency.record(result.latency_s * 1000, weight=max(result.rows, 0))
             self.rows_done += result.rows
             if result.output is not None and result.output.num_rows:
                 self.outputs.append(result.output)
-            partition = self._partition.pop(ref, "")
             if result.dead is not None and result.dead.num_rows:
                 self.dead.append((partition, result.dead))
                 self.dead_rows += result.dead.num_rows

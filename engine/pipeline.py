@@ -43,6 +43,7 @@ from routers import (
     TIME_TYPE,
     ConfigError,
     DecodeHints,
+    EventSchema,
     Router,
     decode_arrow,
     decode_ndjson,
@@ -220,9 +221,8 @@ class Pipeline:
         self.hot: HotPath | None = None
         self.warm: WarmPath | None = None
         self.cold: Any = None  # the ColdWriter actor handle once running
-        self._cold_inflight: list[ray.ObjectRef] = []
-        self._cold_rows: dict[ray.ObjectRef, int] = {}  # rows each call carries
-        self._cold_rows_inflight = 0
+        #: Lake-writer calls in flight -> the rows each carries.
+        self._cold_inflight: dict[ray.ObjectRef, int] = {}
         self._counts = {"events_in": 0, "hot": 0, "warm": 0, "cold": 0, "dead_letter": 0}
         self._first: dict[str, int] = {}  # first offset of each partition in this run
         self._seq = 0
@@ -373,15 +373,13 @@ class Pipeline:
         rows = parts["cold"].num_rows + dead.num_rows
         while self._cold_inflight and (
             len(self._cold_inflight) >= _COLD_IN_FLIGHT
-            or self._cold_rows_inflight + rows > self.config.cold.flush_rows
+            or sum(self._cold_inflight.values()) + rows > self.config.cold.flush_rows
         ):
             self._collect_cold(timeout=None, num_returns=1)
         ref = self.cold.write.remote(
             seq, block.partition, block.first_offset, block.last_offset, parts["cold"], dead
         )
-        self._cold_inflight.append(ref)
-        self._cold_rows[ref] = rows
-        self._cold_rows_inflight += rows
+        self._cold_inflight[ref] = rows
 
     def _acked(self, seqs: list[int]) -> None:
         for seq in seqs:
@@ -407,13 +405,12 @@ class Pipeline:
         if not self._cold_inflight:
             return
         ready, _ = ray.wait(
-            self._cold_inflight,
+            list(self._cold_inflight),
             num_returns=min(max(num_returns, 1), len(self._cold_inflight)),
             timeout=timeout,
         )
         for ref in ready:
-            self._cold_inflight.remove(ref)
-            self._cold_rows_inflight -= self._cold_rows.pop(ref, 0)
+            del self._cold_inflight[ref]
             report: FlushReport = ray.get(ref)
             self._acked(report.seqs)
 
@@ -604,7 +601,7 @@ def _put_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.Record
     return batch.append_column(name, values)
 
 
-def own_arrival(column: pa.Array | None, n: int, schema: Any) -> pa.Array:
+def own_arrival(column: pa.Array | None, n: int, schema: EventSchema) -> pa.Array:
     """An event's own arrival column as ``timestamp[ms, UTC]`` (null where unusable)."""
     if column is None:
         return pa.nulls(n, TIME_TYPE)

@@ -17,11 +17,12 @@ are raised for the engine to retry and, failing that, to stop the run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Final, TypeVar
 
 import pyarrow as pa
+
+from routers import row_json
 
 __all__ = ["DEAD_COLUMNS", "MAX_CALLS", "dead_letters", "isolate"]
 
@@ -100,7 +101,7 @@ def dead_letters(parts: list[tuple[pa.RecordBatch, str]]) -> pa.Table:
     lines: list[int | None] = []
     for part, reason in parts:
         rows = part.to_pylist()
-        raws += [json.dumps(r, default=str, ensure_ascii=False).encode() for r in rows]
+        raws += [row_json(r) for r in rows]
         reasons += [reason] * len(rows)
         lines += [r.get("kafka_offset") for r in rows]
     return pa.table(

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from engine.cold import _THROUGHPUT_NICENESS
+from engine.cold import _THROUGHPUT_NICENESS, with_origin
 from engine.config import WarmConfig
 from engine.lake import DEAD_LETTER_DIR, Lake, file_stem
 from engine.processors import warm_processor
@@ -58,15 +58,9 @@ def run_micro_batch(
         lake.write_parquet(concat_conformed(outputs), relative_path)
     if dead is None:
         return batch.num_rows, 0
-    n = dead.num_rows
-    dead = (
-        dead.append_column("offset", dead["line"])
-        .append_column("source", pa.array([source] * n, pa.string()))
-        .append_column("partition", pa.array([partition] * n, pa.string()))
-    )
     name = relative_path.rsplit("/", 1)[-1]
-    lake.write_parquet(dead, f"{DEAD_LETTER_DIR}/warm-{name}")
-    return batch.num_rows - n, n
+    lake.write_parquet(with_origin(dead, source, partition), f"{DEAD_LETTER_DIR}/warm-{name}")
+    return batch.num_rows - dead.num_rows, dead.num_rows
 
 
 @ray.remote

@@ -19,6 +19,7 @@ from routers.decode import (
     decode_ndjson,
     new_contract,
     normalize_time,
+    row_json,
 )
 from routers.duration import parse_duration_ms
 from routers.errors import ConfigError, PolicyError, RouterError, ThermoclineError
@@ -50,5 +51,6 @@ __all__ = [
     "decode_ndjson",
     "new_contract",
     "normalize_time",
+    "row_json",
     "parse_duration_ms",
 ]

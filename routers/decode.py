@@ -32,6 +32,7 @@ __all__ = [
     "decode_ndjson",
     "new_contract",
     "normalize_time",
+    "row_json",
 ]
 
 #: Columns of a dead-letter batch. ``line`` is the 0-based index among the block's non-blank lines.
@@ -143,10 +144,7 @@ class _Lines:
         """
         if not len(self):
             return [self]
-        offsets = np.append(self.starts, self.ends[-1]).astype(np.int64)
-        view = pa.Array.from_buffers(
-            pa.large_binary(), len(self), [None, pa.py_buffer(offsets), self.buffer]
-        )
+        view = _line_view(self.buffer, np.append(self.starts, self.ends[-1]))
         # Lines are consecutive in the view; a blanked line between two only pads the earlier one.
         pattern = re.escape(json.dumps(time_column)) + r'\s*:\s*"'
         quoted = pc.match_substring_regex(view, pattern).to_numpy(zero_copy_only=False)
@@ -310,9 +308,7 @@ def _quote_numbers(buffer: pa.Buffer, columns: _Quoted) -> pa.Buffer:
     offsets = np.concatenate(([0], np.flatnonzero(arr == ord("\n")) + 1))
     if offsets[-1] != len(arr):
         offsets = np.append(offsets, len(arr))
-    lines = pa.Array.from_buffers(
-        pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(offsets.astype(np.int64)), buffer]
-    )
+    lines = _line_view(buffer, offsets)
     for names, number in ((roles, r"-?[0-9]+"), (payload, _JSON_NUMBER)):
         if names:
             keys = "|".join(re.escape(json.dumps(c)) for c in names)
@@ -340,6 +336,13 @@ def _bad_reason(message: str, explicit: tuple[str, ...]) -> tuple[str, bool]:
 
 
 _Read = tuple[list[tuple[np.ndarray, pa.Table]], list[tuple[int, str]]]
+
+
+def _line_view(buffer: pa.Buffer, offsets: np.ndarray) -> pa.Array:
+    """Zero-copy ``large_binary`` array over ``buffer``, element i from ``offsets[i]`` to
+    ``offsets[i + 1]``, for Arrow's kernels to work line by line."""
+    bounds = pa.py_buffer(np.asarray(offsets, dtype=np.int64))
+    return pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, [None, bounds, buffer])
 
 
 class _Misaligned(pa.ArrowInvalid):
@@ -657,6 +660,18 @@ def _one_batch(table: pa.Table) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=table.schema)
 
 
+def _conform(
+    table: pa.Table, schema: EventSchema, contract: SchemaContract
+) -> tuple[pa.Table, pa.Array]:
+    """Roles checked and normalized, payload conformed to the stream's contract; the reason
+    each row is bad (null when good), a role's own problem first."""
+    table, reason = _check_roles(table, schema)
+    table, payload_reason = contract.conform(table)
+    if payload_reason is not None:
+        reason = pc.coalesce(reason, payload_reason)
+    return table, reason
+
+
 def _empty(schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([], schema=schema)
 
@@ -775,10 +790,7 @@ def decode_ndjson(
     tables: list[pa.Table] = []
     rows: list[np.ndarray] = []
     for index, table in segments:
-        table, reason = _check_roles(table, schema)
-        table, payload_reason = contract.conform(table)
-        if payload_reason is not None:
-            reason = pc.coalesce(reason, payload_reason)
+        table, reason = _conform(table, schema, contract)
         is_bad = reason.is_valid().to_numpy(zero_copy_only=False)
         if is_bad.any():
             bad.extend(zip(index[is_bad].tolist(), reason.drop_null().to_pylist(), strict=True))
@@ -882,21 +894,16 @@ def decode_arrow(
             wrong = column.is_valid()
         reason = pc.if_else(pc.and_(reason.is_null(), wrong), f"bad_type:{role}", reason)
         table = table.set_column(table.column_names.index(role), role, text)
-    table, role_reason = _check_roles(table, schema)
+    table, checked = _conform(table, schema, contract)
     # A role's own problem (missing, bad) comes first, as in decode_ndjson.
-    reason = pc.coalesce(role_reason, reason)
-    table, payload_reason = contract.conform(table)
-    if payload_reason is not None:
-        reason = pc.coalesce(reason, payload_reason)
-    if isinstance(reason, pa.ChunkedArray):
-        reason = reason.combine_chunks()
+    reason = combined(pc.coalesce(checked, reason))
     is_bad = reason.is_valid().to_numpy(zero_copy_only=False)
     index = np.arange(n, dtype=np.int64)
     dead = _empty(DEAD_LETTER_SCHEMA)
     if is_bad.any():
         original = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
         rows = original.filter(pa.array(is_bad)).to_pylist()
-        raw = pa.array([_row_json(r) for r in rows], pa.binary())
+        raw = pa.array([row_json(r) for r in rows], pa.binary())
         dead = pa.RecordBatch.from_arrays(
             [raw, reason.filter(pa.array(is_bad)), pa.array(index[is_bad])],
             schema=DEAD_LETTER_SCHEMA,
@@ -906,6 +913,12 @@ def decode_arrow(
     return Decoded(good=good, dead=dead, good_lines=index[~is_bad], lines=n)
 
 
-def _row_json(row: Mapping[str, object]) -> bytes:
-    """A row as compact JSON (dead letters of columnar input; odd values become their repr)."""
+def row_json(row: Mapping[str, object]) -> bytes:
+    """A row as compact JSON: the ``raw`` of a dead letter that has no bytes of its own (columnar
+    input, a row a processor raised on); values JSON has no form for become their ``str``.
+
+    Example:
+        >>> row_json({"player_id": "p1", "level": 3})
+        b'{"player_id":"p1","level":3}'
+    """
     return json.dumps(row, default=str, separators=(",", ":"), ensure_ascii=False).encode()
