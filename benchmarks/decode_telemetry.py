@@ -64,6 +64,11 @@ def main() -> None:
     result = {
         "events": n,
         "rates_events_per_s": {k: round(v) for k, v in median.items()},
+        # Per event, as the target is stated; events differ in size, so bytes are shown too.
+        "bytes_per_event": {
+            "uniform": round(sum(map(len, uniform)) / n),
+            "heterogeneous": round(sum(map(len, hetero)) / n),
+        },
         "uniform_over_heterogeneous": round(statistics.median(ratios), 3),
         "heterogeneous_over_calibration": round(median["heterogeneous"] / median["calibration"], 3),
         "target_uniform_over_heterogeneous": 1.3,
