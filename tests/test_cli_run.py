@@ -40,3 +40,49 @@ def test_run_rejects_a_bad_config_by_path(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "warm.max_delay: expected a duration like" in done.stderr
+
+
+def test_the_cli_takes_what_real_clients_send(tmp_path: Path) -> None:
+    """The issue's reproducer and its neighbours, through ``thermocline run`` as a user runs it:
+    fields that differ by event type and by block, numeric ids, hostile bytes."""
+    t = 1_764_000_000_000
+    events = []
+    for i in range(300):  # 100 without amount, 100 with 4.99, 100 with 5: blocks of 100
+        event = {"event_id": f"e{i}", "player_id": f"p{i % 9}", "event_time": t + i,
+                 "event_type": "social"}  # fmt: skip
+        if i >= 100:
+            event["amount"] = 4.99 if i < 200 else 5
+        events.append(json.dumps(event).encode())
+    events.append(b'{"event_id":"n1","player_id":9100000000000001,"event_time":1764000000,'
+                  b'"event_type":"purchase","level":"max"}')  # fmt: skip
+    bad = [
+        b'{"event_id":"u1","player_id":"p\xff","event_time":1764000000000,"event_type":"x"}',
+        b'{"event_id":"c1","player_id":"p\tq","event_time":1764000000000,"event_type":"x"}',
+        b'{"event_id":"o1","player_id":"p","event_time":99999999999999999999,"event_type":"x"}',
+        b'{"event_id":"e1"}{"event_id":"e2"}',
+        b"",  # blank: not an event
+    ]
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"\n".join(events + bad) + b"\n")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"source: {{kind: file, path: {path}, block_rows: 1}}\n")
+    lake = tmp_path / "lake"
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TMPDIR": "/tmp"}
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "run", "--config", str(config),
+         "--lake", str(lake), "--num-cpus", "2", "--json"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["events_in"] == 305
+    assert summary["dead_letter"] == 4
+    assert summary["hot"] + summary["warm"] + summary["cold"] == 301
+    dead = ds.dataset(lake / "_dead_letter", format="parquet").to_table().to_pylist()
+    assert sorted(d["raw"] for d in dead) == sorted(bad[:4])
+    assert sorted(d["reason"] for d in dead) == [
+        "bad_value:event_time",
+        "invalid_json",
+        "invalid_json",
+        "invalid_utf8",
+    ]
