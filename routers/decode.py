@@ -155,7 +155,8 @@ class _Lines:
         return [self.without(large), self.without(small, in_place=True)]
 
     def without(self, drop: np.ndarray | list[int], in_place: bool = False) -> _Lines:
-        """This set less the lines at positions ``drop``, blanked out.
+        """This set less the lines at positions ``drop``: a few blanked out (Arrow skips blank
+        lines), else the rest gathered into a new block.
 
         Args:
             drop: positions in this set.
@@ -165,18 +166,12 @@ class _Lines:
         drop = np.asarray(drop, dtype=np.int64)
         keep = np.ones(len(self), dtype=bool)
         keep[drop] = False
-        if keep.sum() <= _FEW_LINES:
+        if len(drop) > _FEW_LINES or keep.sum() <= _FEW_LINES:
             return self._compact(np.flatnonzero(keep))
         data = self.data if in_place and self.owned else bytearray(self.data)
         arr = np.frombuffer(data, dtype=np.uint8)
-        if len(drop) <= _FEW_LINES:
-            for i in drop.tolist():
-                arr[self.starts[i] : self.ends[i]] = ord(" ")
-        else:  # many lines: mark every dropped byte at once
-            delta = np.zeros(len(arr) + 1, dtype=np.int64)
-            np.add.at(delta, self.starts[drop], 1)
-            np.add.at(delta, self.ends[drop], -1)
-            arr[np.cumsum(delta[:-1]) > 0] = ord(" ")
+        for i in drop.tolist():
+            arr[self.starts[i] : self.ends[i]] = ord(" ")
         subset = object.__new__(_Lines)
         subset.data = data
         subset.buffer = pa.py_buffer(data)
@@ -186,16 +181,26 @@ class _Lines:
         return subset
 
     def _compact(self, keep: np.ndarray) -> _Lines:
-        """Only the lines at positions ``keep`` (few), joined into a new, small block."""
-        pieces = [self.data[self.starts[i] : self.ends[i]] for i in keep.tolist()]
+        """Only the lines at positions ``keep``, gathered into a new block by one Arrow ``take``
+        (blanking many lines instead cost a pass over every byte, and Arrow another over the
+        blanks: a block with 1% ISO times decoded at half the speed)."""
         subset = object.__new__(_Lines)
-        subset.data = b"\n".join(pieces)
-        subset.buffer = pa.py_buffer(subset.data)
-        lengths = np.array([len(p) for p in pieces], dtype=np.int64)
-        subset.starts = np.cumsum(lengths + 1) - (lengths + 1)  # each line plus its newline
-        subset.ends = subset.starts + lengths
         subset.index = self.index[keep]
         subset.owned = False
+        if not len(keep):
+            subset.data, subset.buffer = b"", pa.py_buffer(b"")
+            subset.starts = subset.ends = np.empty(0, np.int64)
+            return subset
+        # Element i of the view is line i, its newline and any blank lines after it: the
+        # gathered elements are the kept lines, each on a line of its own, in order.
+        view = _line_view(self.buffer, np.append(self.starts, self.ends[-1]))
+        gathered = pc.take(view, pa.array(keep))
+        offsets = np.frombuffer(gathered.buffers()[1], dtype=np.int64)[: len(keep) + 1]
+        first, last = int(offsets[0]), int(offsets[-1])
+        subset.data = gathered.buffers()[2].slice(first, last - first).to_pybytes()
+        subset.buffer = pa.py_buffer(subset.data)
+        subset.starts = offsets[:-1] - first
+        subset.ends = subset.starts + (self.ends - self.starts)[keep]
         return subset
 
     def raw(self, indices: np.ndarray) -> pa.Array:

@@ -7,6 +7,7 @@ import random
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -128,27 +129,54 @@ line_kinds = st.sampled_from(["good", "iso", *range(len(BAD)), "missing", "badty
 @settings(max_examples=200, deadline=None)
 @given(st.lists(line_kinds, max_size=40))
 def test_no_line_is_lost_or_duplicated(kinds: list) -> None:
-    lines, good_ids, dead = [], [], []
+    check_every_line_accounted_for(kinds)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("iso_share", [0.02, 0.3, 0.5, 0.97])
+def test_large_blocks_mixing_time_kinds_keep_every_line(seed: int, iso_share: float) -> None:
+    # Hundreds of lines, so that both ways of leaving lines out run: blanking a few bad ones,
+    # and gathering one time kind's lines (dozens to hundreds) into a block of their own.
+    rng = random.Random(seed)
+    others = ["good", *range(len(BAD)), "missing", "badtype", "blank"]
+    kinds = [
+        "iso" if rng.random() < iso_share else rng.choice(["good"] * 30 + others)
+        for _ in range(rng.randint(150, 600))
+    ]
+    check_every_line_accounted_for(kinds)
+
+
+def check_every_line_accounted_for(kinds: list) -> None:
+    lines, good_ids, good_times, dead, dead_lines = [], [], [], [], []
     bad_items = list(BAD.items())
     for i, kind in enumerate(kinds):
+        if kind == "blank":
+            lines.append(b"  ")
+            continue
         if kind == "good":
             lines.append(event(i))
             good_ids.append(f"e{i}")
+            good_times.append(1_764_000_000_000 + i)
         elif kind == "iso":
-            lines.append(event(i, event_time="2026-01-01T00:00:00Z"))
+            lines.append(event(i, event_time="2026-01-01T00:00:00.007Z"))
             good_ids.append(f"e{i}")
+            good_times.append(1_767_225_600_007)
         elif kind == "missing":
             lines.append(event(i, player_id=...))
             dead.append("missing_field:player_id")
         elif kind == "badtype":
             lines.append(event(i, event_type=3))
             dead.append("bad_type:event_type")
-        elif kind == "blank":
-            lines.append(b"  ")
         else:
             lines.append(bad_items[kind][0])
             dead.append(bad_items[kind][1])
+        if kind not in ("good", "iso"):
+            dead_lines.append(lines[-1])
     out = decode_ndjson(b"\n".join(lines))
     assert out.good.column("event_id").to_pylist() == good_ids
+    millis = out.good.column("event_time").cast(pa.int64()).to_pylist()
+    assert millis == good_times
     assert out.dead.column("reason").to_pylist() == dead
+    assert out.dead.column("raw").to_pylist() == dead_lines
+    assert out.lines == len(good_ids) + len(dead)
     assert isinstance(out.good, pa.RecordBatch)
