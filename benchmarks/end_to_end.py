@@ -85,7 +85,7 @@ def hot_rates(
         actor = HotActor.remote(config.hot.processor, config.policy.schema, options)
         ray.get(actor.state.remote())  # started
         started = time.perf_counter()
-        ray.get([actor.process.remote(piece, time.time()) for piece in pieces])
+        ray.get([actor.process.remote(piece, time.time() * 1000) for piece in pieces])
         elapsed = time.perf_counter() - started
         state = ray.get(actor.state.remote())
         assert pa.compute.sum(state["events_total"]).as_py() == rows.num_rows

@@ -27,11 +27,12 @@ _EXPIRE_EVERY = 64
 
 @dataclass(frozen=True)
 class HotResult:
-    """What one hot call reports back: rows applied, ingest-to-state latency, output rows, and
-    the rows the processor raised on (dead letters, see :mod:`engine.quarantine`)."""
+    """What one hot call reports back: rows applied, each row's latency from when it was due to
+    its state update, output rows, and the rows the processor raised on (dead letters, see
+    :mod:`engine.quarantine`)."""
 
     rows: int
-    latency_s: float
+    latency: LatencyHistogram
     output: pa.RecordBatch | None
     dead: pa.Table | None = None
 
@@ -60,7 +61,15 @@ class _HotActor:
         #: Source partition each key's rows came from, so state is saved per source partition.
         self.partition_of: dict[str, str] = {}
 
-    def process(self, batch: pa.RecordBatch, ingest_ts: float, partition: str = "") -> HotResult:
+    def process(
+        self, batch: pa.RecordBatch, due_ms: float | pa.Array, partition: str = ""
+    ) -> HotResult:
+        """Apply ``batch`` to the state of its keys.
+
+        Args:
+            due_ms: when the rows were due (ms since the epoch): one time for all, or one per row.
+            partition: the source partition the rows came from.
+        """
         outputs, dead = isolate(self.processor.process, batch, "hot")
         parts = [o for o in outputs if o is not None and o.num_rows]
         output = concat_conformed(parts).combine_chunks().to_batches()[0] if parts else None
@@ -71,7 +80,13 @@ class _HotActor:
         if self.state_ttl_ms is not None:
             self._expire(batch)
         bad = 0 if dead is None else dead.num_rows
-        return HotResult(batch.num_rows - bad, time.time() - ingest_ts, output, dead)
+        latency = LatencyHistogram()
+        now_ms = time.time() * 1000
+        if isinstance(due_ms, pa.Array):
+            latency.record(now_ms - due_ms.to_numpy(zero_copy_only=False))
+        else:
+            latency.record(now_ms - due_ms, weight=batch.num_rows)
+        return HotResult(batch.num_rows - bad, latency, output, dead)
 
     def _expire(self, batch: pa.RecordBatch) -> None:
         """Per-key TTL in event time; checked every :data:`_EXPIRE_EVERY` calls (a compaction
@@ -158,7 +173,7 @@ class HotPath:
         #: Per actor: each call in flight -> (block seq, source partition).
         self.inflight: list[dict[ray.ObjectRef, tuple[int, str]]] = [{} for _ in self.actors]
         self._calls_left: dict[int, int] = {}
-        #: Ingest-to-state latency of every row, in fixed memory.
+        #: Due-to-state latency of every row, in fixed memory.
         self.latency = LatencyHistogram()
         #: Output rows of the processor (e.g. alerts) not yet taken by the pipeline.
         self.outputs: list[pa.RecordBatch] = []
@@ -177,9 +192,13 @@ class HotPath:
         return sum(len(calls) for calls in self.inflight)
 
     def submit(
-        self, batch: pa.RecordBatch, seq: int, ingest_ts: float, partition: str = ""
+        self, batch: pa.RecordBatch, seq: int, due_ms: float | pa.Array, partition: str = ""
     ) -> list[int]:
         """Send the rows of block ``seq`` to their actors.
+
+        Args:
+            due_ms: when the rows were due (ms since the epoch), for their latency: one time for
+                all, or one per row.
 
         Returns:
             Blocks that became done on this path meanwhile (``seq`` itself when it has no rows).
@@ -188,7 +207,9 @@ class HotPath:
             return [seq]
         actor_ids = self.owner[key_groups(batch.column(self.schema.key), self.config.key_groups)]
         order = np.argsort(actor_ids, kind="stable")  # one take groups rows by actor, order kept
-        grouped = batch.take(pa.array(order))
+        take = pa.array(order)
+        grouped = batch.take(take)
+        due = due_ms.take(take) if isinstance(due_ms, pa.Array) else due_ms
         bounds = np.searchsorted(actor_ids[order], np.arange(len(self.actors) + 1))
         spans = [
             (a, int(lo), int(hi))
@@ -201,7 +222,9 @@ class HotPath:
             while len(self.inflight[actor]) >= self.config.max_in_flight:
                 done += self._wait(list(self.inflight[actor]), num_returns=1)
             ref = self.actors[actor].process.remote(
-                grouped.slice(lo, hi - lo), ingest_ts, partition
+                grouped.slice(lo, hi - lo),
+                due.slice(lo, hi - lo) if isinstance(due, pa.Array) else due,
+                partition,
             )
             self.inflight[actor][ref] = (seq, partition)
         return done
@@ -220,7 +243,7 @@ class HotPath:
         done = []
         for ref, result in zip(ready, ray.get(ready), strict=True):
             seq, partition = next(calls.pop(ref) for calls in self.inflight if ref in calls)
-            self.latency.record(result.latency_s * 1000, weight=max(result.rows, 0))
+            self.latency.merge(result.latency)
             self.rows_done += result.rows
             if result.output is not None and result.output.num_rows:
                 self.outputs.append(result.output)
@@ -259,7 +282,7 @@ class HotPath:
         return pa.concat_tables(ray.get([actor.state.remote() for actor in self.actors]))
 
     def latency_percentiles(self) -> dict[str, float | None]:
-        """p50/p99 of ingest-to-state latency in milliseconds, weighted by rows."""
+        """p50/p99 in milliseconds of every row's latency, from when it was due to its state update."""
         p50, p99 = self.latency.percentile(50), self.latency.percentile(99)
         return {
             "p50_ms": None if p50 is None else round(p50, 3),

@@ -100,3 +100,50 @@ def test_size_is_constant_after_ten_million_records() -> None:
     # Pickled: at most one (uint16 index, int64 count) pair per bucket, plus a fixed envelope.
     assert len(pickle.dumps(histogram)) <= nbytes * 10 // 8 + 1_024
     assert nbytes <= 2 * SUB_BUCKETS * 32 * 8  # a few KB, whatever was recorded
+
+
+def test_a_paced_source_marks_when_each_event_was_due() -> None:
+    # Blocks already due are handed out merged; each event keeps its own due time, so a block's
+    # later events are not charged the wait of its first one (nor spared their own).
+    import time
+
+    from engine.sources import MemorySource, SourceBlock
+
+    rate = 20_000.0
+    lines = b"\n".join(b"{}" for _ in range(100))
+    blocks = [SourceBlock("0", i * 100, i * 100 + 99, data=lines) for i in range(10)]
+    before = time.time() * 1000
+    found = list(MemorySource(blocks, rate=rate, max_rows=1_000).blocks())
+    due = np.concatenate([b.due_ms.to_numpy() for b in found if b is not None])
+    assert len(due) == 1_000
+    assert np.allclose(np.diff(due), 1000 / rate, atol=1e-3)  # every 50 µs, across blocks
+    assert before - 1 <= due[0] <= before + 100
+    for block in found:
+        assert block is not None and block.due_s == block.due_ms[0].as_py() / 1000
+
+
+def test_hot_latency_counts_each_row_from_its_own_due_time() -> None:
+    import time
+
+    import pyarrow as pa
+
+    from engine.hot import _HotActor
+    from routers import EventSchema
+
+    actor = _HotActor("player_features", EventSchema(), {})
+    now = time.time() * 1000
+    rows = pa.record_batch(
+        {
+            "event_id": ["e1", "e2", "e3", "e4"],
+            "player_id": ["p1", "p2", "p1", "p3"],
+            "event_time": pa.array([int(now)] * 4, pa.int64()).cast(pa.timestamp("ms", "UTC")),
+            "event_type": ["purchase"] * 4,
+        }
+    )
+    due = pa.array([now - 400.0, now - 300.0, now - 200.0, now - 100.0])
+    result = actor.process(rows, due, "0")
+    assert result.latency.count == 4
+    assert 400 <= result.latency.max < 400 + 1_000  # the oldest row, plus this call's time
+    assert result.latency.min is not None and 100 <= result.latency.min < result.latency.max
+    one_time = actor.process(rows, now - 50.0, "0")  # one due time for every row
+    assert one_time.latency.count == 4 and one_time.latency.min == one_time.latency.max

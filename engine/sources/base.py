@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["ARRIVAL_COLUMN", "Source", "SourceBlock"]
 
@@ -38,10 +39,19 @@ class SourceBlock:
     #: the record as it arrived). Such a line is given to the decoder as invalid JSON, and its
     #: dead letter carries these bytes instead.
     raw_lines: dict[int, bytes] = field(default_factory=dict)
-    #: Wall-clock time (``time.time()``) at which the block's first event was due: produced
-    #: (Kafka timestamp) or scheduled (a paced source). Hot latency counts from it, so time spent
-    #: queued before the pipeline read the block is included. None: the time the block was read.
-    due_s: float | None = None
+    #: Per line, the wall-clock time (ms since the epoch, float64) the event was due: produced
+    #: (its Kafka timestamp) or scheduled (a paced source). Hot latency counts from it, event by
+    #: event, so time spent queued before the pipeline read the block is included (no
+    #: coordinated omission). None, or null for a line: the time the block was read.
+    due_ms: pa.Array | None = None
+
+    @property
+    def due_s(self) -> float | None:
+        """When the block's earliest event was due (``time.time()`` seconds), if known."""
+        if self.due_ms is None:
+            return None
+        first = pc.min(self.due_ms).as_py()
+        return None if first is None else first / 1000
 
     @property
     def events(self) -> int:

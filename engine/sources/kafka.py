@@ -682,7 +682,8 @@ def _block(tp: TopicPartition, records: list[Any]) -> SourceBlock:
         # The record's time (the producer's, or the broker's with LogAppendTime) is its arrival.
         ARRIVAL_COLUMN: timestamps,
     }
-    known = stamps_ms[stamps_ms >= 0]  # -1: a record without a timestamp (old message format)
+    # -1: a record without a timestamp (old message format): due when read.
+    due_ms = pa.array(stamps_ms.astype(np.float64), mask=stamps_ms < 0)
     return SourceBlock(
         partition=partition_name(tp.topic, tp.partition),
         first_offset=int(offsets[0]),
@@ -690,7 +691,7 @@ def _block(tp: TopicPartition, records: list[Any]) -> SourceBlock:
         data=data,
         meta=meta,
         raw_lines=raw_lines,
-        due_s=int(known.min()) / 1000 if len(known) else None,
+        due_ms=due_ms,
     )
 
 

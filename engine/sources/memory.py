@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
+import numpy as np
 import pyarrow as pa
 
 from engine.sources.base import Source, SourceBlock
@@ -16,9 +17,9 @@ __all__ = ["MemorySource"]
 class MemorySource(Source):
     """Replay ``blocks`` in order, optionally paced at ``rate`` events per second.
 
-    Paced, a block is handed out once its last event is due, and carries ``due_s``: the wall
-    time its first event was due, so latency counts from there and a backlog (the pipeline
-    reading late) shows in it instead of hiding (no coordinated omission). With ``max_rows``,
+    Paced, a block is handed out once its last event is due, and carries ``due_ms``: the wall
+    time each event was due, so latency counts from there and a backlog (the pipeline reading
+    late) shows in it instead of hiding (no coordinated omission). With ``max_rows``,
     consecutive blocks of one partition that are already due are handed out as one, up to that
     many rows: as a consumer's poll returns everything that arrived, small blocks under a light
     load and larger ones when behind.
@@ -70,7 +71,8 @@ class MemorySource(Source):
                 rows += self._blocks[j].events
                 j += 1
             block = _merge(self._blocks[i:j]) if j > i + 1 else first
-            yield replace(block, due_s=wall + due_at[i] / rate)
+            due = (wall + (due_at[i] + np.arange(block.events)) / rate) * 1000
+            yield replace(block, due_ms=pa.array(due))
             i = j
 
 

@@ -51,8 +51,8 @@ than the arrival. Without ``rate``, event i arrives at ``start_ms + i * 0.02`` m
 second of game time) and the same arguments always give the same bytes: each block comes from a
 generator seeded with (seed, index of its first event), so a block can be rendered on its own.
 With ``rate``, event i arrives at ``t0 + i * 1000 / rate`` ms, where t0 is the wall clock when
-:meth:`blocks` started (``start_ms`` is not used), and each block's ``due_s`` is its first
-event's scheduled wall time.
+:meth:`blocks` started (``start_ms`` is not used), and each event's scheduled wall time is also
+when it was due (``SourceBlock.due_ms``), for latency.
 """
 
 from __future__ import annotations
@@ -404,7 +404,10 @@ class SyntheticSource(Source):
                 last_offset=offset + rows - 1,
                 data=data,
                 meta={ARRIVAL_COLUMN: arrival},
-                due_s=(wall_ms / 1000 + first / self.rate) if self.rate else None,
+                # Paced, an event is due at its scheduled wall time (its arrival, unrounded).
+                due_ms=pa.array(wall_ms + (first + np.arange(rows)) * 1000 / self.rate)
+                if self.rate
+                else None,
             )
 
     def block_bytes(self, first: int, rows: int) -> bytes:
