@@ -20,6 +20,7 @@ import pyarrow as pa
 import ray
 
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, file_stem
+from engine.wire import unpack
 from routers import EventSchema, concat_conformed
 
 __all__ = ["ColdWriter", "FlushReport", "with_origin"]
@@ -85,10 +86,14 @@ class _ColdWriter:
         partition: str,
         first: int,
         last: int,
-        cold: pa.RecordBatch,
-        dead: pa.Table,
+        cold: pa.RecordBatch | pa.Buffer,
+        dead: pa.Table | pa.Buffer,
     ) -> FlushReport:
-        """Buffer one block's cold rows and dead letters; flush if a trigger fires."""
+        """Buffer one block's cold rows and dead letters (as batches, or packed by
+        :func:`engine.wire.pack`); flush if a trigger fires."""
+        cold = unpack(cold)
+        if not isinstance(dead, pa.Table):
+            dead = pa.Table.from_batches([unpack(dead)])
         self._pending[partition].append(_Pending(seq, first, last, cold, dead))
         self._rows += cold.num_rows + dead.num_rows
         self._bytes += cold.nbytes + dead.nbytes

@@ -17,6 +17,7 @@ from engine.keys import actor_of_groups, key_groups
 from engine.latency import LatencyHistogram
 from engine.processors import hot_processor
 from engine.quarantine import isolate
+from engine.wire import pack, unpack
 from routers import EventSchema, concat_conformed, parse_duration_ms
 
 __all__ = ["HotActor", "HotPath", "HotResult"]
@@ -62,14 +63,16 @@ class _HotActor:
         self.partition_of: dict[str, str] = {}
 
     def process(
-        self, batch: pa.RecordBatch, due_ms: float | pa.Array, partition: str = ""
+        self, batch: pa.RecordBatch | pa.Buffer, due_ms: float | pa.Array, partition: str = ""
     ) -> HotResult:
         """Apply ``batch`` to the state of its keys.
 
         Args:
+            batch: the rows, or the rows packed by :func:`engine.wire.pack`.
             due_ms: when the rows were due (ms since the epoch): one time for all, or one per row.
             partition: the source partition the rows came from.
         """
+        batch = unpack(batch)
         outputs, dead = isolate(self.processor.process, batch, "hot")
         parts = [o for o in outputs if o is not None and o.num_rows]
         output = concat_conformed(parts).combine_chunks().to_batches()[0] if parts else None
@@ -222,7 +225,7 @@ class HotPath:
             while len(self.inflight[actor]) >= self.config.max_in_flight:
                 done += self._wait(list(self.inflight[actor]), num_returns=1)
             ref = self.actors[actor].process.remote(
-                grouped.slice(lo, hi - lo),
+                pack(grouped.slice(lo, hi - lo)),
                 due.slice(lo, hi - lo) if isinstance(due, pa.Array) else due,
                 partition,
             )
@@ -282,7 +285,7 @@ class HotPath:
         return pa.concat_tables(ray.get([actor.state.remote() for actor in self.actors]))
 
     def latency_percentiles(self) -> dict[str, float | None]:
-        """p50/p99 in milliseconds of every row's latency, from when it was due to its state update."""
+        """p50/p99 (ms) of every row's latency, from when it was due to its state update."""
         p50, p99 = self.latency.percentile(50), self.latency.percentile(99)
         return {
             "p50_ms": None if p50 is None else round(p50, 3),

@@ -39,6 +39,7 @@ from engine.sinks import KafkaSink
 from engine.sources import FileSource, Source, SourceBlock, SyntheticSource
 from engine.sources.kafka import KafkaSource
 from engine.warm import WarmPath
+from engine.wire import pack
 from routers import (
     TIME_TYPE,
     ConfigError,
@@ -386,7 +387,12 @@ class Pipeline:
         ):
             self._collect_cold(timeout=None, num_returns=1)
         ref = self.cold.write.remote(
-            seq, block.partition, block.first_offset, block.last_offset, parts["cold"], dead
+            seq,
+            block.partition,
+            block.first_offset,
+            block.last_offset,
+            pack(parts["cold"]),
+            pack(dead),
         )
         self._cold_inflight[ref] = rows
 
