@@ -10,7 +10,6 @@ returns are the blocks reported done, so a position is never committed before it
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,14 +19,11 @@ import pyarrow as pa
 import ray
 
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, file_stem
+from engine.priority import lower_this_thread
 from engine.wire import unpack
 from routers import EventSchema, concat_conformed
 
 __all__ = ["ColdWriter", "FlushReport", "with_origin"]
-
-#: Added to the writer's (and warm workers') niceness: lake flushes and micro-batches are
-#: throughput work and yield the CPU to hot actors, whose latency is the one with a target.
-_THROUGHPUT_NICENESS = 5
 
 
 @dataclass(frozen=True)
@@ -63,9 +59,9 @@ class _ColdWriter:
         flush_bytes: int,
         flush_interval_s: float,
     ) -> None:
-        # Throughput path: on a shared node, let latency-bound hot actors win the CPU.
-        if os.getpriority(os.PRIO_PROCESS, 0) < _THROUGHPUT_NICENESS:
-            os.setpriority(os.PRIO_PROCESS, 0, _THROUGHPUT_NICENESS)
+        # Throughput path: on a shared node, latency-bound hot actors win the CPU (an actor's
+        # calls run on the thread that builds it; see engine.priority).
+        lower_this_thread()
         self.lake = Lake(lake_uri, storage_options)
         self.source_name = source_name
         self.schema = schema

@@ -35,6 +35,7 @@ from engine.config import PipelineConfig
 from engine.hot import HotPath
 from engine.lake import Lake, file_stem
 from engine.positions import PositionTracker
+from engine.priority import WORKER_NICENESS
 from engine.sinks import KafkaSink
 from engine.sources import FileSource, Source, SourceBlock, SyntheticSource
 from engine.sources.kafka import KafkaSource
@@ -78,6 +79,8 @@ def init_local_ray(num_cpus: int | None = None) -> None:
         include_dashboard=False,
         log_to_driver=True,
         logging_level=logging.WARNING,
+        # Workers at the driver's priority, not Ray's 15 below it (engine.priority).
+        _system_config={"worker_niceness": WORKER_NICENESS},
     )
 
 

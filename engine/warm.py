@@ -7,7 +7,6 @@ beyond that the driver waits (backpressure), so the buffer never holds more than
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -15,9 +14,10 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from engine.cold import _THROUGHPUT_NICENESS, with_origin
+from engine.cold import with_origin
 from engine.config import WarmConfig
 from engine.lake import DEAD_LETTER_DIR, Lake, file_stem
+from engine.priority import run_lowered
 from engine.processors import warm_processor
 from engine.quarantine import isolate
 from engine.wire import pack, unpack
@@ -51,7 +51,24 @@ def run_micro_batch(
     """
     import engine.processors  # noqa: F401 - registers the built-in processors in this worker
 
-    _yield_cpu_to_hot()
+    # Throughput work: below the hot actors, on a thread of its own (engine.priority).
+    return run_lowered(
+        _micro_batch, processor, schema, options, pieces, lake_uri, storage_options,
+        relative_path, source, partition,
+    )  # fmt: skip
+
+
+def _micro_batch(
+    processor: str,
+    schema: EventSchema,
+    options: dict[str, Any],
+    pieces: list[pa.Buffer],
+    lake_uri: str,
+    storage_options: dict[str, Any],
+    relative_path: str,
+    source: str,
+    partition: str,
+) -> tuple[int, int]:
     # Pieces of blocks decoded at different times: cast to the latest schema and joined here,
     # not in the driver (joining and sending a 2 s micro-batch as one batch stalled the driver,
     # and every hot event with it, ~45 ms).
@@ -72,14 +89,7 @@ def run_micro_batch(
 def _boot() -> bool:
     import engine.processors  # noqa: F401 - the import a real micro-batch would pay for
 
-    _yield_cpu_to_hot()
     return True
-
-
-def _yield_cpu_to_hot() -> None:
-    """Lower this worker's CPU priority once (see ``engine.cold._THROUGHPUT_NICENESS``)."""
-    if os.getpriority(os.PRIO_PROCESS, 0) < _THROUGHPUT_NICENESS:
-        os.setpriority(os.PRIO_PROCESS, 0, _THROUGHPUT_NICENESS)
 
 
 class WarmPath:
