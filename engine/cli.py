@@ -5,8 +5,14 @@
 - ``thermocline run [--config FILE] [--events N] [--rate R] [--lake URI] [--json]``: run a
   pipeline on a local Ray, with live progress per path on stderr and a summary at the end; with
   ``--json`` the last line on stdout is the summary as one JSON object. ``--source kafka
-  --bootstrap HOST:PORT --topic T [--group G]`` consumes Kafka instead. SIGTERM or Ctrl-C stop
-  it cleanly: the current block is finished, a last checkpoint taken, the summary printed.
+  --bootstrap HOST:PORT --topic T [--group G]`` consumes Kafka instead.
+
+What cannot work is refused before Ray starts, in one line naming the setting, the value and
+what to do (:mod:`engine.preflight`): exit status 2 for configuration, 1 for the environment or
+a failure while running; a traceback only with ``--debug``. Ctrl-C or SIGTERM stop a run at any
+moment: while it starts, at once; while it runs, after the current block (a last checkpoint
+taken, the summary printed, exit status 128 + the signal); a second one stops it at once. Every
+Ray process the run started is gone when the command returns.
 
 Ray is imported only by the commands that run pipelines.
 """
@@ -65,12 +71,45 @@ class _ProgressPrinter:
         )
 
 
+class _Signals:
+    """SIGINT and SIGTERM: during start-up, stop at once; during a run, stop after the current
+    block (graceful); a second signal stops at once. "At once" raises ``KeyboardInterrupt`` in
+    the main thread, which unwinds through the pipeline's and Ray's clean-up."""
+
+    def __init__(self) -> None:
+        self.source: Any = None  # set once the pipeline runs
+        self.received: int | None = None
+        self.arm()
+
+    def arm(self) -> None:
+        """(Re)install the handlers: ``ray.init`` installs its own for SIGTERM (an exit)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        first = self.received is None
+        self.received = signum
+        if first and self.source is not None:
+            print(
+                f"{signal.Signals(signum).name}: stopping after the current block"
+                " (again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.source.stop()
+            return
+        raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace) -> int:
+    import os
     import time
 
     from engine.config import load_config
+    from engine.preflight import check_lake, check_resources, check_source
 
     launched = time.monotonic()
+    signals = _Signals()
     overrides: dict[str, Any] = {}
     if args.events is not None:
         overrides["source.events"] = args.events
@@ -95,29 +134,46 @@ def _run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    cpus = args.num_cpus or os.cpu_count() or 2
+    # Before Ray starts: what can never work fails now, in one line (engine.preflight).
+    check_resources(config, cpus)
+    check_source(config)
+    check_lake(config)
+
+    import ray
 
     from engine.pipeline import Pipeline, init_local_ray
 
-    init_local_ray(args.num_cpus)
-    pipeline = Pipeline(config)
-
-    def stop(signum: int, frame: object) -> None:
-        # Graceful stop: the source ends after its current block; the run drains, takes its
-        # final checkpoint (commits) and prints the summary as usual.
-        print(f"signal {signum}: stopping after the current block", file=sys.stderr, flush=True)
-        pipeline.source.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    summary = pipeline.run(progress=_ProgressPrinter())
+    print(f"starting a local Ray ({cpus:g} CPUs)", file=sys.stderr, flush=True)
+    try:
+        ray_started = time.monotonic()
+        try:
+            init_local_ray(cpus)
+        except SystemExit as exc:  # Ray's own SIGTERM handler, live during part of ray.init
+            if exc.code == signal.SIGTERM:
+                raise KeyboardInterrupt from None
+            raise
+        signals.arm()
+        ray_s = time.monotonic() - ray_started
+        pipeline = Pipeline(config)
+        signals.source = pipeline.source
+        summary = pipeline.run(progress=_ProgressPrinter())
+    finally:
+        signals.source = None  # from here on a signal stops at once
+        ray.shutdown()  # every Ray process this run started
     result = summary.to_json()
     total = summary.hot + summary.warm + summary.cold + summary.dead_letter
+    stopped = ""
+    if summary.stopped:
+        planned = f" of {config.source.events:,}" if config.source.kind == "synthetic" else ""
+        name = signal.Signals(signals.received).name if signals.received else "a stop request"
+        stopped = f"stopped by {name} after {summary.events_in:,}{planned} events\n"
     print(
-        f"\nevents in     {summary.events_in:>12,}  ({summary.events_per_s:,.0f} events/s over "
-        f"{summary.elapsed_s:.1f} s of processing; {time.monotonic() - launched:.1f} s in all, "
-        "Ray start-up included)\n"
+        f"\n{stopped}events in     {summary.events_in:>12,}  ({summary.events_per_s:,.0f} events/s"
+        f" over {summary.elapsed_s:.1f} s of processing; {time.monotonic() - launched:.1f} s in"
+        f" all, of which {ray_s:.1f} s starting Ray)\n"
         f"  hot         {summary.hot:>12,}  p50 {summary.hot_latency_ms['p50_ms']} ms, "
-        f"p99 {summary.hot_latency_ms['p99_ms']} ms (from when each block was due, or read), "
+        f"p99 {summary.hot_latency_ms['p99_ms']} ms (from when each event was due, or read), "
         f"alerts {summary.alerts:,}\n"
         f"  warm        {summary.warm:>12,}\n"
         f"  cold        {summary.cold:>12,}\n"
@@ -136,12 +192,28 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(result))
-    return 0 if total == summary.events_in else 1
+    if total != summary.events_in:
+        return 1
+    return 128 + signals.received if summary.stopped and signals.received else 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``thermocline`` command."""
     parser = argparse.ArgumentParser(prog="thermocline", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"thermocline {_version()}")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an error (default: one line)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="check a routing policy file")
     validate.add_argument("policy", help="path to the policy YAML")
@@ -155,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bootstrap", help="kafka: bootstrap servers, HOST:PORT")
     run.add_argument("--topic", action="append", help="kafka: topic to consume (repeatable)")
     run.add_argument("--group", help="kafka: consumer group id")
-    run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
+    run.add_argument("--num-cpus", type=_positive_int, help="CPUs for the local Ray (default: all)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON last")
     run.set_defaults(handler=_run)
     return parser
@@ -163,8 +235,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``thermocline`` console script."""
+    from engine.preflight import StartupError
+    from routers import ThermoclineError
+
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except StartupError as exc:
+        if args.debug:
+            raise
+        print(f"thermocline: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("thermocline: stopped at once", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for a newcomer; --debug shows where
+        if args.debug:
+            raise
+        kind = "" if isinstance(exc, ThermoclineError) else f"{type(exc).__name__}: "
+        message = " ".join(str(exc).split())
+        print(f"thermocline: {kind}{message} (--debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("thermocline")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
 
 
 if __name__ == "__main__":

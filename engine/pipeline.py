@@ -167,6 +167,8 @@ class RunSummary:
     type_mismatches: dict[str, int] = field(default_factory=dict)
     #: How many times a payload column's type widened in the stream's schema contract.
     schema_changes: int = 0
+    #: The run was stopped (``Source.stop``, e.g. on SIGINT) before its source was exhausted.
+    stopped: bool = False
 
     @property
     def events_per_s(self) -> float:
@@ -192,6 +194,7 @@ class RunSummary:
             "first_block_s": None if self.first_block_s is None else round(self.first_block_s, 3),
             "type_mismatches": self.type_mismatches,
             "schema_changes": self.schema_changes,
+            "stopped": self.stopped,
         }
 
 
@@ -611,6 +614,7 @@ class Pipeline:
             },
             checkpoints=self.checkpoints_taken,
             first_block_s=None if self._first_block_at is None else self._first_block_at - started,
+            stopped=self.source.stopping,
         )
 
 

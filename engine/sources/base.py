@@ -89,9 +89,13 @@ class Source(ABC):
         paths, so the two overlap). Rebalance hooks run only once ``blocks()`` is iterated. The
         default does nothing."""
 
-    def stop(self) -> None:  # noqa: B027 - optional hook
-        """Ask ``blocks()`` to end after the current block (e.g. on SIGTERM); safe from a signal
-        handler. The default does nothing: bounded sources end by themselves."""
+    #: Set by :meth:`stop`; every source's ``blocks()`` ends at the next block once it is.
+    stopping: bool = False
+
+    def stop(self) -> None:
+        """Ask ``blocks()`` to end after the current block (e.g. on SIGINT or SIGTERM); safe
+        from a signal handler. Sources that wait inside ``blocks()`` also wake up for it."""
+        self.stopping = True
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (connections); called once the pipeline's last checkpoint is done."""

@@ -45,10 +45,11 @@ class FileSource(Source):
         for file in self.files():
             kind = self.format if self.format != "auto" else _SUFFIXES.get(file.suffix, "ndjson")
             partition = re.sub(r"[^A-Za-z0-9_-]", "_", file.name)
-            if kind == "parquet":
-                yield from self._parquet(file, partition)
-            else:
-                yield from self._ndjson(file, partition)
+            read = self._parquet if kind == "parquet" else self._ndjson
+            for block in read(file, partition):
+                if self.stopping:
+                    return
+                yield block
 
     def _parquet(self, file: Path, partition: str) -> Iterator[SourceBlock]:
         offset = 0

@@ -244,7 +244,6 @@ class KafkaSource(Source):
         self._results: Any = None  # reader -> driver: _Result
         self._queued: Any = None  # shared: bytes of blocks queued by the reader, not yet taken
         self._ids = itertools.count()
-        self._stopping = False
 
     @property
     def checkpointed(self) -> bool:
@@ -287,7 +286,7 @@ class KafkaSource(Source):
         items = self._items
         stop_sent = False
         while True:
-            if self._stopping and not stop_sent:  # stop() may run in a signal handler: sent here
+            if self.stopping and not stop_sent:  # stop() may run in a signal handler: sent here
                 self._calls.put(_Call(next(self._ids), "stop"))
                 stop_sent = True
             try:
@@ -333,9 +332,6 @@ class KafkaSource(Source):
             process.join(timeout=5)
         code = None if process is None else process.exitcode
         raise RuntimeError(f"the Kafka reader process exited unexpectedly (exit code {code})")
-
-    def stop(self) -> None:
-        self._stopping = True
 
     def commit(self, positions: dict[str, int]) -> None:
         if not positions:

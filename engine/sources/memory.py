@@ -44,7 +44,10 @@ class MemorySource(Source):
 
     def blocks(self) -> Iterator[SourceBlock | None]:
         if not self.rate:
-            yield from self._blocks
+            for block in self._blocks:
+                if self.stopping:
+                    return
+                yield block
             return
         rate = self.rate
         started, wall = time.monotonic(), time.time()
@@ -54,7 +57,7 @@ class MemorySource(Source):
             due_at.append(sent)
             sent += block.events
         i = 0
-        while i < len(self._blocks):
+        while i < len(self._blocks) and not self.stopping:
             first = self._blocks[i]
             delay = started + (due_at[i] + first.events) / rate - time.monotonic()
             if delay > 0:

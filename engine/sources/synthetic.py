@@ -377,17 +377,13 @@ class SyntheticSource(Source):
         self._context = (_context_table(reverse=False), _context_table(reverse=True))
         self._salt = _mix64(np.array([seed], dtype=np.int64))
         self._id_tables: dict[str, pa.Array] = {}  # by prefix
-        self._stopping = False
-
-    def stop(self) -> None:
-        self._stopping = True
 
     def blocks(self) -> Iterator[SourceBlock | None]:
         next_offset = [0] * self.partitions
         started = time.monotonic()
         wall_ms = time.time() * 1000
         for number, first in enumerate(range(0, self.events, self.block_rows)):
-            if self._stopping:
+            if self.stopping:
                 return
             rows = min(self.block_rows, self.events - first)
             if self.rate:  # pace emission: block k is due at k * rows / rate seconds
