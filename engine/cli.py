@@ -35,16 +35,52 @@ __all__ = ["DEMO_CONFIG", "main"]
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
 
 
+#: Top-level keys that make a YAML file a pipeline config rather than a policy.
+_PIPELINE_KEYS = frozenset(
+    {"source", "policy", "hot", "warm", "cold", "progress_every_s", "checkpoint_interval",
+     "alerts_topic"}
+)  # fmt: skip
+
+
 def _validate(args: argparse.Namespace) -> int:
+    """Check a policy or a whole pipeline config (which one: its top-level keys, or --pipeline)."""
+    from routers.yamlfile import YamlFileError, read_yaml
+
     try:
-        policy = Policy.from_yaml(args.policy)
-    except PolicyError as exc:
-        print(f"{args.policy}: invalid policy", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        data = read_yaml(args.file, "policy or pipeline config")
+    except YamlFileError as exc:
+        print(f"thermocline: {exc}", file=sys.stderr)
         return 1
+    pipeline = args.pipeline or (isinstance(data, dict) and bool(_PIPELINE_KEYS & set(data)))
+    if pipeline:
+        from engine.config import load_config
+
+        try:
+            config = load_config(args.file)
+        except ConfigError as exc:
+            return _problems(f"{args.file}: invalid pipeline config", exc.problems)
+        print(f"{args.file}: a valid pipeline config")
+        print(
+            f"source: {config.source.kind}; hot: {config.hot.actors} actors of"
+            f" {config.hot.processor}; warm: {config.warm.processor} every"
+            f" {config.warm.max_delay} or {config.warm.max_batch_rows:,} rows; cold: lake"
+            f" {config.cold.lake_uri}"
+        )
+        print(config.policy.describe())
+        return 0
+    try:
+        policy = Policy.from_dict(data)
+    except PolicyError as exc:
+        return _problems(f"{args.file}: invalid policy", exc.problems)
     print(policy.describe())
     return 0
+
+
+def _problems(title: str, problems: Sequence[str]) -> int:
+    print(title, file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1
 
 
 class _ProgressPrinter:
@@ -125,6 +161,12 @@ def _run(args: argparse.Namespace) -> int:
         overrides["source.topics"] = args.topic
     if args.group is not None:
         overrides["source.group"] = args.group
+    if args.path is not None:
+        overrides["source.path"] = args.path
+    if args.policy is not None:
+        overrides["policy"] = Path(args.policy)
+    if args.quiet:
+        overrides["progress_every_s"] = 0
     # No config: the demo pipeline (every path in use), not an empty policy sending all warm.
     path = args.config or (DEMO_CONFIG if DEMO_CONFIG.exists() else None)
     try:
@@ -134,6 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    _refuse_misplaced_flags(args, config.source.kind)
     cpus = args.num_cpus or os.cpu_count() or 2
     # Before Ray starts: what can never work fails now, in one line (engine.preflight).
     check_resources(config, cpus)
@@ -142,22 +185,27 @@ def _run(args: argparse.Namespace) -> int:
 
     import ray
 
-    from engine.pipeline import Pipeline, init_local_ray
+    from engine.pipeline import Pipeline, init_local_ray, source_from_config
+    from engine.sources import FileSource
 
-    print(f"starting a local Ray ({cpus:g} CPUs)", file=sys.stderr, flush=True)
+    source = source_from_config(config)
+    if isinstance(source, FileSource):
+        print(f"file source: {len(source.files()):,} files in {source.path}", file=sys.stderr)
+    if not args.quiet:
+        print(f"starting a local Ray ({cpus:g} CPUs)", file=sys.stderr, flush=True)
     try:
         ray_started = time.monotonic()
         try:
-            init_local_ray(cpus)
+            init_local_ray(cpus, verbose=args.verbose)
         except SystemExit as exc:  # Ray's own SIGTERM handler, live during part of ray.init
             if exc.code == signal.SIGTERM:
                 raise KeyboardInterrupt from None
             raise
         signals.arm()
         ray_s = time.monotonic() - ray_started
-        pipeline = Pipeline(config)
+        pipeline = Pipeline(config, source=source)
         signals.source = pipeline.source
-        summary = pipeline.run(progress=_ProgressPrinter())
+        summary = pipeline.run(progress=None if args.quiet else _ProgressPrinter())
     finally:
         signals.source = None  # from here on a signal stops at once
         ray.shutdown()  # every Ray process this run started
@@ -197,6 +245,25 @@ def _run(args: argparse.Namespace) -> int:
     return 128 + signals.received if summary.stopped and signals.received else 0
 
 
+#: Flags that belong to one source kind, and that kind.
+_SOURCE_FLAGS = {
+    "events": "synthetic", "rate": "synthetic", "path": "file",
+    "bootstrap": "kafka", "topic": "kafka", "group": "kafka",
+}  # fmt: skip
+
+
+def _refuse_misplaced_flags(args: argparse.Namespace, kind: str) -> None:
+    """A flag of another source kind would be ignored: refuse it instead."""
+    from engine.preflight import StartupError
+
+    for flag, owner in _SOURCE_FLAGS.items():
+        if getattr(args, flag) is not None and owner != kind:
+            raise StartupError(
+                f"--{flag}: applies to a {owner} source, and this run reads a {kind} source;"
+                f" drop --{flag}, or add --source {owner}"
+            )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -209,26 +276,67 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``thermocline`` command."""
-    parser = argparse.ArgumentParser(prog="thermocline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="thermocline",
+        description="Thermocline routes every event of a stream as hot (keyed Ray actors, in"
+        " milliseconds), warm (micro-batches) or cold (a lake), each path scaling on its own.",
+        epilog="Start with `thermocline run` (the demo: synthetic game telemetry, a lake in"
+        " ./lake). `thermocline COMMAND --help` lists a command's flags and defaults.",
+    )
     parser.add_argument("--version", action="version", version=f"thermocline {_version()}")
     parser.add_argument(
-        "--debug", action="store_true", help="print the traceback of an error (default: one line)"
+        "--debug", action="store_true", help="on an error, print its traceback (default: one line)"
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    validate = commands.add_parser("validate", help="check a routing policy file")
-    validate.add_argument("policy", help="path to the policy YAML")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    validate = commands.add_parser(
+        "validate",
+        help="check a routing policy or a whole pipeline config, print what it does",
+        description="Check a routing policy or a whole pipeline config (told apart by their"
+        " top-level keys) and print its compiled rules, or every problem found (exit 1).",
+    )
+    validate.add_argument("file", help="the policy or pipeline config YAML")
+    validate.add_argument(
+        "--pipeline", action="store_true", help="read FILE as a pipeline config (default: detect)"
+    )
     validate.set_defaults(handler=_validate)
-    run = commands.add_parser("run", help="run a pipeline on a local Ray")
-    run.add_argument("--config", help="pipeline YAML (default: examples/demo.yaml)")
-    run.add_argument("--events", type=int, help="synthetic source: how many events")
-    run.add_argument("--rate", type=float, help="synthetic source: events per second")
-    run.add_argument("--lake", help="lake URI (folder or fsspec URL)")
-    run.add_argument("--source", choices=["synthetic", "file", "kafka"], help="source kind")
-    run.add_argument("--bootstrap", help="kafka: bootstrap servers, HOST:PORT")
-    run.add_argument("--topic", action="append", help="kafka: topic to consume (repeatable)")
-    run.add_argument("--group", help="kafka: consumer group id")
-    run.add_argument("--num-cpus", type=_positive_int, help="CPUs for the local Ray (default: all)")
-    run.add_argument("--json", action="store_true", help="print the summary as JSON last")
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline on a local Ray, print progress and a summary",
+        description="Run a pipeline on a local Ray (127.0.0.1): progress per path on stderr, a"
+        " summary at the end. Flags override the config. Ctrl-C or SIGTERM: stop after the"
+        " current block; twice: at once.",
+    )
+    run.add_argument("--config", help="pipeline YAML (default: examples/demo.yaml, the demo)")
+    run.add_argument("--policy", help="a policy YAML to route with (default: the config's policy)")
+    run.add_argument(
+        "--source",
+        choices=["synthetic", "file", "kafka"],
+        help="source kind (default: the config's)",
+    )
+    run.add_argument(
+        "--events", type=_positive_int, help="synthetic: how many events (default: config)"
+    )
+    run.add_argument(
+        "--rate", type=float, help="synthetic: events per second (default: as fast as it goes)"
+    )
+    run.add_argument("--path", help="file: an NDJSON or Parquet file, or a folder of them")
+    run.add_argument("--bootstrap", help="kafka: bootstrap servers, HOST:PORT (default: config)")
+    run.add_argument("--topic", action="append", help="kafka: a topic to consume, repeatable")
+    run.add_argument("--group", help="kafka: consumer group id (default: config)")
+    run.add_argument("--lake", help="lake URI, a folder or an fsspec URL (default: config, ./lake)")
+    run.add_argument(
+        "--num-cpus",
+        type=_positive_int,
+        help="CPUs of the local Ray (default: all of the machine's)",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="print the summary as JSON, last on stdout"
+    )
+    noise = run.add_mutually_exclusive_group()
+    noise.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress lines, only the summary"
+    )
+    noise.add_argument("-v", "--verbose", action="store_true", help="Ray's own log messages too")
     run.set_defaults(handler=_run)
     return parser
 

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -23,6 +22,7 @@ from pydantic import (
 )
 
 from routers import ConfigError, Policy, PolicyError, parse_duration_ms
+from routers.yamlfile import YamlFileError, read_yaml
 
 __all__ = [
     "ColdConfig",
@@ -272,14 +272,15 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{path}: not valid YAML ({exc})"]) from exc
-        if loaded is not None and not isinstance(loaded, dict):
+            loaded = read_yaml(path, "pipeline config")
+        except YamlFileError as exc:
+            raise ConfigError([str(exc)]) from exc
+        if not isinstance(loaded, dict):
             raise ConfigError([f"{path}: expected a mapping at the top level, got {loaded!r}"])
-        data = loaded or {}
+        data = loaded
+        # `policy: policies/game.yaml`: a policy file, next to the config unless absolute.
+        if isinstance(data.get("policy"), str):
+            data["policy"] = _policy_file(Path(path).parent / data["policy"])
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -291,4 +292,13 @@ def load_config(
                 )
             node = child
         node[leaf] = value
+    if isinstance(data.get("policy"), (str, Path)):  # an override (--policy): from here
+        data["policy"] = _policy_file(Path(data["policy"]))
     return PipelineConfig.from_dict(data)
+
+
+def _policy_file(path: Path) -> Policy:
+    try:
+        return Policy.from_file(path)
+    except PolicyError as exc:
+        raise ConfigError([f"policy: {problem}" for problem in exc.problems]) from exc

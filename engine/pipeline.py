@@ -66,19 +66,23 @@ _PATHS = 3  # hot, warm, cold
 _DUE = "__thermocline_due_ms"
 
 
-def init_local_ray(num_cpus: int | None = None) -> None:
+def init_local_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
     """Start a local Ray on 127.0.0.1 (the embedded default) unless one is already up.
 
     ``address="local"`` never joins a stale cluster left by a crashed run (PLATFORM_NOTES).
+    Ray's notice that it enabled token authentication (its default for a new local cluster, kept)
+    is shown only with ``verbose``, with Ray's own info messages.
     """
     if ray.is_initialized():
         return
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice.setLevel(logging.INFO if verbose else logging.ERROR)
     ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count() or 2,
         include_dashboard=False,
         log_to_driver=True,
-        logging_level=logging.WARNING,
+        logging_level=logging.INFO if verbose else logging.WARNING,
         # Workers at the driver's priority, not Ray's 15 below it (engine.priority).
         _system_config={"worker_niceness": WORKER_NICENESS},
     )

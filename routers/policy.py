@@ -20,6 +20,7 @@ from routers.conditions import Condition, parse_condition
 from routers.contract import parse_type
 from routers.errors import PolicyError
 from routers.schema import TEMPERATURES, TIME_UNITS, EventSchema
+from routers.yamlfile import YamlFileError, read_yaml
 
 __all__ = ["Policy", "Rule"]
 
@@ -126,12 +127,27 @@ class Policy:
         """
         import yaml  # only the YAML form needs it; embedders using Python rules do not
 
-        text = _read_source(source)
+        if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
+            return cls.from_file(source)
         try:
-            data = yaml.safe_load(text)
+            data = yaml.safe_load(source)
         except yaml.YAMLError as exc:
             raise PolicyError([f"<yaml>: not valid YAML ({exc})"]) from exc
         return cls.from_dict(data if data is not None else {})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Policy:
+        """Load a policy from a YAML file: a missing, empty or oversized file and YAML errors are
+        reported with the file (and line), see :func:`routers.yamlfile.read_yaml`.
+
+        Raises:
+            PolicyError: the file cannot be used, or the policy is invalid.
+        """
+        try:
+            data = read_yaml(path, "policy")
+        except YamlFileError as exc:
+            raise PolicyError([str(exc)]) from exc
+        return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> Policy:
@@ -183,15 +199,6 @@ class Policy:
 
 def _expected_route(value: Any) -> str:
     return f"expected one of {', '.join(sorted(TEMPERATURES))}, got {value!r}"
-
-
-def _read_source(source: str | Path) -> str:
-    if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
-        try:
-            return Path(source).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError([f"{source}: cannot read the policy file ({exc.strerror})"]) from exc
-    return source
 
 
 def _parse_schema(data: Any, path: str, problems: list[str]) -> EventSchema:

@@ -7,6 +7,7 @@ environment, so a marker variable finds any that outlived it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -184,3 +185,43 @@ def test_a_file_source_stops_when_asked(tmp_path: Path) -> None:
     read = int(stopped.split("after ", 1)[1].split(" ", 1)[0].replace(",", ""))
     assert 0 < read < 3_000_000  # it did not read the whole file first
     assert survivors(mark) == []
+
+
+def test_flags_of_another_source_are_refused_not_ignored(tmp_path: Path) -> None:
+    events = tmp_path / "e.ndjson"
+    events.write_text(
+        '{"event_id":"e","player_id":"p","event_time":1764000000000,"event_type":"x"}\n'
+    )
+    status, _, err = run("run", "--source", "file", "--path", str(events), "--events", "10",
+                         "--lake", str(tmp_path / "lake"), tmp_path=tmp_path)  # fmt: skip
+    assert status == 2
+    assert one_line(err) == (
+        "thermocline: --events: applies to a synthetic source, and this run reads a file"
+        " source; drop --events, or add --source synthetic"
+    )
+
+
+def test_a_file_source_reads_a_hive_folder_recursively_with_a_policy_file(tmp_path: Path) -> None:
+    line = (
+        '{{"event_id":"e{i}","player_id":"p{i}","event_time":1764000000000,"event_type":"{t}"}}\n'
+    )
+    folder = tmp_path / "in"
+    for day, kind in (("2026-11-26", "purchase"), ("2026-11-27", "level_up")):
+        (folder / f"dt={day}" / "hour=10").mkdir(parents=True)
+        text = "".join(line.format(i=i, t=kind) for i in range(50))
+        (folder / f"dt={day}" / "hour=10" / "part-0.ndjson").write_text(text)
+    (folder / "_state").mkdir()
+    (folder / "_state" / "skip.ndjson").write_text("not read\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "rules:\n  - {name: buys, route: hot, when: {field: event_type, eq: purchase}}\n"
+    )
+    status, out, err = run("run", "--source", "file", "--path", str(folder), "--policy",
+                           str(policy), "--lake", str(tmp_path / "lake"), "--num-cpus", "2",
+                           "--json", "--quiet", tmp_path=tmp_path)  # fmt: skip
+    assert status == 0, err[-2000:]
+    assert f"file source: 2 files in {folder}" in err
+    assert not any("s] in " in x for x in err.splitlines())  # --quiet: no progress lines
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["events_in"], summary["hot"], summary["warm"]) == (100, 50, 50)
+    assert summary["per_rule"] == {"buys": 50, "default": 50}

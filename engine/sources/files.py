@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,12 @@ _SUFFIXES = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".parqu
 
 
 class FileSource(Source):
-    """Read a file, or every .ndjson, .jsonl, .json or .parquet file of a folder (sorted).
+    """Read a file, or every .ndjson, .jsonl, .json or .parquet file under a folder, recursively
+    and in path order: Hive-partitioned folders (``dt=2026-11-27/hour=10/``) included, hidden
+    (``.x``) and underscore (``_x``) files and folders skipped, as Arrow's datasets skip them.
 
-    Each file is one partition (named after the file); offsets are line numbers (NDJSON) or row
-    numbers (Parquet), so re-reading a file gives the same positions.
+    Each file is one partition, named after its path under the folder; offsets are line numbers
+    (NDJSON) or row numbers (Parquet), so re-reading a file gives the same positions.
 
     Args:
         path: a file or a folder.
@@ -37,14 +40,34 @@ class FileSource(Source):
             raise FileNotFoundError(f"source.path: {self.path} does not exist")
 
     def files(self) -> list[Path]:
+        """The files this source reads, in order."""
         if self.path.is_file():
             return [self.path]
-        return sorted(p for p in self.path.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+        return sorted(
+            p
+            for p in self.path.rglob("*")
+            if p.suffix in _SUFFIXES
+            and p.is_file()
+            and not any(part.startswith((".", "_")) for part in p.relative_to(self.path).parts)
+        )
+
+    def partitions(self) -> dict[Path, str]:
+        """Each file's partition name: its path under the folder in letters, digits, ``_`` and
+        ``-`` (it names lake files); a name two paths would share gets a hash of the path."""
+        names: dict[Path, str] = {}
+        taken: set[str] = set()
+        for file in self.files():
+            relative = file.name if self.path.is_file() else file.relative_to(self.path).as_posix()
+            name = re.sub(r"[^A-Za-z0-9_-]", "_", relative)
+            if name in taken:
+                name += "-" + hashlib.sha1(relative.encode()).hexdigest()[:8]
+            taken.add(name)
+            names[file] = name
+        return names
 
     def blocks(self) -> Iterator[SourceBlock | None]:
-        for file in self.files():
+        for file, partition in self.partitions().items():
             kind = self.format if self.format != "auto" else _SUFFIXES.get(file.suffix, "ndjson")
-            partition = re.sub(r"[^A-Za-z0-9_-]", "_", file.name)
             read = self._parquet if kind == "parquet" else self._ndjson
             for block in read(file, partition):
                 if self.stopping:
