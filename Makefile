@@ -13,9 +13,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.installed
 
-.PHONY: setup run test lint typecheck bench bench-router bench-kafka kafka-jars clean
+.PHONY: setup setup-run run test lint typecheck bench bench-router bench-kafka kafka-jars clean
 
 setup: $(STAMP) $(KAFKA_STAMP)
+
+# The demo needs only the venv: no JDK or Maven (those are for the tests' Kafka broker).
+setup-run: $(STAMP)
 
 # Apache Kafka's jars from Maven Central, for the tests' real KRaft broker (needs java and mvn).
 kafka-jars: $(KAFKA_STAMP)
@@ -30,7 +33,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: setup
+run: setup-run
 	$(BIN)/thermocline run
 
 test: setup lint typecheck
@@ -43,10 +46,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-bench-router: setup
+bench-router: setup-run
 	$(BIN)/python -m benchmarks.router_throughput
 
-bench: setup
+bench: setup-run
 	$(BIN)/python -m benchmarks.end_to_end
 	$(BIN)/python -m benchmarks.decode_telemetry
 
