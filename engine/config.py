@@ -54,21 +54,27 @@ class SourceConfig(_Frozen):
     folder of them); ``kafka`` consumes topics as a consumer group member.
     """
 
+    #: synthetic (generated game telemetry), file (NDJSON or Parquet) or kafka (topics).
     kind: Literal["synthetic", "file", "kafka"] = "synthetic"
     #: synthetic: events to generate.
     events: int = Field(1_000_000, ge=0)
     #: synthetic: events per second of wall time (None: as fast as the pipeline takes them).
     rate: float | None = Field(None, gt=0)
+    #: synthetic: distinct players (the hot path's keys).
     players: int = Field(100_000, ge=1)
+    #: synthetic: seed; the same seed gives the same bytes.
     seed: int = 42
     #: Events per source block: the unit of decode, routing and position tracking.
     block_rows: int = Field(20_000, ge=1)
+    #: synthetic: source partitions the blocks are dealt to, in turn.
     partitions: int = Field(1, ge=1)
-    #: Shares of events that arrive late (seconds to minutes), stale (hours) or malformed.
+    #: synthetic: share of events that arrive late (seconds to minutes).
     late_share: float = Field(0.05, ge=0, le=1)
+    #: synthetic: share of events that arrive stale (hours).
     stale_share: float = Field(0.02, ge=0, le=1)
+    #: synthetic: share of lines that are malformed (truncated, not JSON, no player, bad time).
     malformed_share: float = Field(0.001, ge=0, le=1)
-    #: Share of events sending their time as an ISO-8601 string rather than epoch milliseconds.
+    #: synthetic: share of events sending their time as an ISO-8601 string, not epoch ms.
     iso_time_share: float = Field(0.0, ge=0, le=1)
     #: synthetic: event types and their relative weights (default: engine.sources.EVENT_MIX).
     event_mix: dict[str, float] | None = None
@@ -92,18 +98,23 @@ class SourceConfig(_Frozen):
 
     #: file: a path (file or folder); format from the extension unless given.
     path: str | None = None
+    #: file: auto (by extension: .ndjson, .jsonl, .json, .parquet), ndjson or parquet.
     format: Literal["auto", "ndjson", "parquet"] = "auto"
 
-    #: kafka: ``host:port[,host:port]``, topics, consumer group.
+    #: kafka: bootstrap servers, ``host:port[,host:port]``.
     bootstrap: str | None = None
+    #: kafka: topics to consume.
     topics: tuple[str, ...] = ()
+    #: kafka: consumer group id (members share the partitions; checkpoints are per partition).
     group: str = "thermocline"
     #: kafka: where partitions without a checkpoint or commit start: committed (else earliest),
     #: earliest, latest, or an epoch-milliseconds timestamp.
     start: Literal["committed", "earliest", "latest"] | int = "committed"
-    #: kafka: records per poll; stop after this long idle / this many records (None: never).
+    #: kafka: records per poll, at most.
     max_records: int = Field(20_000, ge=1)
+    #: kafka: stop after this long without records while owning partitions (None: never).
     idle_timeout: Duration | None = None
+    #: kafka: stop after this many records (None: never).
     max_events: int | None = Field(None, ge=0)
     #: kafka: blocks (polls of one partition) read ahead while the pipeline works.
     prefetch: int = Field(8, ge=1)
@@ -124,12 +135,15 @@ class SourceConfig(_Frozen):
 class HotConfig(_Frozen):
     """Hot path: keyed stateful actors."""
 
+    #: Hot actors; each owns a contiguous range of key groups and its keys' state.
     actors: int = Field(2, ge=1)
     #: Fixed number of key groups hashed from the key; actors own key groups.
     key_groups: int = Field(256, ge=1, le=65_536)
     #: Calls in flight per actor before the driver waits (backpressure).
     max_in_flight: int = Field(4, ge=1)
+    #: Hot processor: a registered name or ``package.module:Class``.
     processor: str = "player_features"
+    #: Keyword arguments of the hot processor.
     options: dict[str, Any] = Field(default_factory=dict)
     #: Drop a key's state once the newest event time an actor has seen is this far past the
     #: key's latest event (event time, so a replay drops the same keys). None: keep every key.
@@ -152,15 +166,23 @@ class HotConfig(_Frozen):
 class WarmConfig(_Frozen):
     """Warm path: micro-batches on a size or time trigger, one Ray task each."""
 
+    #: A micro-batch is cut at this many rows...
     max_batch_rows: int = Field(100_000, ge=1)
+    #: ...or when its oldest row has waited this long.
     max_delay: Duration = "2s"
+    #: Micro-batch tasks running at most before the driver waits (backpressure).
     max_in_flight: int = Field(2, ge=1)
+    #: Warm processor: a registered name or ``package.module:Class``.
     processor: str = "minute_kpis"
+    #: Lake folder of the warm outputs: ``warm/<output_name>/``.
     output_name: str = Field("minute_kpis", pattern=r"^[A-Za-z0-9_-]+$")
     #: Bytes bound of the micro-batch buffer (the size trigger fires on rows or bytes).
     max_batch_bytes: int = Field(64 << 20, ge=1)
+    #: Keyword arguments of the warm processor.
     options: dict[str, Any] = Field(default_factory=dict)
+    #: CPU reserved per micro-batch task.
     num_cpus: float = Field(0.25, ge=0)
+    #: Custom Ray resources per task, e.g. ``{warm: 1}`` (cluster.yaml's warm nodes).
     resources: dict[str, float] = Field(default_factory=dict)
 
     @property
@@ -171,16 +193,21 @@ class WarmConfig(_Frozen):
 class ColdConfig(_Frozen):
     """Cold path: the Parquet lake."""
 
+    #: The lake: a folder or an fsspec URL (``s3://bucket/lake``).
     lake_uri: str = "lake"
+    #: The lake writer flushes at this many buffered rows...
     flush_rows: int = Field(200_000, ge=1)
     #: Bytes bound of the writer's buffer (a flush fires on rows, bytes or interval).
     flush_bytes: int = Field(128 << 20, ge=1)
+    #: ...or when its oldest buffered row has waited this long.
     flush_interval: Duration = "10s"
     #: Extra Hive partition columns after dt/hour (values are percent-encoded, never raw paths).
     partition_by: tuple[str, ...] = ()
     #: fsspec storage options (e.g. S3 endpoint); kept out of reprs and logs.
     storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
+    #: CPU reserved for the lake writer actor.
     num_cpus: float = Field(0.25, ge=0)
+    #: Custom Ray resources of the lake writer, e.g. ``{cold: 1}`` (cluster.yaml's cold nodes).
     resources: dict[str, float] = Field(default_factory=dict)
 
     @property
@@ -203,10 +230,15 @@ class PipelineConfig(_Frozen):
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
+    #: Where events come from (the ``source.`` keys).
     source: SourceConfig = Field(default_factory=SourceConfig)
+    #: The routing policy, inline (as ``thermocline validate`` reads it) or a file's path.
     policy: Policy = Field(default_factory=Policy)
+    #: The hot path (the ``hot.`` keys).
     hot: HotConfig = Field(default_factory=HotConfig)
+    #: The warm path (the ``warm.`` keys).
     warm: WarmConfig = Field(default_factory=WarmConfig)
+    #: The cold path and the lake (the ``cold.`` keys).
     cold: ColdConfig = Field(default_factory=ColdConfig)
     #: Seconds between progress lines (0: none).
     progress_every_s: float = Field(1.0, ge=0)
