@@ -38,7 +38,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
 #: Top-level keys that make a YAML file a pipeline config rather than a policy.
 _PIPELINE_KEYS = frozenset(
     {"source", "policy", "hot", "warm", "cold", "progress_every_s", "checkpoint_interval",
-     "alerts_topic"}
+     "alerts_topic", "processors"}
 )  # fmt: skip
 
 
@@ -54,11 +54,15 @@ def _validate(args: argparse.Namespace) -> int:
     pipeline = args.pipeline or (isinstance(data, dict) and bool(_PIPELINE_KEYS & set(data)))
     if pipeline:
         from engine.config import load_config
+        from engine.preflight import StartupError, check_processors
 
         try:
             config = load_config(args.file)
+            check_processors(config)
         except ConfigError as exc:
             return _problems(f"{args.file}: invalid pipeline config", exc.problems)
+        except StartupError as exc:
+            return _problems(f"{args.file}: invalid pipeline config", [str(exc)])
         print(f"{args.file}: a valid pipeline config")
         print(
             f"source: {config.source.kind}; hot: {config.hot.actors} actors of"
@@ -142,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     import time
 
     from engine.config import load_config
-    from engine.preflight import check_lake, check_resources, check_source
+    from engine.preflight import check_lake, check_processors, check_resources, check_source
 
     launched = time.monotonic()
     signals = _Signals()
@@ -180,6 +184,7 @@ def _run(args: argparse.Namespace) -> int:
     cpus = args.num_cpus or os.cpu_count() or 2
     # Before Ray starts: what can never work fails now, in one line (engine.preflight).
     check_resources(config, cpus)
+    check_processors(config)
     check_source(config)
     check_lake(config)
 

@@ -246,6 +246,10 @@ class PipelineConfig(_Frozen):
     checkpoint_interval: Duration = "5s"
     #: Kafka topic the hot path's output rows (alerts) are produced to (None: lake only).
     alerts_topic: str | None = None
+    #: Python modules imported before the processors are looked up, so that the names their
+    #: ``@register_hot``/``@register_warm`` give can be used in ``hot.processor`` and
+    #: ``warm.processor``; importable from the working directory or PYTHONPATH.
+    processors: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:

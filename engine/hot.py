@@ -15,7 +15,7 @@ import ray
 from engine.config import HotConfig
 from engine.keys import actor_of_groups, key_groups
 from engine.latency import LatencyHistogram
-from engine.processors import hot_processor
+from engine.processors import hot_processor, qualified
 from engine.quarantine import isolate
 from engine.wire import pack, unpack
 from routers import EventSchema, concat_conformed, parse_duration_ms
@@ -156,7 +156,8 @@ class HotPath:
     """
 
     def __init__(self, config: HotConfig, schema: EventSchema) -> None:
-        hot_processor(config.processor)  # fail fast, in the driver, on an unknown name
+        # Fail fast, in the driver, on an unknown name; workers import the class by its path.
+        processor = qualified(hot_processor(config.processor))
         self.config = config
         self.schema = schema
         self.owner = actor_of_groups(config.key_groups, config.actors)
@@ -166,7 +167,7 @@ class HotPath:
         # Ray's actor handles are typed loosely; Any keeps mypy honest about what it cannot see.
         self.actors: list[Any] = [
             HotActor.options(**options).remote(
-                config.processor,
+                processor,
                 schema,
                 dict(config.options),
                 None if config.state_ttl is None else parse_duration_ms(config.state_ttl),

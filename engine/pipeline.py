@@ -36,6 +36,7 @@ from engine.hot import HotPath
 from engine.lake import Lake, file_stem
 from engine.positions import PositionTracker
 from engine.priority import WORKER_NICENESS
+from engine.processors import import_modules
 from engine.sinks import KafkaSink
 from engine.sources import FileSource, Source, SourceBlock, SyntheticSource
 from engine.sources.kafka import KafkaSource
@@ -223,6 +224,7 @@ class Pipeline:
         source: Source | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        import_modules(config.processors)  # their registered names, before anything looks one up
         self.config = config
         self.router = Router(config.policy)
         self._source = source

@@ -16,7 +16,14 @@ from typing import Any
 from engine.config import PipelineConfig
 from engine.lake import Lake, LakeUnavailableError
 
-__all__ = ["BROKER_TIMEOUT_S", "StartupError", "check_lake", "check_resources", "check_source"]
+__all__ = [
+    "BROKER_TIMEOUT_S",
+    "StartupError",
+    "check_lake",
+    "check_processors",
+    "check_resources",
+    "check_source",
+]
 
 #: How long a Kafka bootstrap server has to accept a connection at start-up.
 BROKER_TIMEOUT_S = 5.0
@@ -78,6 +85,19 @@ def check_lake(config: PipelineConfig) -> None:
             f"cold.lake_uri: cannot write to {uri!r} ({_cause(exc)}); point --lake or"
             " cold.lake_uri at a folder or bucket you can write to"
         ) from exc
+
+
+def check_processors(config: PipelineConfig) -> None:
+    """The ``processors`` modules import, and the hot and warm processors they name exist."""
+    from engine.processors import hot_processor, import_modules, warm_processor
+    from routers import ConfigError
+
+    try:
+        import_modules(config.processors)
+        hot_processor(config.hot.processor)
+        warm_processor(config.warm.processor)
+    except ConfigError as exc:
+        raise StartupError("; ".join(exc.problems)) from exc
 
 
 def check_source(config: PipelineConfig) -> None:

@@ -18,16 +18,24 @@ from engine.cold import with_origin
 from engine.config import WarmConfig
 from engine.lake import DEAD_LETTER_DIR, Lake, file_stem
 from engine.priority import run_lowered
-from engine.processors import warm_processor
+from engine.processors import qualified, warm_processor
 from engine.quarantine import isolate
 from engine.wire import pack, unpack
 from routers import EventSchema, concat_conformed
 
-__all__ = ["WarmPath", "run_micro_batch"]
+__all__ = ["WarmPath", "micro_batch", "run_micro_batch"]
 
 
 @ray.remote
-def run_micro_batch(
+def run_micro_batch(*args: Any) -> tuple[int, int]:
+    """The Ray task of one micro-batch: :func:`micro_batch` on a thread of its own, below the
+    hot actors' priority (throughput work, see :mod:`engine.priority`)."""
+    import engine.processors  # noqa: F401 - registers the built-in processors in this worker
+
+    return run_lowered(micro_batch, *args)
+
+
+def micro_batch(
     processor: str,
     schema: EventSchema,
     options: dict[str, Any],
@@ -46,29 +54,13 @@ def run_micro_batch(
     Idempotent: the output file's name is fixed by the micro-batch's source range, so a retried
     task overwrites its own file.
 
+    Args:
+        processor: the warm processor as ``module:Class``.
+        pieces: the micro-batch's pieces, packed (:mod:`engine.wire`), in order.
+
     Returns:
         (rows processed, rows dead-lettered).
     """
-    import engine.processors  # noqa: F401 - registers the built-in processors in this worker
-
-    # Throughput work: below the hot actors, on a thread of its own (engine.priority).
-    return run_lowered(
-        _micro_batch, processor, schema, options, pieces, lake_uri, storage_options,
-        relative_path, source, partition,
-    )  # fmt: skip
-
-
-def _micro_batch(
-    processor: str,
-    schema: EventSchema,
-    options: dict[str, Any],
-    pieces: list[pa.Buffer],
-    lake_uri: str,
-    storage_options: dict[str, Any],
-    relative_path: str,
-    source: str,
-    partition: str,
-) -> tuple[int, int]:
     # Pieces of blocks decoded at different times: cast to the latest schema and joined here,
     # not in the driver (joining and sending a 2 s micro-batch as one batch stalled the driver,
     # and every hot event with it, ~45 ms).
@@ -103,7 +95,8 @@ class WarmPath:
         storage_options: dict[str, Any],
         source_name: str,
     ) -> None:
-        warm_processor(config.processor)  # fail fast, in the driver, on an unknown name
+        # Fail fast, in the driver, on an unknown name; workers import the class by its path.
+        self.processor = qualified(warm_processor(config.processor))
         self.config = config
         self.schema = schema
         self.lake_uri = lake_uri
@@ -190,7 +183,7 @@ class WarmPath:
         ref = run_micro_batch.options(
             num_cpus=self.config.num_cpus, resources=dict(self.config.resources) or None
         ).remote(
-            self.config.processor,
+            self.processor,
             self.schema,
             dict(self.config.options),
             [packed for _, packed, _, _, _ in pieces],

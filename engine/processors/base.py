@@ -27,6 +27,8 @@ __all__ = [
     "coerce",
     "coerce_column",
     "hot_processor",
+    "import_modules",
+    "qualified",
     "register_hot",
     "register_warm",
     "warm_processor",
@@ -184,6 +186,31 @@ def _lookup(registry: dict[str, type[_P]], name: str, path: str, base: type) -> 
         raise ConfigError(
             [f"{path}: unknown processor {name!r}; known: {known}, or 'package.module:Class'"]
         ) from None
+
+
+def import_modules(modules: tuple[str, ...] | list[str]) -> None:
+    """Import the config's ``processors`` modules, so the names they register can be used.
+
+    Raises:
+        ConfigError: naming each module that cannot be imported, and why.
+    """
+    problems = []
+    for i, module in enumerate(modules):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # any error in user code: reported with the module's name
+            problems.append(
+                f"processors[{i}]: cannot import {module!r} ({type(exc).__name__}: {exc});"
+                " it must be importable from the working directory or PYTHONPATH"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
+def qualified(cls: type) -> str:
+    """``package.module:Class``: how a worker process finds a processor class by importing it,
+    whatever name it was registered under in the driver."""
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def hot_processor(name: str) -> type[HotProcessor]:
