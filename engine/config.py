@@ -145,6 +145,9 @@ class HotConfig(_Frozen):
     processor: str = "player_features"
     #: Keyword arguments of the hot processor.
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Lake folder of the hot processor's output rows (``hot/<name>/``) and of its state at the
+    #: end of a bounded run (``state/<name>/``). None: the processor's name.
+    output_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$")
     #: Drop a key's state once the newest event time an actor has seen is this far past the
     #: key's latest event (event time, so a replay drops the same keys). None: keep every key.
     state_ttl: Duration | None = None

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from engine import preflight
 from engine.config import HotConfig
 from engine.keys import actor_of_groups, key_groups
 from engine.latency import LatencyHistogram
@@ -189,7 +190,7 @@ class HotPath:
 
     def wait_ready(self) -> None:
         """Block until every actor has started (its process is up and the processor built)."""
-        ray.get([actor.ready.remote() for actor in self.actors])
+        ray.get([a.ready.remote() for a in self.actors], timeout=preflight.PLACEMENT_TIMEOUT_S)
 
     @property
     def calls_in_flight(self) -> int:

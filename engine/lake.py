@@ -6,7 +6,9 @@ Layout under ``lake_uri`` (a local folder by default; any fsspec URL, e.g. ``s3:
   cold events; ``first``/``last`` are the source offsets the file covers (zero-padded), so the
   same source range always gets the same name and a retry overwrites instead of duplicating;
 - ``warm/{output_name}/``: warm path outputs;
-- ``hot/alerts/``: alerts emitted by the hot processor;
+- ``hot/{name}/``: the hot processor's output rows (e.g. alerts; ``name``: ``hot.output_name``,
+  else the processor's name);
+- ``state/{name}/``: the hot state at the end of a bounded run (file, synthetic), one row per key;
 - ``_dead_letter/``: rows that could not be decoded, with raw bytes and reason.
 
 Partition values never come raw from events: ``dt``/``hour`` are formatted from the event time,
@@ -47,6 +49,8 @@ import pyarrow.parquet as pq
 from routers.errors import ThermoclineError
 
 __all__ = [
+    "HOT_DIR",
+    "STATE_DIR",
     "DEAD_LETTER_DIR",
     "EVENTS_DIR",
     "NULL_PARTITION",
@@ -58,6 +62,8 @@ __all__ = [
 
 EVENTS_DIR: Final[str] = "events"
 DEAD_LETTER_DIR: Final[str] = "_dead_letter"
+HOT_DIR: Final[str] = "hot"
+STATE_DIR: Final[str] = "state"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _T = TypeVar("_T")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,12 +30,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from engine import preflight
 from engine.checkpoint import Checkpoints
 from engine.cold import ColdWriter, FlushReport
 from engine.config import PipelineConfig
 from engine.hot import HotPath
-from engine.lake import Lake, file_stem
+from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, HOT_DIR, STATE_DIR, Lake, file_stem
 from engine.positions import PositionTracker
+from engine.preflight import PlacementError
 from engine.priority import WORKER_NICENESS
 from engine.processors import import_modules
 from engine.sinks import KafkaSink
@@ -48,6 +51,7 @@ from routers import (
     DecodeHints,
     EventSchema,
     Router,
+    concat_conformed,
     decode_arrow,
     decode_ndjson,
     new_contract,
@@ -55,7 +59,13 @@ from routers import (
     parse_duration_ms,
 )
 
-__all__ = ["Pipeline", "Progress", "RunSummary", "init_local_ray", "source_from_config"]
+__all__ = [
+    "Pipeline",
+    "Progress",
+    "RunSummary",
+    "init_local_ray",
+    "source_from_config",
+]
 
 #: Lake-writer calls in flight at most (each one block's cold rows and dead letters); the rows
 #: in them are bounded by ``cold.flush_rows`` too. Calls, not rows, used to be the only bound:
@@ -63,6 +73,7 @@ __all__ = ["Pipeline", "Progress", "RunSummary", "init_local_ray", "source_from_
 #: every hot event with it (hot p99 1.1 s at half throughput).
 _COLD_IN_FLIGHT = 256
 _PATHS = 3  # hot, warm, cold
+
 #: Each row's due time rides along this column through the router's split (then dropped).
 _DUE = "__thermocline_due_ms"
 
@@ -310,9 +321,24 @@ class Pipeline:
                 raise ConfigError(["alerts_topic: needs a Kafka source.bootstrap to produce to"])
             self._alerts_sink = KafkaSink(bootstrap, cfg.alerts_topic, key_column="player_id")
         # Deploy before consuming: the first events must not wait for worker processes to boot.
-        self.hot.wait_ready()
-        self.warm.wait_ready()
-        ray.get(self.cold.ready.remote())
+        # A path Ray cannot place (resources no node has) fails here, after a while, by name.
+        timeout = preflight.PLACEMENT_TIMEOUT_S
+        for name, ready in (
+            ("hot", self.hot.wait_ready),
+            ("warm", self.warm.wait_ready),
+            ("cold", lambda: ray.get(self.cold.ready.remote(), timeout=timeout)),
+        ):
+            try:
+                ready()
+            except ray.exceptions.GetTimeoutError:
+                path = getattr(cfg, name)
+                need = {"CPU": path.num_cpus, **dict(path.resources)}
+                raise PlacementError(
+                    f"{name}: not placed within {timeout:g} s; it needs {need} per"
+                    f" {'actor' if name != 'warm' else 'task'} and Ray has"
+                    f" {ray.available_resources()} free; lower {name}.num_cpus or"
+                    f" {name}.resources, or add nodes that have them"
+                ) from None
 
     def run(self, progress: Callable[[Progress], None] | None = None) -> RunSummary:
         """Run until the source is exhausted and every path has finished; return a summary.
@@ -347,6 +373,7 @@ class Pipeline:
             else:
                 self.drain()
                 self._write_alerts()
+                self._write_hot_state()
         except BaseException:
             # A failed run's actors would hold their CPUs for as long as anything (a traceback)
             # refers to this pipeline.
@@ -481,23 +508,43 @@ class Pipeline:
         self.checkpoints_taken += 1
         return positions
 
+    @property
+    def hot_name(self) -> str:
+        """The hot processor's lake name: ``hot.output_name``, else its processor's name."""
+        name = self.config.hot.output_name or self.config.hot.processor
+        return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+    def _ranges_stem(self) -> str:
+        """The source ranges covered so far, as a file name: a rerun of them overwrites."""
+        ranges = sorted((p, self._first[p], last) for p, last in self.tracker.done().items())
+        stem = "_".join(file_stem(self.source.name, p, a, b) for p, a, b in ranges)
+        return hashlib.sha1(stem.encode()).hexdigest() if len(stem) > 120 else stem
+
     def _write_alerts(self) -> None:
+        """The hot processor's output rows (e.g. alerts) to ``hot/<name>/`` and the alerts topic."""
         assert self.hot is not None
         if not self.hot.outputs:
             return
-        alerts = pa.Table.from_batches(self.hot.outputs)
+        alerts = concat_conformed(self.hot.outputs)
         self.hot.outputs.clear()
         alerts = alerts.sort_by([(c, "ascending") for c in alerts.column_names])
-        # Named by the source ranges covered so far, so a rerun of them overwrites, not adds.
-        ranges = sorted((p, self._first[p], last) for p, last in self.tracker.done().items())
-        stem = "_".join(file_stem(self.source.name, p, a, b) for p, a, b in ranges)
-        if len(stem) > 120:
-            stem = hashlib.sha1(stem.encode()).hexdigest()
-        ray.get(self.cold.write_output.remote(alerts, f"hot/alerts/alerts-{stem}.parquet"))
+        name = self.hot_name
+        path = f"{HOT_DIR}/{name}/{name}-{self._ranges_stem()}.parquet"
+        ray.get(self.cold.write_output.remote(alerts, path))
         if self._alerts_sink is not None:
             self._alerts_sink.send(alerts)
             self._alerts_sink.flush()
         self.alerts_written += alerts.num_rows
+
+    def _write_hot_state(self) -> None:
+        """At the end of a bounded run, the hot state (one row per key) to ``state/<name>/``, to
+        query like any table (a checkpointed source keeps it in its checkpoints instead)."""
+        assert self.hot is not None
+        state = self.hot.state()
+        if state.num_rows:
+            name = self.hot_name
+            path = f"{STATE_DIR}/{name}/state-{self._ranges_stem()}.parquet"
+            ray.get(self.cold.write_output.remote(state, path))
 
     # -- rebalance hooks (called by the source from inside blocks(), in this thread) ---------
 
@@ -572,6 +619,22 @@ class Pipeline:
             good = _put_column(good, arrival, pc.fill_null(times, read_at))
         return good, dead, lines, rows
 
+    def _outputs(self) -> dict[str, str]:
+        """The lake folders this run's outputs are in: only those that exist."""
+        lake = self.config.cold.lake_uri.rstrip("/")
+        folders = {
+            "cold_events": EVENTS_DIR,
+            "warm": f"warm/{self.config.warm.output_name}",
+            "hot_outputs": f"{HOT_DIR}/{self.hot_name}",
+            "hot_state": f"{STATE_DIR}/{self.hot_name}",
+            "dead_letter": DEAD_LETTER_DIR,
+        }
+        return {
+            name: f"{lake}/{folder}/"
+            for name, folder in folders.items()
+            if self.lake.fs.exists(self.lake.path(folder))
+        }
+
     def _progress(self, started: float) -> Progress:
         assert self.hot is not None and self.warm is not None
         counts = self._counts
@@ -590,7 +653,6 @@ class Pipeline:
 
     def _summary(self, elapsed: float, started: float) -> RunSummary:
         assert self.hot is not None and self.warm is not None
-        lake = self.config.cold.lake_uri.rstrip("/")
         c = self._counts
         # Rows a processor raised on were routed, then dead-lettered: counted once, as dead.
         hot_dead, warm_dead = self.hot.dead_rows, self.warm.dead_rows
@@ -608,12 +670,7 @@ class Pipeline:
             done_positions=self.tracker.done(),
             hot_latency_ms=self.hot.latency_percentiles(),
             alerts=self.alerts_written,
-            outputs={
-                "cold_events": f"{lake}/events/",
-                "warm": f"{lake}/warm/{self.config.warm.output_name}/",
-                "hot_alerts": f"{lake}/hot/alerts/",
-                "dead_letter": f"{lake}/_dead_letter/",
-            },
+            outputs=self._outputs(),
             bounds={
                 "warm_max_tasks_in_flight_seen": self.warm.max_in_flight_seen,
                 "warm_max_buffered_rows_seen": self.warm.max_buffered_rows_seen,

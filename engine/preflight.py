@@ -18,6 +18,8 @@ from engine.lake import Lake, LakeUnavailableError
 
 __all__ = [
     "BROKER_TIMEOUT_S",
+    "PLACEMENT_TIMEOUT_S",
+    "PlacementError",
     "StartupError",
     "check_lake",
     "check_processors",
@@ -27,6 +29,9 @@ __all__ = [
 
 #: How long a Kafka bootstrap server has to accept a connection at start-up.
 BROKER_TIMEOUT_S = 5.0
+#: How long the paths may take to be placed (their worker processes started) before the run
+#: fails naming what they need: a cluster may be adding nodes; paths no node can hold never are.
+PLACEMENT_TIMEOUT_S = 120.0
 
 
 class StartupError(Exception):
@@ -35,6 +40,13 @@ class StartupError(Exception):
     def __init__(self, message: str, status: int = 2) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PlacementError(StartupError):
+    """Ray did not place a path's actors or tasks in time (resources no node has)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=1)
 
 
 def check_resources(config: PipelineConfig, cpus: float) -> None:

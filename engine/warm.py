@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from engine import preflight
 from engine.cold import with_origin
 from engine.config import WarmConfig
 from engine.lake import DEAD_LETTER_DIR, Lake, file_stem
@@ -122,7 +123,8 @@ class WarmPath:
             "num_cpus": self.config.num_cpus,
             "resources": dict(self.config.resources) or None,
         }
-        ray.get([_boot.options(**options).remote() for _ in range(self.config.max_in_flight)])
+        boots = [_boot.options(**options).remote() for _ in range(self.config.max_in_flight)]
+        ray.get(boots, timeout=preflight.PLACEMENT_TIMEOUT_S)
 
     @property
     def buffered_rows(self) -> int:

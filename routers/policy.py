@@ -178,6 +178,8 @@ class Policy:
         if not isinstance(raw_rules, Sequence) or isinstance(raw_rules, str):
             problems.append(f"{prefix}rules: expected a list of rules, got {raw_rules!r}")
             raw_rules = []
+        if len(raw_rules) > MAX_RULES:  # before parsing any of them
+            raise PolicyError([f"{prefix}rules: at most {MAX_RULES} rules, got {len(raw_rules)}"])
         names: dict[str, int] = {}
         for i, raw in enumerate(raw_rules):
             rule = _parse_rule(raw, i, f"{prefix}rules[{i}]", names, problems)

@@ -110,7 +110,7 @@ def test_kafka_to_s3_lake(kafka_bootstrap: str, topic: str, s3_lake: tuple[str, 
     check_hot(pipeline.hot_state(), want["hot"])
 
     # Hot alerts went to Kafka too, each confirmed before the offsets were committed.
-    lake_alerts = lake_table(fs, lake, "hot/alerts")
+    lake_alerts = lake_table(fs, lake, "hot/player_features")
     assert summary.alerts == lake_alerts.num_rows > 0
     consumer = KafkaConsumer(
         alerts_topic,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,24 @@ def test_parquet_file_source(tmp_path: Path) -> None:
     assert summary.done_positions == {"events_parquet": total - 1}
     assert len(lake_ids(tmp_path / "lake")) == summary.cold
     assert os.path.isdir(tmp_path / "lake" / "warm" / "minute_kpis")
+
+
+def test_a_path_ray_cannot_place_fails_in_time_naming_what_it_needs(
+    ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a cluster, `hot.resources` names node types (cluster.yaml); a resource no node has used
+    # to make the run wait forever. The local preflight refuses it before Ray starts; here the
+    # pipeline meets such a Ray anyway (as on a cluster lacking those nodes).
+    from engine import preflight
+    from engine.preflight import PlacementError
+
+    monkeypatch.setattr(preflight, "PLACEMENT_TIMEOUT_S", 3.0)
+    config = PipelineConfig.from_dict(
+        {"source": {"events": 100}, "hot": {"resources": {"hot_node": 1}},
+         "cold": {"lake_uri": str(tmp_path / "lake")}}
+    )  # fmt: skip
+    started = time.monotonic()
+    need = r"hot: not placed within 3 s; it needs \{'CPU': 0.25, 'hot_node': 1.0\}"
+    with pytest.raises(PlacementError, match=need):
+        Pipeline(config).run()
+    assert time.monotonic() - started < 30

@@ -94,5 +94,18 @@ def test_the_guide_config_runs_from_the_cli(tmp_path: Path) -> None:
     assert set(counts.column_names) == {"minute", "event_type", "events"}
     assert sum(counts["events"].to_pylist()) == summary["warm"]  # partial counts add up
     assert summary["alerts"] > 0
-    alerts = ds.dataset(lake / "hot" / "alerts", format="parquet").to_table()
+    alerts = ds.dataset(lake / "hot" / "spend_tracker", format="parquet").to_table()
     assert alerts.num_rows == summary["alerts"] and alerts.column_names == ["player_id", "spend"]
+    # The hot state, one row per player, is in the lake after a bounded run.
+    state = ds.dataset(lake / "state" / "spend_tracker", format="parquet").to_table()
+    assert state.column_names == ["player_id", "purchases", "spend", "max_level"]
+    assert state.num_rows == len(set(state["player_id"].to_pylist())) > 0
+    # Purchases reach the hot path by the policy's first rule (purchases and refunds).
+    assert 0 < sum(state["purchases"].to_pylist()) <= summary["per_rule"]["monetization"]
+    assert set(summary["outputs"]) == {
+        "cold_events",
+        "warm",
+        "hot_outputs",
+        "hot_state",
+        "dead_letter",
+    }
