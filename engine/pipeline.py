@@ -41,7 +41,7 @@ from engine.preflight import PlacementError
 from engine.priority import WORKER_NICENESS
 from engine.processors import import_modules
 from engine.sinks import KafkaSink
-from engine.sources import FileSource, Source, SourceBlock, SyntheticSource
+from engine.sources import BackgroundSource, FileSource, Source, SourceBlock, SyntheticSource
 from engine.sources.kafka import KafkaSource
 from engine.warm import WarmPath
 from engine.wire import pack
@@ -122,7 +122,8 @@ def source_from_config(config: PipelineConfig, start_ms: int | None = None) -> S
     if s.kind == "file":
         assert s.path is not None  # checked at load
         return FileSource(s.path, s.format, s.block_rows)
-    return SyntheticSource(
+    # Generated in a process of its own: making events must not take the driver's time.
+    synthetic = SyntheticSource(
         events=s.events,
         players=s.players,
         seed=s.seed,
@@ -140,6 +141,7 @@ def source_from_config(config: PipelineConfig, start_ms: int | None = None) -> S
         epoch_seconds_share=s.epoch_seconds_share,
         drift=s.drift,
     )
+    return BackgroundSource(synthetic)
 
 
 @dataclass

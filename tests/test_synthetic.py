@@ -260,6 +260,7 @@ def test_paced_arrival_follows_the_wall_clock() -> None:
 
 def test_config_knobs_reach_the_source() -> None:
     from engine.pipeline import source_from_config
+    from engine.sources import BackgroundSource
 
     defaults = PipelineConfig.from_dict({}).source
     assert (defaults.numeric_id_share, defaults.drift, defaults.missing_share) == (0.2, 0.0, 0.1)
@@ -268,7 +269,9 @@ def test_config_knobs_reach_the_source() -> None:
         {"source": {"numeric_id_share": 0.5, "drift": 0.25, "missing_share": 0.0,
                     "epoch_seconds_share": 0.1, "events": 10}}
     )  # fmt: skip
-    src = source_from_config(config, start_ms=START_MS)
+    background = source_from_config(config, start_ms=START_MS)
+    assert isinstance(background, BackgroundSource)  # generated beside the driver
+    src = background.inner
     assert isinstance(src, SyntheticSource)
     knobs = (src.numeric_id_share, src.drift, src.missing_share, src.epoch_seconds_share)
     assert knobs == (0.5, 0.25, 0.0, 0.1)
