@@ -27,6 +27,7 @@ def test_run_prints_progress_and_a_json_summary(tmp_path: Path) -> None:
     assert summary["hot"] + summary["warm"] + summary["cold"] + summary["dead_letter"] == 40_000
     assert summary["lake_uri"] == str(lake) and summary["elapsed_s"] > 0
     assert "in " in done.stderr and "accounted" in done.stderr  # progress and summary for people
+    assert "Token authentication" not in done.stderr  # Ray's notice only with -v
     cold = ds.dataset(lake / "events", format="parquet", partitioning="hive").count_rows()
     assert cold == summary["cold"]
 
