@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["MAX_BYTES", "YamlFileError", "read_yaml"]
+__all__ = ["MAX_BYTES", "MAX_NODES", "YamlFileError", "read_yaml"]
 
 #: A policy or config larger than this is refused before parsing (10 MiB: ~100K rules).
 MAX_BYTES: Final[int] = 10 << 20
+#: Values a file may hold once its aliases are expanded (a 10 MiB file holds ~1M at most).
+MAX_NODES: Final[int] = 2_000_000
 
 
 class YamlFileError(ValueError):
@@ -71,4 +73,28 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
         raise YamlFileError(f"{path}: not valid YAML ({exc})") from exc
     if data is None:
         raise YamlFileError(f"{path}: the {what} file is empty")
+    if not _within(data, MAX_NODES):
+        # A few lines of anchors and aliases can stand for billions of values ("billion
+        # laughs"): the loader shares them, but reading the result would not end.
+        raise YamlFileError(
+            f"{path}: more than {MAX_NODES:,} values once its aliases (*name) are expanded"
+        )
     return data
+
+
+def _within(data: Any, limit: int) -> bool:
+    """Whether ``data`` has at most ``limit`` values, counting shared ones each time they are
+    reached (a walk that gives up at the limit, so it ends quickly on any input)."""
+    count = 0
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True

@@ -110,3 +110,15 @@ def test_help_says_what_the_tool_is_and_every_flag_has_its_default() -> None:
             or "store_true" in section
             or section.startswith(("q, --quiet", "v, --verbose", "-json", "-topic", "-path"))
         ), section
+
+
+def test_a_billion_laughs_file_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    lines.append("rules: [" + ", ".join(["*a8"] * 9) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")  # 700 bytes, ~3.9 billion values expanded
+    done = run_cli("validate", str(bomb))
+    assert done.returncode == 1
+    assert "more than 2,000,000 values once its aliases (*name) are expanded" in done.stderr
