@@ -119,6 +119,8 @@ class _Signals:
     def __init__(self) -> None:
         self.source: Any = None  # set once the pipeline runs
         self.received: int | None = None
+        #: Set once the run's work is done: a signal then only ends the wait for the summary.
+        self.finishing = False
         self.arm()
 
     def arm(self) -> None:
@@ -129,6 +131,8 @@ class _Signals:
     def _handle(self, signum: int, frame: object) -> None:
         first = self.received is None
         self.received = signum
+        if self.finishing:  # everything is written; Ray is shutting down: let it
+            return
         if first and self.source is not None:
             print(
                 f"{signal.Signals(signum).name}: stopping after the current block"
@@ -176,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(path, overrides)
     except ConfigError as exc:
-        print(f"{args.config or '<defaults>'}: invalid config", file=sys.stderr)
+        print(f"{path or '<defaults>'}: invalid config", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
@@ -212,13 +216,16 @@ def _run(args: argparse.Namespace) -> int:
         signals.source = pipeline.source
         summary = pipeline.run(progress=None if args.quiet else _ProgressPrinter())
     finally:
-        signals.source = None  # from here on a signal stops at once
+        signals.finishing = True
         ray.shutdown()  # every Ray process this run started
     result = summary.to_json()
     total = summary.hot + summary.warm + summary.cold + summary.dead_letter
     stopped = ""
-    if summary.stopped:
-        planned = f" of {config.source.events:,}" if config.source.kind == "synthetic" else ""
+    synthetic = config.source.kind == "synthetic"
+    # A stop that came once every event was read did not cut the run short.
+    cut_short = summary.stopped and not (synthetic and summary.events_in >= config.source.events)
+    if cut_short:
+        planned = f" of {config.source.events:,}" if synthetic else ""
         name = signal.Signals(signals.received).name if signals.received else "a stop request"
         stopped = f"stopped by {name} after {summary.events_in:,}{planned} events\n"
     print(
@@ -249,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     # A bounded source cut short says so in its status; a stream (Kafka) has no other way to
     # end than a signal, and a graceful stop after a last checkpoint is its normal end.
-    if summary.stopped and signals.received and config.source.kind != "kafka":
+    if cut_short and signals.received and config.source.kind != "kafka":
         return 128 + signals.received
     return 0
 

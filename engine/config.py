@@ -338,6 +338,15 @@ def load_config(
 
 def _policy_file(path: Path) -> Policy:
     try:
-        return Policy.from_file(path)
+        data = read_yaml(path, "policy")
+    except YamlFileError as exc:
+        raise ConfigError([f"policy: {exc}"]) from exc
+    if isinstance(data, dict) and {"source", "hot", "warm", "cold", "policy"} & set(data):
+        raise ConfigError(
+            [f"policy: {path} is a pipeline config, not a policy; give it as --config, or give"
+             " a policy file (schema, default, rules)"]
+        )  # fmt: skip
+    try:
+        return Policy.from_dict(data)
     except PolicyError as exc:
         raise ConfigError([f"policy: {problem}" for problem in exc.problems]) from exc

@@ -263,7 +263,8 @@ class HotPath:
 
     def snapshot(self) -> pa.Table:
         """Snapshot rows of every key from all actors; call with no call in flight."""
-        return pa.concat_tables(ray.get([actor.snapshot.remote() for actor in self.actors]))
+        # An actor without keys may give null-typed columns: joined as one contract.
+        return concat_conformed(ray.get([actor.snapshot.remote() for actor in self.actors]))
 
     def restore(self, rows: pa.Table) -> None:
         """Send snapshot rows to the actors that own their keys' key groups."""
@@ -284,7 +285,7 @@ class HotPath:
 
     def state(self) -> pa.Table:
         """The state of every key, from all actors (one row per key)."""
-        return pa.concat_tables(ray.get([actor.state.remote() for actor in self.actors]))
+        return concat_conformed(ray.get([actor.state.remote() for actor in self.actors]))
 
     def latency_percentiles(self) -> dict[str, float | None]:
         """p50/p99 (ms) of every row's latency, from when it was due to its state update."""

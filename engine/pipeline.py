@@ -261,6 +261,7 @@ class Pipeline:
         self.recovered_files: list[str] = []
         self._alerts_sink: KafkaSink | None = None
         self._first_block_at: float | None = None  # monotonic time of the first block
+        self._stopped = False  # the source ended because it was asked to stop
 
     @property
     def source(self) -> Source:
@@ -370,6 +371,8 @@ class Pipeline:
                 if progress and every and now - last_report >= every:
                     last_report = now
                     progress(self._progress(started))
+            # Stopped only if the stop cut the source short (not a signal during the drain).
+            self._stopped = source.stopping
             if source.checkpointed:
                 self.checkpoint()  # the last commit needs the source still connected
             else:
@@ -679,7 +682,7 @@ class Pipeline:
             },
             checkpoints=self.checkpoints_taken,
             first_block_s=None if self._first_block_at is None else self._first_block_at - started,
-            stopped=self.source.stopping,
+            stopped=self._stopped,
         )
 
 

@@ -86,16 +86,22 @@ def check_lake(config: PipelineConfig) -> None:
     try:
         lake.write_text("", probe)
         lake.fs.rm(lake.path(probe))
-    except LakeUnavailableError as exc:
-        raise StartupError(
-            f"cold.lake_uri: {uri!r} did not accept a write after retries ({_cause(exc)});"
-            " check that the storage is reachable, then run again",
-            status=1,
-        ) from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, LakeUnavailableError) as exc:
+        if isinstance(exc, LakeUnavailableError | ConnectionError | TimeoutError):
+            raise StartupError(
+                f"cold.lake_uri: {uri!r} did not accept a write ({_cause(exc)}); check that the"
+                " storage is reachable, then run again",
+                status=1,
+            ) from exc
         raise StartupError(
             f"cold.lake_uri: cannot write to {uri!r} ({_cause(exc)}); point --lake or"
             " cold.lake_uri at a folder or bucket you can write to"
+        ) from exc
+    except Exception as exc:  # e.g. botocore's NoCredentialsError: neither OSError nor ours
+        raise StartupError(
+            f"cold.lake_uri: cannot write to {uri!r} ({_cause(exc)}); check its credentials and"
+            " endpoint (cold.storage_options, or the AWS_* variables)",
+            status=1,
         ) from exc
 
 
@@ -123,8 +129,21 @@ def check_source(config: PipelineConfig) -> None:
                 f"source.path: {str(source.path)!r} does not exist; give an NDJSON or Parquet"
                 " file, or a folder of them (--path)"
             )
+        from engine.sources import FileSource
+
+        if not FileSource(str(source.path)).files():
+            raise StartupError(
+                f"source.path: no .ndjson, .jsonl, .json or .parquet file in {str(source.path)!r}"
+                " (sub-folders included, . and _ ones skipped)"
+            )
     elif source.kind == "kafka":
         servers = [s.strip() for s in str(source.bootstrap).split(",") if s.strip()]
+        for server in servers:
+            if not server.rpartition(":")[2].isdigit():
+                raise StartupError(
+                    f"source.bootstrap: {server!r} needs a port, as host:port (Kafka's is often"
+                    " 9092)"
+                )
         for server in servers:
             host, _, port = server.rpartition(":")
             try:

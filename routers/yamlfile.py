@@ -68,9 +68,10 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        raise YamlFileError(f"{path}{where}: not valid YAML ({exc.problem or exc})") from exc
+        problem = " ".join(str(exc.problem or exc).split())
+        raise YamlFileError(f"{path}{where}: not valid YAML ({problem})") from exc
     except yaml.YAMLError as exc:
-        raise YamlFileError(f"{path}: not valid YAML ({exc})") from exc
+        raise YamlFileError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     if data is None:
         raise YamlFileError(f"{path}: the {what} file is empty")
     if not _within(data, MAX_NODES):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from engine.processors import MinuteKpis
+from engine.processors import HotProcessor, MinuteKpis
 from routers import EventSchema
 
 
@@ -29,3 +29,19 @@ class SlowKpis(MinuteKpis):
         out = super().process(batch)
         (self.trace_dir / uuid.uuid4().hex).write_text(f"{start} {time.time()} {batch.num_rows}")
         return out
+
+
+class CountsPerKey(HotProcessor):
+    """A hot processor with a dict-based state, as users write them: an actor that got no keys
+    returns columns of type null (a review found the end-of-run state join failing on them)."""
+
+    def __init__(self, schema: EventSchema, **options: Any) -> None:
+        super().__init__(schema, **options)
+        self.counts: dict[str, int] = {}
+
+    def process(self, batch: pa.RecordBatch) -> None:
+        for key in batch.column(self.schema.key).to_pylist():  # a test helper, not a stream path
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def state(self) -> pa.Table:
+        return pa.table({"player_id": list(self.counts), "events": list(self.counts.values())})

@@ -51,3 +51,60 @@ def test_an_error_in_the_child_is_raised_with_its_message() -> None:
             found.append(block)
     source.close()
     assert len(found) == 1
+
+
+def test_stop_ends_a_paced_source_without_waiting_for_its_next_block() -> None:
+    import time
+
+    source = BackgroundSource(synthetic(1_000_000, rate=100.0))  # a block every 10 s
+    blocks = source.blocks()
+    next(blocks)
+    source.stop()
+    started = time.monotonic()
+    assert list(blocks) == []
+    source.close()
+    assert time.monotonic() - started < 5
+
+
+def test_file_partition_names_depend_only_on_each_files_own_path(tmp_path) -> None:
+    from engine.sources import FileSource
+
+    (tmp_path / "a_b.ndjson").write_text("{}\n")
+    alone = FileSource(tmp_path).partitions()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b.ndjson").write_text("{}\n")
+    both = FileSource(tmp_path).partitions()
+    assert both[tmp_path / "a_b.ndjson"] == alone[tmp_path / "a_b.ndjson"] == "a_b_ndjson"
+    assert len(set(both.values())) == 2
+
+
+def test_the_child_ends_with_a_killed_driver() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+    from pathlib import Path
+
+    from tests.test_cli_fail_fast import survivors
+
+    mark = uuid.uuid4().hex
+    code = (
+        "from engine.sources import BackgroundSource, SyntheticSource\n"
+        "s = BackgroundSource(SyntheticSource(events=10**7, block_rows=1000, rate=100.0))\n"
+        "b = s.blocks(); next(b); print('READY', flush=True)\nimport time; time.sleep(60)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    driver = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "TC_TEST_MARK": mark},
+    )  # fmt: skip
+    assert driver.stdout is not None and driver.stdout.readline().strip() == "READY"
+    assert len(survivors(mark)) >= 2  # the driver and its source process
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.monotonic() + 10
+    while survivors(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert survivors(mark) == []

@@ -225,3 +225,26 @@ def test_a_file_source_reads_a_hive_folder_recursively_with_a_policy_file(tmp_pa
     summary = json.loads(out.strip().splitlines()[-1])
     assert (summary["events_in"], summary["hot"], summary["warm"]) == (100, 50, 50)
     assert summary["per_rule"] == {"buys": 50, "default": 50}
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--source", "kafka", "--topic", "t", "--bootstrap", "localhost"],
+         "source.bootstrap: 'localhost' needs a port, as host:port"),
+        (["--policy", "examples/demo.yaml"],
+         "examples/demo.yaml is a pipeline config, not a policy"),
+    ],
+)  # fmt: skip
+def test_mistakes_that_are_told_apart(tmp_path: Path, args: list[str], line: str) -> None:
+    status, _, err = run("run", *args, "--lake", str(tmp_path / "lake"), tmp_path=tmp_path)
+    assert status == 2 and line in err and "Traceback" not in err
+
+
+def test_a_folder_without_event_files_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "readme.txt").write_text("no events here\n")
+    status, _, err = run("run", "--source", "file", "--path", str(tmp_path / "in"),
+                         "--lake", str(tmp_path / "lake"), tmp_path=tmp_path)  # fmt: skip
+    assert status == 2
+    assert "source.path: no .ndjson, .jsonl, .json or .parquet file in" in one_line(err)

@@ -257,3 +257,22 @@ def test_a_path_ray_cannot_place_fails_in_time_naming_what_it_needs(
     with pytest.raises(PlacementError, match=need):
         Pipeline(config).run()
     assert time.monotonic() - started < 30
+
+
+def test_the_end_of_run_state_joins_actors_that_got_no_keys(
+    ray_local: None, tmp_path: Path
+) -> None:
+    events = tmp_path / "e.ndjson"
+    line = '{"event_id":"e%d","player_id":"p1","event_time":1764000000000,"event_type":"x"}\n'
+    events.write_text("".join(line % i for i in range(5)))
+    config = PipelineConfig.from_dict(
+        {"source": {"kind": "file", "path": str(events)}, "policy": {"default": "hot"},
+         "hot": {"actors": 2, "processor": "tests.slow:CountsPerKey"},
+         "cold": {"lake_uri": str(tmp_path / "lake")}}
+    )  # fmt: skip
+    pipeline = Pipeline(config)
+    summary = pipeline.run()
+    pipeline.close()
+    assert summary.hot == 5
+    state = ds.dataset(tmp_path / "lake" / "state", format="parquet").to_table()
+    assert state.to_pylist() == [{"player_id": "p1", "events": 5}]

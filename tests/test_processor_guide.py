@@ -109,3 +109,12 @@ def test_the_guide_config_runs_from_the_cli(tmp_path: Path) -> None:
         "hot_state",
         "dead_letter",
     }
+
+
+def test_the_installed_command_finds_processors_in_the_working_directory() -> None:
+    # The console script, unlike `python -m`, does not put the working directory on sys.path.
+    command = Path(sys.executable).parent / "thermocline"
+    done = subprocess.run([str(command), "validate", "examples/custom.yaml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "hot: 2 actors of spend_tracker" in done.stdout

@@ -194,6 +194,11 @@ def import_modules(modules: tuple[str, ...] | list[str]) -> None:
     Raises:
         ConfigError: naming each module that cannot be imported, and why.
     """
+    import os
+    import sys
+
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does; the console script does not
     problems = []
     for i, module in enumerate(modules):
         try:

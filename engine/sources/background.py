@@ -9,8 +9,11 @@ receives finished blocks (a pipe copy of their bytes) from a bounded queue.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,7 +54,7 @@ class BackgroundSource(Source):
         self._stop = self._context.Event()
         self._process = self._context.Process(
             target=_produce,
-            args=(self.inner, self._items, self._stop),
+            args=(self.inner, self._items, self._stop, os.getpid()),
             name=f"thermocline-source-{self.name}",
             daemon=True,
         )
@@ -71,8 +74,10 @@ class BackgroundSource(Source):
         self.start()
         while True:
             try:
-                item = self._items.get(timeout=0.5)
+                item = self._items.get(timeout=0.2)
             except queue.Empty:
+                if self.stopping:  # the child may be waiting for its next block's time
+                    return
                 if not self._process.is_alive():
                     raise RuntimeError(
                         f"the {self.name} source process exited unexpectedly"
@@ -93,16 +98,26 @@ class BackgroundSource(Source):
         if process is None:
             return
         self._stop.set()
-        while process.is_alive():  # unblock a child waiting to put into a full queue
-            try:
+        deadline = time.monotonic() + 2
+        while process.is_alive() and time.monotonic() < deadline:
+            try:  # unblock a child waiting to put into a full queue
                 self._items.get(timeout=0.1)
             except queue.Empty:
                 process.join(timeout=0.1)
+        if process.is_alive():  # asleep until its next block is due: nothing to finish
+            process.kill()
         process.join()
 
 
-def _produce(source: Source, items: Any, stop: Any) -> None:
-    """The child: put each block, then the end (or the error's text), in ``items``."""
+def _produce(source: Source, items: Any, stop: Any, parent: int) -> None:
+    """The child: put each block, then the end (or the error's text), in ``items``.
+
+    It ends with its parent: a watchdog thread exits the process once the parent is gone (a
+    killed driver leaves no generator behind). SIGTERM is restored to its default (the start
+    ignored it, for the driver to handle Ctrl-C), so the child can be stopped like any process.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     try:
         for block in source.blocks():
             if stop.is_set():
@@ -113,3 +128,9 @@ def _produce(source: Source, items: Any, stop: Any) -> None:
         items.put(f"{type(exc).__name__}: {exc}")
         return
     items.put(_END)
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)

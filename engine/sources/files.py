@@ -52,16 +52,16 @@ class FileSource(Source):
         )
 
     def partitions(self) -> dict[Path, str]:
-        """Each file's partition name: its path under the folder in letters, digits, ``_`` and
-        ``-`` (it names lake files); a name two paths would share gets a hash of the path."""
+        """Each file's partition name (it names lake files), from its own path alone, so a rerun
+        with more files around gives the same names: ``name.ext`` as ``name_ext``; a path in a
+        sub-folder or with other characters also gets a hash of the path, so two paths never
+        share a name."""
         names: dict[Path, str] = {}
-        taken: set[str] = set()
         for file in self.files():
             relative = file.name if self.path.is_file() else file.relative_to(self.path).as_posix()
             name = re.sub(r"[^A-Za-z0-9_-]", "_", relative)
-            if name in taken:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9]+", relative):
                 name += "-" + hashlib.sha1(relative.encode()).hexdigest()[:8]
-            taken.add(name)
             names[file] = name
         return names
 
