@@ -35,13 +35,6 @@ __all__ = ["DEMO_CONFIG", "main"]
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
 
 
-#: Top-level keys that make a YAML file a pipeline config rather than a policy.
-_PIPELINE_KEYS = frozenset(
-    {"source", "policy", "hot", "warm", "cold", "progress_every_s", "checkpoint_interval",
-     "alerts_topic", "processors"}
-)  # fmt: skip
-
-
 def _validate(args: argparse.Namespace) -> int:
     """Check a policy or a whole pipeline config (which one: its top-level keys, or --pipeline)."""
     from routers.yamlfile import YamlFileError, read_yaml
@@ -51,7 +44,9 @@ def _validate(args: argparse.Namespace) -> int:
     except YamlFileError as exc:
         print(f"thermocline: {exc}", file=sys.stderr)
         return 1
-    pipeline = args.pipeline or (isinstance(data, dict) and bool(_PIPELINE_KEYS & set(data)))
+    from engine.config import PIPELINE_KEYS
+
+    pipeline = args.pipeline or (isinstance(data, dict) and bool(PIPELINE_KEYS & set(data)))
     if pipeline:
         from engine.config import load_config
         from engine.preflight import StartupError, check_processors

@@ -25,6 +25,7 @@ from routers import ConfigError, Policy, PolicyError, parse_duration_ms
 from routers.yamlfile import YamlFileError, read_yaml
 
 __all__ = [
+    "PIPELINE_KEYS",
     "ColdConfig",
     "HotConfig",
     "PipelineConfig",
@@ -336,12 +337,17 @@ def load_config(
     return PipelineConfig.from_dict(data)
 
 
+#: A pipeline config's top-level keys: a YAML file with any of them is a pipeline config, not a
+#: policy (a policy's keys are schema, default, rules).
+PIPELINE_KEYS: frozenset[str] = frozenset(PipelineConfig.model_fields)
+
+
 def _policy_file(path: Path) -> Policy:
     try:
         data = read_yaml(path, "policy")
     except YamlFileError as exc:
         raise ConfigError([f"policy: {exc}"]) from exc
-    if isinstance(data, dict) and {"source", "hot", "warm", "cold", "policy"} & set(data):
+    if isinstance(data, dict) and PIPELINE_KEYS & set(data):
         raise ConfigError(
             [f"policy: {path} is a pipeline config, not a policy; give it as --config, or give"
              " a policy file (schema, default, rules)"]

@@ -64,6 +64,8 @@ class SpendTracker(HotProcessor):
             "spend": pc.fill_null(amount, 0.0),
             "max_level": coerce_column(batch, "level", pa.int64()),
         })  # fmt: skip
+        # Clear over fast: merging with the whole state is O(keys) per batch. For millions of
+        # keys, index the state (engine.processors.PlayerFeatures keeps a two-level key index).
         before = self._spend_of(rows["player_id"])
         merged = _merge(pa.concat_tables([self._state, rows]))
         self._state = merged

@@ -36,11 +36,17 @@ class FileSource(Source):
         self.path = Path(path)
         self.format = format
         self.block_rows = block_rows
+        self._files: list[Path] | None = None
         if not self.path.exists():
             raise FileNotFoundError(f"source.path: {self.path} does not exist")
 
     def files(self) -> list[Path]:
-        """The files this source reads, in order."""
+        """The files this source reads, in order (the folder is listed once per source)."""
+        if self._files is None:
+            self._files = self._list()
+        return self._files
+
+    def _list(self) -> list[Path]:
         if self.path.is_file():
             return [self.path]
         return sorted(
