@@ -159,7 +159,7 @@ def test_a_commit_lost_in_a_crash_is_made_on_resume(
                 "topics": [topic],
                 "group": group,
                 "start": "earliest",
-                "idle_timeout": "2s",
+                "idle_timeout": "5s",  # covers the first fetch on a loaded machine
             },
             "policy": POLICY,
             "hot": {"actors": 2, "key_groups": 64},
@@ -322,19 +322,21 @@ def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
         producer.send(topic, value=b'{"n":%d}' % i, partition=0, timestamp_ms=base + 1_000 * i)
     producer.flush()
 
-    def offsets(start, group: str) -> list[int]:
-        source = KafkaSource(kafka_bootstrap, [topic], group, start=start, idle_timeout_s=1.5)
+    # The idle timeout also covers the first fetch after joining the group, which can take
+    # seconds on a loaded 2-core CI machine: 1.5 s once made the committed read see nothing.
+    def offsets(start, group: str, idle_s: float = 6.0) -> list[int]:
+        source = KafkaSource(kafka_bootstrap, [topic], group, start=start, idle_timeout_s=idle_s)
         try:
             return [o for b in source.blocks() if b for o in b.meta["kafka_offset"].to_pylist()]
         finally:
             source.close()  # leave the group
 
     assert offsets("earliest", "g-early") == list(range(12))
-    assert offsets("latest", "g-late") == []
+    assert offsets("latest", "g-late", idle_s=1.5) == []  # expects nothing: a short wait
     assert offsets(base + 8_000, "g-time") == [8, 9, 10, 11]
     source = KafkaSource(
-        kafka_bootstrap, [topic], "g-commit", start="committed", idle_timeout_s=1.5
-    )
+        kafka_bootstrap, [topic], "g-commit", start="committed", idle_timeout_s=6.0
+    )  # stops itself after its first block
     seen = []
     for block in source.blocks():
         if block is None:
