@@ -4,20 +4,46 @@ errors, and leaves no process behind."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.sources import BackgroundSource, Source, SourceBlock, SyntheticSource
 
 
-def synthetic(events: int, **knobs: object) -> SyntheticSource:
-    return SyntheticSource(events=events, block_rows=1_000, start_ms=1_764_000_000_000, **knobs)
+def synthetic(events: int, **knobs: Any) -> SyntheticSource:
+    return SyntheticSource(
+        events=events, **{"block_rows": 1_000, "start_ms": 1_764_000_000_000, **knobs}
+    )
 
 
-def test_the_same_blocks_as_in_the_driver() -> None:
-    here = [(b.partition, b.first_offset, b.data) for b in synthetic(5_000).blocks() if b]
-    background = BackgroundSource(synthetic(5_000))
-    there = [(b.partition, b.first_offset, b.data) for b in background.blocks() if b]
+def shm_names() -> set[str]:
+    """Python's shared-memory segments (``psm_*``; a live queue's semaphores are not ours)."""
+    folder = Path("/dev/shm")
+    return {p.name for p in folder.glob("psm_*")} if folder.is_dir() else set()
+
+
+@pytest.mark.parametrize("slot_bytes", [16 << 20, 150_000], ids=["shared-memory", "some-too-big"])
+def test_the_same_blocks_as_in_the_driver(slot_bytes: int) -> None:
+    """Blocks (bytes, arrival times, offsets) arrive as made, through the shared-memory ring or,
+    for a block larger than a slot (~200 KB here against 150 KB), through the queue; the ring is
+    removed once the source is done."""
+    before = shm_names()
+    here = [
+        (b.partition, b.first_offset, b.data, b.meta["arrival_time"])
+        for b in synthetic(5_000, block_rows=700).blocks()
+        if b
+    ]
+    background = BackgroundSource(synthetic(5_000, block_rows=700), slot_bytes=slot_bytes)
+    there = [
+        (b.partition, b.first_offset, b.data, b.meta["arrival_time"])
+        for b in background.blocks()
+        if b
+    ]
+    too_big = {len(b[2]) > slot_bytes for b in here}
+    assert too_big == ({False} if slot_bytes > 1e6 else {False, True})
+    assert len(background._slots) == 0 and shm_names() <= before  # released at the end
     background.close()
     assert there == here
 

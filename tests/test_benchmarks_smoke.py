@@ -34,9 +34,15 @@ def test_router_throughput_smoke(tmp_path: Path) -> None:
         "2000",
         "--repeat",
         "1",
+        "--generator-events",
+        "40000",
+        "--rounds",
+        "2",
         results=tmp_path,
     )
     assert record["rows"] == 20_000 and record["rules"] == 6
+    assert len(record["generator_rounds"]) == 2
+    assert record["generator_events_per_s"] > 0 and record["generator_over_calibration"] > 0
     for key in ("classify", "split", "bare_expressions", "bare_split", "decode"):
         assert record[f"{key}_events_per_s"] > 0
     assert abs(sum(record["rule_share"].values()) - 1) < 1e-3
