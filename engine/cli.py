@@ -20,10 +20,11 @@ Ray is imported only by the commands that run pipelines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,16 +108,49 @@ class _ProgressPrinter:
 
 
 class _Signals:
-    """SIGINT and SIGTERM: during start-up, stop at once; during a run, stop after the current
-    block (graceful); a second signal stops at once. "At once" raises ``KeyboardInterrupt`` in
-    the main thread, which unwinds through the pipeline's and Ray's clean-up."""
+    """SIGINT and SIGTERM: during start-up, stop at once, except inside ``ray.init``; during a
+    run, stop after the current block (graceful); a second signal stops at once. "At once"
+    raises ``KeyboardInterrupt`` in the main thread, which unwinds through the pipeline's and
+    Ray's clean-up.
+
+    Inside ``ray.init`` the first signal is held until it returns: interrupted while the raylet
+    starts its dashboard and runtime-env agents, ``ray.init`` has not yet recorded them, and
+    ``ray.shutdown()`` left them running for 30-40 s (seen on every SIGTERM 1.8-3 s after launch).
+    """
 
     def __init__(self) -> None:
         self.source: Any = None  # set once the pipeline runs
         self.received: int | None = None
         #: Set once the run's work is done: a signal then only ends the wait for the summary.
         self.finishing = False
+        #: Set while ``ray.init`` runs: the first signal is held until it returns.
+        self.holding = False
         self.arm()
+
+    @contextlib.contextmanager
+    def holding_for_ray(self) -> Iterator[None]:
+        """Hold the first signal during the block (``ray.init``); stop once it is over.
+
+        ``ray.init`` sets a SIGTERM handler of its own (``sys.exit``, the same interruption):
+        it is kept out for the duration, so SIGTERM is held like SIGINT.
+
+        Raises:
+            KeyboardInterrupt: after the block, when a signal came during it.
+        """
+        import ray._private.utils as ray_utils
+
+        own = getattr(ray_utils, "set_sigterm_handler", None)
+        ray_utils.set_sigterm_handler = lambda handler: None
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if own is not None:
+                ray_utils.set_sigterm_handler = own
+            self.arm()
+        if self.received is not None:
+            raise KeyboardInterrupt
 
     def arm(self) -> None:
         """(Re)install the handlers: ``ray.init`` installs its own for SIGTERM (an exit)."""
@@ -127,6 +161,14 @@ class _Signals:
         first = self.received is None
         self.received = signum
         if self.finishing:  # everything is written; Ray is shutting down: let it
+            return
+        if first and self.holding:
+            print(
+                f"{signal.Signals(signum).name}: stopping once Ray has started, in seconds"
+                " (again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         if first and self.source is not None:
             print(
@@ -199,13 +241,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"starting a local Ray ({cpus:g} CPUs)", file=sys.stderr, flush=True)
     try:
         ray_started = time.monotonic()
-        try:
+        with signals.holding_for_ray():
             init_local_ray(cpus, verbose=args.verbose)
-        except SystemExit as exc:  # Ray's own SIGTERM handler, live during part of ray.init
-            if exc.code == signal.SIGTERM:
-                raise KeyboardInterrupt from None
-            raise
-        signals.arm()
         ray_s = time.monotonic() - ray_started
         pipeline = Pipeline(config, source=source)
         signals.source = pipeline.source
@@ -368,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("thermocline: stopped at once", file=sys.stderr)
+        print("thermocline: stopped", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for a newcomer; --debug shows where
         if args.debug:

@@ -18,7 +18,6 @@ import contextlib
 import multiprocessing
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from multiprocessing import shared_memory
 from typing import Any, Final
 
 from engine.sources.base import Source, SourceBlock
+from engine.sources.spawn import child_signals, held_signals
 
 __all__ = ["BackgroundSource"]
 
@@ -80,12 +80,8 @@ class BackgroundSource(Source):
             name=f"thermocline-source-{self.name}",
             daemon=True,
         )
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:  # the child inherits "ignore": Ctrl-C is the driver's to handle
+        with held_signals():  # Ctrl-C is the driver's to handle (engine.sources.spawn)
             self._process.start()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     def stop(self) -> None:
         super().stop()
@@ -165,10 +161,10 @@ def _produce(
     driver has copied out), and ``items`` gets ``(slot, size, block without data)``.
 
     It ends with its parent: a watchdog thread exits the process once the parent is gone (a
-    killed driver leaves no generator behind). SIGTERM is restored to its default (the start
-    ignored it, for the driver to handle Ctrl-C), so the child can be stopped like any process.
+    killed driver leaves no generator behind). It ignores SIGINT (Ctrl-C is the driver's to
+    handle) and keeps SIGTERM's default, so it can be stopped like any process.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    child_signals(terminate=True)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     slots = [shared_memory.SharedMemory(name=name) for name in names]
     try:

@@ -32,7 +32,6 @@ as upstream issues #3106 and #3121).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -40,8 +39,6 @@ import multiprocessing
 import os
 import pickle
 import queue
-import signal
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +50,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, T
 from kafka.errors import CommitFailedError, KafkaTimeoutError, RebalanceInProgressError
 
 from engine.sources.base import ARRIVAL_COLUMN, Source, SourceBlock
+from engine.sources.spawn import child_signals, held_signals
 
 __all__ = ["KafkaSource", "partition_name"]
 
@@ -271,7 +269,7 @@ class KafkaSource(Source):
             name=f"thermocline-kafka-reader-{self.settings.group}",
             daemon=True,
         )
-        with _signals_ignored():  # the reader's start-up is not interrupted by our Ctrl-C
+        with held_signals():  # the reader's start-up is not interrupted by our Ctrl-C
             self._process.start()
         # We only read these two queues: without our copy of their write ends, a reader that
         # dies (even halfway through a block) shows as end-of-file here instead of a hang.
@@ -366,21 +364,6 @@ class KafkaSource(Source):
             process.join()
 
 
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM meanwhile (main thread only): a child started now inherits
-    "ignored" and keeps it through its imports, until it installs its own dispositions."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 # -- the reader (a child process) ----------------------------------------------------------------
 
 
@@ -393,8 +376,7 @@ def _read(
 ) -> None:
     """The reader process's entry point."""
     # The driver decides when to stop (its own SIGINT/SIGTERM handler sends "stop").
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child_signals(terminate=False)
     # Never wait at exit for queued items nobody will read (the driver may be gone).
     items.cancel_join_thread()
     results.cancel_join_thread()
