@@ -31,7 +31,9 @@ from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, file_stem
 
 __all__ = ["Checkpoint", "Checkpoints"]
 
-_RANGE = re.compile(r"^(?P<stem>.+)-(?P<first>\d{20})-(?P<last>\d{20})(-\d{8})?\.parquet$")
+#: A file of one source range: ``{stem}-{first}-{last}[-{n}].parquet`` (``n``: where a warm
+#: micro-batch starts in its first block).
+_RANGE = re.compile(r"^(?P<stem>.+)-(?P<first>\d{20})-(?P<last>\d{20})(-\d{8,})?\.parquet$")
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,8 @@ class HotConfig(_Frozen):
 class WarmConfig(_Frozen):
     """Warm path: micro-batches on a size or time trigger, one Ray task each."""
 
-    #: A micro-batch is cut at this many rows...
+    #: A micro-batch is cut at this many rows buffered (all source partitions together; a
+    #: micro-batch holds one partition's rows, the largest buffer is cut)...
     max_batch_rows: int = Field(100_000, ge=1)
     #: ...or when its oldest row has waited this long.
     max_delay: Duration = "2s"

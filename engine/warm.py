@@ -1,14 +1,21 @@
 """Warm path: rows accumulate into micro-batches; each runs as one Ray task.
 
-A micro-batch is cut when the buffer reaches ``max_batch_rows`` (or ``max_batch_bytes``), or when
-its oldest row has waited ``max_delay``, whichever first. At most ``max_in_flight`` tasks run;
-beyond that the driver waits (backpressure), so the buffer never holds more than one batch.
+Rows are buffered per source partition, so a micro-batch never mixes partitions (recovery
+replays one partition at a time, and its outputs must be told apart by partition). When all
+buffers together reach ``max_batch_rows`` (or ``max_batch_bytes``), the largest is cut; a buffer
+whose oldest row has waited ``max_delay`` is cut too. At most ``max_in_flight`` tasks run; beyond
+that the driver waits (backpressure), so the buffers never hold more than one batch in all.
+
+A micro-batch's output file is named after its partition, the first offsets of its first and last
+blocks, and the row of the first block it starts at: cuts of one large block get names of their
+own, and the same size-triggered cuts of the same range get the same names again.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -85,6 +92,29 @@ def _boot() -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """Warm rows of one block, or a slice of them, packed (:mod:`engine.wire`)."""
+
+    rows: int
+    packed: pa.Buffer
+    seq: int
+    #: The block's first source offset.
+    first_offset: int
+    #: The piece's first row among the block's warm rows.
+    start: int
+
+
+@dataclass
+class _Buffer:
+    """One source partition's pieces waiting for their micro-batch."""
+
+    pieces: list[_Piece] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+    oldest: float | None = None
+
+
 class WarmPath:
     """Driver side of the warm path (see the module docstring)."""
 
@@ -103,12 +133,10 @@ class WarmPath:
         self.lake_uri = lake_uri
         self.storage_options = storage_options
         self.source_name = source_name
-        #: Pieces of blocks (packed as they come, see engine.wire): (rows, buffer, seq,
-        #: partition, first offset).
-        self._buffer: list[tuple[int, pa.Buffer, int, str, int]] = []
+        #: Pieces of blocks, by source partition, packed as they come (see engine.wire).
+        self._buffers: dict[str, _Buffer] = {}
         self._buffered_rows = 0
         self._buffered_bytes = 0
-        self._oldest: float | None = None
         self._inflight: dict[ray.ObjectRef, list[int]] = {}
         self._tasks_left: dict[int, int] = defaultdict(int)
         self._unsent: dict[int, int] = defaultdict(int)  # rows of a block still in the buffer
@@ -147,57 +175,68 @@ class WarmPath:
         self._unsent[seq] += rows
         start = 0
         while start < rows:
+            buffer = self._buffers.setdefault(partition, _Buffer())  # anew after a cut
             room = self.config.max_batch_rows - self._buffered_rows
             piece = batch.slice(start, min(room, rows - start))
-            self._buffer.append((piece.num_rows, pack(piece), seq, partition, first_offset))
+            buffer.pieces.append(_Piece(piece.num_rows, pack(piece), seq, first_offset, start))
+            buffer.rows += piece.num_rows
+            buffer.bytes += piece.nbytes
+            buffer.oldest = buffer.oldest or time.monotonic()
             self._buffered_rows += piece.num_rows
             self._buffered_bytes += piece.nbytes
-            self._oldest = self._oldest or time.monotonic()
             start += piece.num_rows
             self.max_buffered_rows_seen = max(self.max_buffered_rows_seen, self._buffered_rows)
-            if (
+            while (
                 self._buffered_rows >= self.config.max_batch_rows
                 or self._buffered_bytes >= self.config.max_batch_bytes
-            ):
-                done += self._cut()
+            ):  # the largest buffer: with one partition, the only one
+                done += self._cut(max(self._buffers, key=lambda p: self._buffers[p].rows))
         return done
 
     def tick(self) -> list[int]:
         """Apply the time trigger; returns blocks done meanwhile."""
-        if self._oldest is not None and time.monotonic() - self._oldest >= self.config.max_delay_s:
-            return self._cut()
-        return self.poll()
+        now = time.monotonic()
+        late = [
+            partition
+            for partition, buffer in self._buffers.items()
+            if buffer.oldest is not None and now - buffer.oldest >= self.config.max_delay_s
+        ]
+        if not late:
+            return self.poll()
+        return [seq for partition in late for seq in self._cut(partition)]
 
     def flush(self) -> list[int]:
         """Submit whatever is buffered (end of input)."""
-        return self._cut() if self._buffer else []
+        return [seq for partition in list(self._buffers) for seq in self._cut(partition)]
 
-    def _cut(self) -> list[int]:
+    def _cut(self, partition: str) -> list[int]:
+        """Submit ``partition``'s buffer as one micro-batch; returns blocks done meanwhile."""
         done: list[int] = []
         while len(self._inflight) >= self.config.max_in_flight:
             done += self._wait(num_returns=1, timeout=None)
-        pieces, self._buffer = self._buffer, []
-        self._buffered_rows = self._buffered_bytes = 0
-        self._oldest = None
-        _, _, first_seq, partition, first = pieces[0]
-        stem = file_stem(self.source_name, partition, first, pieces[-1][4])
-        relative = f"warm/{self.config.output_name}/{stem}-{first_seq:08d}.parquet"
+        buffer = self._buffers.pop(partition)
+        pieces = buffer.pieces
+        self._buffered_rows -= buffer.rows
+        self._buffered_bytes -= buffer.bytes
+        head = pieces[0]
+        stem = file_stem(self.source_name, partition, head.first_offset, pieces[-1].first_offset)
+        relative = f"warm/{self.config.output_name}/{stem}-{head.start:08d}.parquet"
         ref = run_micro_batch.options(
             num_cpus=self.config.num_cpus, resources=dict(self.config.resources) or None
         ).remote(
             self.processor,
             self.schema,
             dict(self.config.options),
-            [packed for _, packed, _, _, _ in pieces],
+            [piece.packed for piece in pieces],
             self.lake_uri,
             self.storage_options,
             relative,
             self.source_name,
             partition,
         )
-        seqs = sorted({p[2] for p in pieces})
-        for rows, _, seq, _, _ in pieces:
-            self._unsent[seq] -= rows
+        seqs = sorted({piece.seq for piece in pieces})
+        for piece in pieces:
+            self._unsent[piece.seq] -= piece.rows
         for seq in seqs:
             self._tasks_left[seq] += 1
         self._inflight[ref] = seqs
