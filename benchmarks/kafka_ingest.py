@@ -97,6 +97,7 @@ def pipeline(bootstrap: str, topic: str, events: int) -> dict:
         config = load_config(
             ROOT / "examples" / "demo.yaml",
             {
+                "name": "kafka-bench",
                 "source.kind": "kafka",
                 "source.bootstrap": bootstrap,
                 "source.topics": [topic],

@@ -3,9 +3,12 @@
 A checkpoint of partition P at offset N says: every event of P up to N is in the lake and in the
 hot state snapshot saved with it, and nothing after N is. Layout::
 
-    {lake}/_state/{source}/{partition}/hot-{N:020d}.parquet   hot snapshot rows of P's keys
-    {lake}/_state/{source}/{partition}/CURRENT.json          {"position": N, "hot": "<path>",
-                                                               "schema": "<Arrow IPC, base64>"}
+    {lake}/_state/{pipeline}/{partition}/hot-{N:020d}.parquet   hot snapshot rows of P's keys
+    {lake}/_state/{pipeline}/{partition}/CURRENT.json          {"position": N, "hot": "<path>",
+                                                                 "schema": "<Arrow IPC, base64>"}
+
+Both names are encoded injectively (:func:`engine.lake.encode_partition_value`): pipelines with
+different names keep apart checkpoints in one lake, and topics ``a.b`` and ``a_b`` do not meet.
 
 ``schema`` is the stream's schema contract at the checkpoint (routers.contract): a resumed run
 seeds its contract with it, so it types undeclared columns as the uninterrupted run did.
@@ -13,7 +16,8 @@ seeds its contract with it, so it types undeclared columns as the uninterrupted 
 ``CURRENT.json`` is written last (atomically), so a crash mid-checkpoint leaves the previous one
 in force. Recovery (:meth:`Checkpoints.recover`) deletes lake files of P that start after the
 position it resumes from: they were written after the last checkpoint, and the replay writes them
-again under the same or different names (file names carry source offsets, so they can be found).
+again under the same or different names (file names carry the pipeline's name, the partition and
+source offsets, so they can be found, and only this pipeline's are touched).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, file_stem
+from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, encode_partition_value, scope
 
 __all__ = ["Checkpoint", "Checkpoints"]
 
@@ -48,15 +52,16 @@ class Checkpoint:
 
 
 class Checkpoints:
-    """Save and load checkpoints of one source's partitions in ``lake``."""
+    """Save and load checkpoints of one pipeline's source partitions in ``lake``."""
 
-    def __init__(self, lake: Lake, source_name: str, output_dirs: tuple[str, ...] = ()) -> None:
+    def __init__(self, lake: Lake, pipeline: str, output_dirs: tuple[str, ...] = ()) -> None:
         self.lake = lake
-        self.source = source_name
+        self.pipeline = pipeline
         self.output_dirs = (EVENTS_DIR, DEAD_LETTER_DIR, *output_dirs)
 
     def _folder(self, partition: str) -> str:
-        return f"_state/{file_stem(self.source, partition, 0, 0).rsplit('-', 2)[0]}"
+        names = (encode_partition_value(self.pipeline), encode_partition_value(partition))
+        return "_state/{}/{}".format(*names)
 
     def save(
         self, positions: dict[str, int], hot: pa.Table, schema: pa.Schema | None = None
@@ -96,8 +101,7 @@ class Checkpoints:
         """Delete each partition's lake files that start at or after its ``resume`` offset
         (one listing of the lake for all of them)."""
         by_prefix = {
-            file_stem(self.source, partition, 0, 0).rsplit("-", 2)[0]: offset
-            for partition, offset in resume.items()
+            scope(self.pipeline, partition): offset for partition, offset in resume.items()
         }
         doomed = []
         for directory in self.output_dirs:

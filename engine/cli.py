@@ -206,6 +206,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["source.topics"] = args.topic
     if args.group is not None:
         overrides["source.group"] = args.group
+    if args.name is not None:
+        overrides["name"] = args.name
     if args.path is not None:
         overrides["source.path"] = args.path
     if args.policy is not None:
@@ -371,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bootstrap", help="kafka: bootstrap servers, HOST:PORT (default: config)")
     run.add_argument("--topic", action="append", help="kafka: a topic to consume, repeatable")
     run.add_argument("--group", help="kafka: consumer group id (default: config)")
+    run.add_argument(
+        "--name",
+        help="the pipeline's name: scopes its checkpoints and lake files; required with kafka"
+        " (default: config, else the source's kind)",
+    )
     run.add_argument("--lake", help="lake URI, a folder or an fsspec URL (default: config, ./lake)")
     run.add_argument(
         "--num-cpus",

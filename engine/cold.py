@@ -53,6 +53,7 @@ class _ColdWriter:
         lake_uri: str,
         storage_options: dict[str, Any],
         source_name: str,
+        pipeline: str,
         schema: EventSchema,
         partition_by: tuple[str, ...],
         flush_rows: int,
@@ -64,6 +65,8 @@ class _ColdWriter:
         lower_this_thread()
         self.lake = Lake(lake_uri, storage_options)
         self.source_name = source_name
+        #: The pipeline's name: it scopes the file names (engine.lake.file_stem).
+        self.pipeline = pipeline
         self.schema = schema
         self.partition_by = partition_by
         self.flush_rows = flush_rows
@@ -113,7 +116,7 @@ class _ColdWriter:
         files: list[str] = []
         cold_rows = dead_rows = 0
         for partition, blocks in self._pending.items():
-            stem = file_stem(self.source_name, partition, blocks[0].first, blocks[-1].last)
+            stem = file_stem(self.pipeline, partition, blocks[0].first, blocks[-1].last)
             batches = [b.cold for b in blocks if b.cold.num_rows]
             # One stream contract, but taken at different times: cast to its latest schema.
             cold = concat_conformed(batches) if batches else pa.table({})
@@ -133,7 +136,7 @@ class _ColdWriter:
             late = concat_conformed(tables)
             # Named by content: a rerun that meets the same poison rows rewrites the same file.
             digest = hashlib.sha1(b"".join(late["raw"].to_pylist())).hexdigest()[:16]
-            name = f"{DEAD_LETTER_DIR}/{file_stem(self.source_name, partition, 0, 0)}-proc-{digest}"
+            name = f"{DEAD_LETTER_DIR}/{file_stem(self.pipeline, partition, 0, 0)}-proc-{digest}"
             files.append(self.lake.write_parquet(late, f"{name}.parquet"))
             dead_rows += late.num_rows
         self._late_dead.clear()

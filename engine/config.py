@@ -235,6 +235,11 @@ class PipelineConfig(_Frozen):
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
+    #: The pipeline's name (letters, digits, '-'): it scopes its checkpoints and lake file
+    #: names, so pipelines of different names share one lake without touching each other's
+    #: state or files. Required with a kafka source, whose checkpoints outlive the run;
+    #: otherwise the source's kind.
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,99}$")
     #: Where events come from (the ``source.`` keys).
     source: SourceConfig = Field(default_factory=SourceConfig)
     #: The routing policy, inline (as ``thermocline validate`` reads it) or a file's path.
@@ -279,6 +284,12 @@ class PipelineConfig(_Frozen):
             config = cls.model_validate(data)
         except ValidationError as exc:
             problems += [_describe(e) for e in exc.errors()]
+        else:
+            if config.source.kind == "kafka" and config.name is None:
+                problems.append(
+                    "name: required with a kafka source (it scopes this pipeline's checkpoints"
+                    " and lake files); add e.g. 'name: game-events' to the config, or --name"
+                )
         if problems:
             raise ConfigError(problems)
         return config

@@ -2,9 +2,10 @@
 
 Layout under ``lake_uri`` (a local folder by default; any fsspec URL, e.g. ``s3://bucket/prefix``):
 
-- ``events/dt=YYYY-MM-DD/hour=HH/[col=value/...]{source}-{partition}-{first}-{last}.parquet``:
+- ``events/dt=YYYY-MM-DD/hour=HH/[col=value/...]{pipeline}.{partition}-{first}-{last}.parquet``:
   cold events; ``first``/``last`` are the source offsets the file covers (zero-padded), so the
-  same source range always gets the same name and a retry overwrites instead of duplicating;
+  same source range always gets the same name and a retry overwrites instead of duplicating
+  (:func:`file_stem`: the pipeline's name and the source partition, encoded injectively);
 - ``warm/{output_name}/``: warm path outputs;
 - ``hot/{name}/``: the hot processor's output rows (e.g. alerts; ``name``: ``hot.output_name``,
   else the processor's name);
@@ -58,13 +59,13 @@ __all__ = [
     "LakeUnavailableError",
     "encode_partition_value",
     "file_stem",
+    "scope",
 ]
 
 EVENTS_DIR: Final[str] = "events"
 DEAD_LETTER_DIR: Final[str] = "_dead_letter"
 HOT_DIR: Final[str] = "hot"
 STATE_DIR: Final[str] = "state"
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _T = TypeVar("_T")
 
 #: The null folder, as Hive, Spark, pyarrow and DuckDB name it.
@@ -151,15 +152,31 @@ def encode_partition_value(value: object) -> str:
     return "".join(head) + _TAG + digest
 
 
-def file_stem(source: str, partition: str, first: int, last: int) -> str:
-    """File name (without extension) for rows of one source range.
+def file_stem(pipeline: str, partition: str, first: int, last: int) -> str:
+    """File name (without extension) for rows of one source range of one pipeline.
+
+    ``{pipeline}.{partition}-{first}-{last}``, each name through :func:`encode_partition_value`
+    (which escapes ``.`` and ``_``), so different (pipeline, partition) pairs never share a stem:
+    topics ``game.events`` and ``game_events`` stay apart, and the ``.`` between the two names
+    cannot occur inside either.
 
     Example:
-        >>> file_stem("kafka", "games-3", 100, 199)
-        'kafka-games-3-00000000000000000100-00000000000000000199'
+        >>> file_stem("game-kpis", "games.eu-3", 100, 199)
+        'game-kpis.games%2Eeu-3-00000000000000000100-00000000000000000199'
+        >>> file_stem("game-kpis", "games_eu-3", 100, 199)[:22]
+        'game-kpis.games%5Feu-3'
     """
-    safe = [_SAFE_NAME.sub("_", part) for part in (source, partition)]
-    return f"{safe[0]}-{safe[1]}-{first:020d}-{last:020d}"
+    return f"{scope(pipeline, partition)}-{first:020d}-{last:020d}"
+
+
+def scope(pipeline: str, partition: str) -> str:
+    """The stem prefix of one pipeline's files of one source partition (see :func:`file_stem`).
+
+    Example:
+        >>> scope("kpis", "0")
+        'kpis.0'
+    """
+    return f"{encode_partition_value(pipeline)}.{encode_partition_value(partition)}"
 
 
 class Lake:

@@ -300,7 +300,7 @@ class Pipeline:
         self.lake = Lake(cfg.cold.lake_uri, storage)
         self.hot = HotPath(cfg.hot, cfg.policy.schema)
         self.warm = WarmPath(
-            cfg.warm, cfg.policy.schema, cfg.cold.lake_uri, storage, self.source.name
+            cfg.warm, cfg.policy.schema, cfg.cold.lake_uri, storage, self.source.name, self.name
         )
         options: dict[str, Any] = {"num_cpus": cfg.cold.num_cpus}
         if cfg.cold.resources:
@@ -309,15 +309,14 @@ class Pipeline:
             cfg.cold.lake_uri,
             storage,
             self.source.name,
+            self.name,
             cfg.policy.schema,
             cfg.cold.partition_by,
             cfg.cold.flush_rows,
             cfg.cold.flush_bytes,
             cfg.cold.flush_interval_s,
         )
-        self.checkpoints = Checkpoints(
-            self.lake, self.source.name, (f"warm/{cfg.warm.output_name}",)
-        )
+        self.checkpoints = Checkpoints(self.lake, self.name, (f"warm/{cfg.warm.output_name}",))
         if cfg.alerts_topic:
             bootstrap = cfg.source.bootstrap
             if not bootstrap:
@@ -514,6 +513,12 @@ class Pipeline:
         return positions
 
     @property
+    def name(self) -> str:
+        """The pipeline's name (config ``name``, else the source's kind): it scopes checkpoints
+        and lake file names."""
+        return self.config.name or self.source.name
+
+    @property
     def hot_name(self) -> str:
         """The hot processor's lake name: ``hot.output_name``, else its processor's name."""
         name = self.config.hot.output_name or self.config.hot.processor
@@ -522,7 +527,7 @@ class Pipeline:
     def _ranges_stem(self) -> str:
         """The source ranges covered so far, as a file name: a rerun of them overwrites."""
         ranges = sorted((p, self._first[p], last) for p, last in self.tracker.done().items())
-        stem = "_".join(file_stem(self.source.name, p, a, b) for p, a, b in ranges)
+        stem = "_".join(file_stem(self.name, p, a, b) for p, a, b in ranges)
         return hashlib.sha1(stem.encode()).hexdigest() if len(stem) > 120 else stem
 
     def _write_alerts(self) -> None:

@@ -125,6 +125,7 @@ class WarmPath:
         lake_uri: str,
         storage_options: dict[str, Any],
         source_name: str,
+        pipeline: str,
     ) -> None:
         # Fail fast, in the driver, on an unknown name; workers import the class by its path.
         self.processor = qualified(warm_processor(config.processor))
@@ -133,6 +134,7 @@ class WarmPath:
         self.lake_uri = lake_uri
         self.storage_options = storage_options
         self.source_name = source_name
+        self.pipeline = pipeline  # scopes the output file names (engine.lake.file_stem)
         #: Pieces of blocks, by source partition, packed as they come (see engine.wire).
         self._buffers: dict[str, _Buffer] = {}
         self._buffered_rows = 0
@@ -219,7 +221,7 @@ class WarmPath:
         self._buffered_rows -= buffer.rows
         self._buffered_bytes -= buffer.bytes
         head = pieces[0]
-        stem = file_stem(self.source_name, partition, head.first_offset, pieces[-1].first_offset)
+        stem = file_stem(self.pipeline, partition, head.first_offset, pieces[-1].first_offset)
         relative = f"warm/{self.config.output_name}/{stem}-{head.start:08d}.parquet"
         ref = run_micro_batch.options(
             num_cpus=self.config.num_cpus, resources=dict(self.config.resources) or None

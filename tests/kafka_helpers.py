@@ -151,7 +151,7 @@ def hot_state_from_checkpoints(fs: Any, lake: str) -> pa.Table:
     """Rebuild the hot state from the last checkpoint of every partition, as a restore would."""
     processor = PlayerFeatures(EventSchema())
     root = f"{lake}/_state".removeprefix("s3://")
-    for pointer in fs.glob(f"{root}/*/CURRENT.json"):
+    for pointer in fs.glob(f"{root}/*/*/CURRENT.json"):  # _state/{pipeline}/{partition}/
         snapshot = json.loads(fs.cat(pointer))["hot"]
         rows = pq.read_table(f"{lake.removeprefix('s3://')}/{snapshot}", filesystem=fs)
         processor.restore(rows.drop_columns(["__partition"]))
@@ -162,6 +162,7 @@ def write_config(folder: Path, **source: Any) -> Path:
     import yaml
 
     config = {
+        "name": "kafka-test",
         "source": {"kind": "kafka", "start": "earliest", **source},
         "policy": POLICY,
         "hot": {"actors": 2, "key_groups": 64},

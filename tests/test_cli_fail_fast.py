@@ -86,7 +86,7 @@ def test_a_missing_source_path_names_the_setting(tmp_path: Path) -> None:
 def test_an_unreachable_broker_fails_in_seconds(tmp_path: Path) -> None:
     started = time.monotonic()
     status, _, err = run(
-        "run", "--source", "kafka", "--bootstrap", "127.0.0.1:9", "--topic", "t",
+        "run", "--source", "kafka", "--bootstrap", "127.0.0.1:9", "--topic", "t", "--name", "n",
         "--lake", str(tmp_path / "lake"), tmp_path=tmp_path,
     )  # fmt: skip
     assert status == 1
@@ -236,7 +236,7 @@ def test_a_file_source_reads_a_hive_folder_recursively_with_a_policy_file(tmp_pa
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["--source", "kafka", "--topic", "t", "--bootstrap", "localhost"],
+        (["--source", "kafka", "--topic", "t", "--bootstrap", "localhost", "--name", "n"],
          "source.bootstrap: 'localhost' needs a port, as host:port"),
         (["--policy", "examples/demo.yaml"],
          "examples/demo.yaml is a pipeline config, not a policy"),

@@ -113,11 +113,26 @@ def test_event_mix_is_validated_and_used() -> None:
 def test_kafka_source_settings() -> None:
     base = {"kind": "kafka", "bootstrap": "127.0.0.1:9092", "topics": ["events"]}
     config = PipelineConfig.from_dict(
-        {"source": {**base, "idle_timeout": "3s", "start": 1_764_000_000_000}}
+        {"name": "k", "source": {**base, "idle_timeout": "3s", "start": 1_764_000_000_000}}
     )
     assert (config.source.idle_timeout, config.source.start) == ("3s", 1_764_000_000_000)
-    assert problems({"source": {**base, "idle_timeout": "soon"}}) == [
+    assert problems({"name": "k", "source": {**base, "idle_timeout": "soon"}}) == [
         "source.idle_timeout: expected a duration like '250ms', '30s', '15m', '2h' or '7d', "
         "got 'soon'"
     ]
     assert any("needs 'bootstrap'" in p for p in problems({"source": {"kind": "kafka"}}))
+
+
+def test_a_kafka_pipeline_needs_a_name_of_letters_digits_and_dashes() -> None:
+    """The name scopes checkpoints and file names in a shared lake (engine.lake.file_stem)."""
+    base = {"kind": "kafka", "bootstrap": "127.0.0.1:9092", "topics": ["events"]}
+    assert problems({"source": base}) == [
+        "name: required with a kafka source (it scopes this pipeline's checkpoints and lake"
+        " files); add e.g. 'name: game-events' to the config, or --name"
+    ]
+    (bad,) = problems({"name": "game_events", "source": base})
+    assert bad.startswith("name: String should match pattern") and "got 'game_events'" in bad
+    assert PipelineConfig.from_dict({"name": "game-events-2", "source": base}).name == (
+        "game-events-2"
+    )
+    assert PipelineConfig.from_dict({}).name is None  # a bounded source: its kind names it

@@ -71,6 +71,7 @@ def test_kafka_to_s3_lake(kafka_bootstrap: str, topic: str, s3_lake: tuple[str, 
     admin.close()
     config = PipelineConfig.from_dict(
         {
+            "name": "kafka-test",
             "source": {
                 "kind": "kafka",
                 "bootstrap": kafka_bootstrap,
@@ -153,6 +154,7 @@ def test_a_commit_lost_in_a_crash_is_made_on_resume(
     group = f"g-{uuid.uuid4().hex[:8]}"
     config = PipelineConfig.from_dict(
         {
+            "name": "kafka-test",
             "source": {
                 "kind": "kafka",
                 "bootstrap": kafka_bootstrap,
@@ -216,7 +218,7 @@ def cli_config(
 
 def checkpoints(fs: s3fs.S3FileSystem, state: str) -> int:
     fs.invalidate_cache()  # s3fs caches listings; the pipeline writes from other processes
-    return len(fs.glob(f"{state}/*/CURRENT.json"))
+    return len(fs.glob(f"{state}/*/*/CURRENT.json"))  # _state/{pipeline}/{partition}/
 
 
 def test_sigkill_mid_stream_then_resume(

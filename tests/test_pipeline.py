@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from engine.checkpoint import Checkpoints
 from engine.config import PipelineConfig
+from engine.lake import Lake
 from engine.pipeline import Pipeline
 from engine.processors import merge_kpis
-from engine.sources import FileSource, SyntheticSource
+from engine.sources import FileSource, MemorySource, SyntheticSource
 from routers import Router, concat_conformed, decode_ndjson, new_contract
 from tests.test_processors import expected_features
 
@@ -322,6 +325,47 @@ def test_a_micro_batch_never_mixes_source_partitions(tmp_path: Path) -> None:
         ids = pq.read_table(path)["event_id"].to_pylist()
         # Block k (events 1000k .. 1000k+999) went to partition k % 3.
         partitions = {int(i[1:]) // 1_000 % 3 for i in ids}
-        assert partitions == {int(path.name.split("-")[1])}, path.name
+        # Named "{pipeline}.{partition}-{first}-{last}-{row}.parquet".
+        assert partitions == {int(path.name.split("-")[0].split(".")[1])}, path.name
         seen += ids
     assert sorted(seen) == sorted(f"e{i}" for i in range(18_000))  # each row once
+
+
+def test_names_that_differ_by_dot_and_underscore_and_other_pipelines_stay_apart(
+    tmp_path: Path,
+) -> None:
+    """Partitions of topics ``game.events`` and ``game_events`` (two clusters' worth: one Kafka
+    cluster refuses such a pair) are named alike but for ``.`` and ``_``: their files used to
+    share names, the second overwriting the first's cold events. A second pipeline, of another
+    name, writing the same ranges into the same lake leaves the first one's files alone."""
+    lake = tmp_path / "lake"
+    blocks = [b for b in synthetic(6_000).blocks() if b is not None]
+    both = [
+        replace(b, partition=name) for name in ("game.events-0", "game_events-0") for b in blocks
+    ]
+    cold = {"default": "cold", "rules": []}
+
+    def run(name: str) -> int:
+        config = make_config(lake, policy=cold).model_copy(update={"name": name})
+        return Pipeline(config, source=MemorySource(both), clock=lambda: NOW).run().cold
+
+    def lake_rows() -> int:
+        return ds.dataset(lake / "events", format="parquet").count_rows()
+
+    a = run("a")
+    assert a > 10_000 and lake_rows() == a  # both partitions' events, none overwritten
+    assert run("b") == a and lake_rows() == 2 * a  # b's own files, beside a's
+    assert run("a") == a and lake_rows() == 2 * a  # a rerun rewrites a's files only
+
+    # Checkpoints: one pipeline's, of one partition, are nobody else's.
+    store = Lake(str(lake))
+    hot = pa.table({"player_id": ["p1"], "__partition": ["game.events-0"]})
+    Checkpoints(store, "a").save({"game.events-0": 99}, hot)
+    found = Checkpoints(store, "a").load("game.events-0")
+    assert found is not None and found.position == 99
+    assert Checkpoints(store, "a").load("game_events-0") is None
+    assert Checkpoints(store, "b").load("game.events-0") is None
+    # b recovering its partitions (resume from offset 0) deletes b's files, never a's.
+    doomed = Checkpoints(store, "b").recover({"game.events-0": 0, "game_events-0": 0})
+    assert doomed and all("/b.game" in path for path in doomed)
+    assert lake_rows() == a
