@@ -13,6 +13,10 @@ different names keep apart checkpoints in one lake, and topics ``a.b`` and ``a_b
 ``schema`` is the stream's schema contract at the checkpoint (routers.contract): a resumed run
 seeds its contract with it, so it types undeclared columns as the uninterrupted run did.
 
+A file source's partition (one file, known by its path and version) read whole by a bounded run
+is recorded in ``_state/{pipeline}/{partition}/READ.json`` once all its rows are in the lake;
+a later run of the same pipeline skips it.
+
 ``CURRENT.json`` is written last (atomically), so a crash mid-checkpoint leaves the previous one
 in force. Recovery (:meth:`Checkpoints.recover`) deletes lake files of P that start after the
 position it resumes from: they were written after the last checkpoint, and the replay writes them
@@ -26,6 +30,7 @@ import base64
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -96,6 +101,18 @@ class Checkpoints:
         encoded = pointer.get("schema")
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(encoded))) if encoded else None
         return Checkpoint(partition, int(pointer["position"]), hot, schema)
+
+    def mark_read(self, partition: str, position: int) -> None:
+        """Record that a bounded partition (a file) was read whole, through ``position``, and
+        is in the lake: ``_state/{pipeline}/{partition}/READ.json``."""
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        text = json.dumps({"position": position, "at": stamp})
+        self.lake.write_text(text, f"{self._folder(partition)}/READ.json")
+
+    def read_whole(self, partition: str) -> str | None:
+        """When an earlier run read ``partition`` whole (see :meth:`mark_read`), else None."""
+        text = self.lake.read_text(f"{self._folder(partition)}/READ.json")
+        return json.loads(text)["at"] if text else None
 
     def recover(self, resume: dict[str, int]) -> list[str]:
         """Delete each partition's lake files that start at or after its ``resume`` offset

@@ -77,6 +77,8 @@ _PATHS = 3  # hot, warm, cold
 #: Each row's due time rides along this column through the router's split (then dropped).
 _DUE = "__thermocline_due_ms"
 
+_log = logging.getLogger("thermocline")
+
 
 def init_local_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
     """Start a local Ray on 127.0.0.1 (the embedded default) unless one is already up.
@@ -350,6 +352,10 @@ class Pipeline:
         """
         init_local_ray()
         source = self.source
+        cold = self.config.cold
+        lake_checkpoints = Checkpoints(Lake(cold.lake_uri, dict(cold.storage_options)), self.name)
+        if isinstance(source, FileSource):
+            self._skip_files_read(source, lake_checkpoints)
         source.on_revoke = self._on_revoke
         source.on_assign = self._on_assign
         source.start()  # connect (e.g. join the consumer group) while the paths deploy
@@ -378,6 +384,11 @@ class Pipeline:
                 self.drain()
                 self._write_alerts()
                 self._write_hot_state()
+                if isinstance(source, FileSource):  # all its rows are in the lake now
+                    done = self.tracker.done()
+                    for partition in source.finished:
+                        if partition in done:
+                            lake_checkpoints.mark_read(partition, done[partition])
         except BaseException:
             # A failed run's actors would hold their CPUs for as long as anything (a traceback)
             # refers to this pipeline.
@@ -394,6 +405,20 @@ class Pipeline:
         if progress:
             progress(self._progress(started))
         return self._summary(elapsed, started)
+
+    def _skip_files_read(self, source: FileSource, checkpoints: Checkpoints) -> None:
+        """Files an earlier run of this pipeline read whole are skipped, each with a line."""
+        for file, partition in source.partitions().items():
+            when = checkpoints.read_whole(partition)
+            if when is not None:
+                source.skip.add(partition)
+                _log.warning(
+                    "file source: %s skipped: read whole into the lake by a run of %s at %s"
+                    " (the same path, size and modification time)",
+                    file,
+                    self.name,
+                    when,
+                )
 
     # -- the loop -----------------------------------------------------------------------------
 

@@ -92,7 +92,9 @@ def test_stop_ends_a_paced_source_without_waiting_for_its_next_block() -> None:
     assert time.monotonic() - started < 5
 
 
-def test_file_partition_names_depend_only_on_each_files_own_path(tmp_path) -> None:
+def test_file_partition_names_depend_only_on_each_files_own_path_and_version(tmp_path) -> None:
+    import os
+
     from engine.sources import FileSource
 
     (tmp_path / "a_b.ndjson").write_text("{}\n")
@@ -100,8 +102,14 @@ def test_file_partition_names_depend_only_on_each_files_own_path(tmp_path) -> No
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "b.ndjson").write_text("{}\n")
     both = FileSource(tmp_path).partitions()
-    assert both[tmp_path / "a_b.ndjson"] == alone[tmp_path / "a_b.ndjson"] == "a_b_ndjson"
-    assert len(set(both.values())) == 2
+    assert both[tmp_path / "a_b.ndjson"] == alone[tmp_path / "a_b.ndjson"]
+    assert both[tmp_path / "a_b.ndjson"].startswith("a_b.ndjson@")
+    assert both[tmp_path / "a" / "b.ndjson"].startswith("a/b.ndjson@")
+    # A new file under an old name (same length, written later) is another partition.
+    os.utime(tmp_path / "a_b.ndjson", ns=(1, 1))
+    assert (
+        FileSource(tmp_path).partitions()[tmp_path / "a_b.ndjson"] != alone[tmp_path / "a_b.ndjson"]
+    )
 
 
 def test_the_child_ends_with_a_killed_driver() -> None:

@@ -87,3 +87,48 @@ def test_the_cli_takes_what_real_clients_send(tmp_path: Path) -> None:
         "invalid_json",
         "invalid_utf8",
     ]
+
+
+def test_a_file_read_whole_is_skipped_and_a_new_file_under_its_name_is_new_data(
+    tmp_path: Path,
+) -> None:
+    """As a user tried it: a second ``events.ndjson`` of the same length dropped into the same
+    folder used to replace the first one's cold rows (same lake file names). Now a file is known
+    by its path, size and modification time: the same file again is skipped with a line, a new
+    one under the old name is read, and the lake keeps both."""
+    from engine.sources import SyntheticSource
+
+    folder, lake = tmp_path / "in", tmp_path / "lake"
+    folder.mkdir()
+    source = SyntheticSource(events=3_000, start_ms=1_764_000_000_000, malformed_share=0)
+    first = b"".join(b.data or b"" for b in source.blocks() if b)
+    (folder / "events.ndjson").write_bytes(first)
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TMPDIR": "/tmp"}
+
+    def run() -> tuple[dict, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "run", "--source", "file", "--path",
+             str(folder), "--lake", str(lake), "--num-cpus", "2", "--json", "-q"],
+            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+    def cold_ids() -> list[str]:
+        table = ds.dataset(lake / "events", format="parquet").to_table(columns=["event_id"])
+        return sorted(table["event_id"].to_pylist())
+
+    summary, _ = run()
+    assert summary["events_in"] == 3_000 and summary["cold"] > 0
+    before = cold_ids()
+    again, err = run()  # the same file: skipped, said so
+    assert again["events_in"] == 0 and cold_ids() == before
+    assert "events.ndjson" in err and "skipped: read whole into the lake" in err
+    # New content, same name and length (ids e0.. become f0..), written later.
+    second = first.replace(b'"event_id":"e', b'"event_id":"f')
+    assert len(second) == len(first)
+    (folder / "events.ndjson").write_bytes(second)
+    third, _ = run()
+    assert third["events_in"] == 3_000 and third["cold"] == summary["cold"]
+    ids = cold_ids()
+    assert len(ids) == 2 * len(before) and ids[: len(before)] == before  # both files, all rows

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +20,9 @@ class FileSource(Source):
     and in path order: Hive-partitioned folders (``dt=2026-11-27/hour=10/``) included, hidden
     (``.x``) and underscore (``_x``) files and folders skipped, as Arrow's datasets skip them.
 
-    Each file is one partition, named after its path under the folder; offsets are line numbers
-    (NDJSON) or row numbers (Parquet), so re-reading a file gives the same positions.
+    Each file is one partition, named after its path under the folder and its version (see
+    :meth:`partitions`); offsets are line numbers (NDJSON) or row numbers (Parquet), so
+    re-reading a file gives the same positions.
 
     Args:
         path: a file or a folder.
@@ -37,6 +37,10 @@ class FileSource(Source):
         self.format = format
         self.block_rows = block_rows
         self._files: list[Path] | None = None
+        #: Partitions not to read (files an earlier run read whole into the lake).
+        self.skip: set[str] = set()
+        #: Partitions read to their end by :meth:`blocks` (not cut short by a stop).
+        self.finished: list[str] = []
         if not self.path.exists():
             raise FileNotFoundError(f"source.path: {self.path} does not exist")
 
@@ -58,27 +62,30 @@ class FileSource(Source):
         )
 
     def partitions(self) -> dict[Path, str]:
-        """Each file's partition name (it names lake files), from its own path alone, so a rerun
-        with more files around gives the same names: ``name.ext`` as ``name_ext``; a path in a
-        sub-folder or with other characters also gets a hash of the path, so two paths never
-        share a name."""
+        """Each file's partition name (it names lake files and checkpoints): its path under the
+        folder (its name, for a single file), ``@``, and a digest of its size and modification
+        time. A file is known by its own path and content alone, so more files around do not
+        rename it, and a new file dropped under an old name is new data, not a rerun of the old
+        one (the same length used to give the same lake file names, and replace them)."""
         names: dict[Path, str] = {}
         for file in self.files():
             relative = file.name if self.path.is_file() else file.relative_to(self.path).as_posix()
-            name = re.sub(r"[^A-Za-z0-9_-]", "_", relative)
-            if not re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9]+", relative):
-                name += "-" + hashlib.sha1(relative.encode()).hexdigest()[:8]
-            names[file] = name
+            stat = file.stat()
+            version = hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+            names[file] = f"{relative}@{version[:10]}"
         return names
 
     def blocks(self) -> Iterator[SourceBlock | None]:
         for file, partition in self.partitions().items():
+            if partition in self.skip:
+                continue
             kind = self.format if self.format != "auto" else _SUFFIXES.get(file.suffix, "ndjson")
             read = self._parquet if kind == "parquet" else self._ndjson
             for block in read(file, partition):
                 if self.stopping:
                     return
                 yield block
+            self.finished.append(partition)
 
     def _parquet(self, file: Path, partition: str) -> Iterator[SourceBlock]:
         offset = 0
