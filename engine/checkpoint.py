@@ -3,9 +3,10 @@
 A checkpoint of partition P at offset N says: every event of P up to N is in the lake and in the
 hot state snapshot saved with it, and nothing after N is. Layout::
 
-    {lake}/_state/{pipeline}/{partition}/hot-{N:020d}.parquet   hot snapshot rows of P's keys
-    {lake}/_state/{pipeline}/{partition}/CURRENT.json          {"position": N, "hot": "<path>",
-                                                                 "schema": "<Arrow IPC, base64>"}
+    {lake}/_state/{pipeline}/{partition}/hot-{N:020d}-{actor:03d}.parquet   snapshot rows of P's
+                                                              keys held by one hot actor
+    {lake}/_state/{pipeline}/{partition}/CURRENT.json   {"position": N, "hot": ["<path>", ...],
+                                                          "schema": "<Arrow IPC, base64>"}
 
 Both names are encoded injectively (:func:`engine.lake.encode_partition_value`): pipelines with
 different names keep apart checkpoints in one lake, and topics ``a.b`` and ``a_b`` do not meet.
@@ -27,16 +28,17 @@ source offsets, so they can be found, and only this pipeline's are touched).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, encode_partition_value, scope
+from routers import concat_conformed
 
 __all__ = ["Checkpoint", "Checkpoints"]
 
@@ -68,23 +70,41 @@ class Checkpoints:
         names = (encode_partition_value(self.pipeline), encode_partition_value(partition))
         return "_state/{}/{}".format(*names)
 
+    def snapshot_path(self, partition: str, position: int, part: int = 0) -> str:
+        """Where piece ``part`` (one per hot actor) of a partition's snapshot at ``position``
+        goes; each actor writes its own (engine.hot), in parallel, not through the driver."""
+        return f"{self._folder(partition)}/hot-{position:020d}-{part:03d}.parquet"
+
+    def write_snapshot(self, partition: str, position: int, rows: pa.Table) -> str:
+        """Write one snapshot piece from here (tests, tools); returns its path."""
+        path = self.snapshot_path(partition, position)
+        self.lake.write_parquet(rows, path)
+        return path
+
     def save(
-        self, positions: dict[str, int], hot: pa.Table, schema: pa.Schema | None = None
+        self,
+        positions: dict[str, int],
+        snapshots: dict[str, list[str]],
+        schema: pa.Schema | None = None,
     ) -> None:
-        """Write each partition's hot rows (``__partition`` column) and then its pointer."""
+        """Point each partition at its position and its snapshot pieces (already written; a
+        partition without keys has none), then remove the pieces of the checkpoint before.
+
+        The pointer is the commit: it is one small file per partition, whatever the state's size.
+        """
         encoded = base64.b64encode(schema.serialize().to_pybytes()).decode() if schema else None
         for partition, position in positions.items():
             folder = self._folder(partition)
-            rows = hot.filter(pc.equal(hot["__partition"], partition)) if hot.num_rows else hot
+            pieces = sorted(snapshots.get(partition, []))
             previous = self._pointer(partition)
-            snapshot = f"{folder}/hot-{position:020d}.parquet"
-            self.lake.write_parquet(rows, snapshot)
             self.lake.write_text(
-                json.dumps({"position": position, "hot": snapshot, "schema": encoded}),
+                json.dumps({"position": position, "hot": pieces, "schema": encoded}),
                 f"{folder}/CURRENT.json",
             )
-            if previous and previous["hot"] != snapshot:
-                self.lake.fs.rm(self.lake.path(previous["hot"]))
+            for old in _pieces(previous) if previous else []:
+                if old not in pieces:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.lake.fs.rm(self.lake.path(old))
 
     def _pointer(self, partition: str) -> dict | None:
         text = self.lake.read_text(f"{self._folder(partition)}/CURRENT.json")
@@ -96,8 +116,11 @@ class Checkpoints:
         pointer = self._pointer(partition)
         if pointer is None or (newer_than is not None and pointer["position"] <= newer_than):
             return None
-        with self.lake.fs.open(self.lake.path(pointer["hot"]), "rb") as handle:
-            hot = pq.read_table(handle)
+        tables = []
+        for piece in _pieces(pointer):
+            with self.lake.fs.open(self.lake.path(piece), "rb") as handle:
+                tables.append(pq.read_table(handle))
+        hot = concat_conformed(tables) if tables else pa.table({})
         encoded = pointer.get("schema")
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(encoded))) if encoded else None
         return Checkpoint(partition, int(pointer["position"]), hot, schema)
@@ -133,3 +156,9 @@ class Checkpoints:
         for path in doomed:
             self.lake.fs.rm(path)
         return doomed
+
+
+def _pieces(pointer: dict) -> list[str]:
+    """A pointer's snapshot pieces (one path in checkpoints written before pieces existed)."""
+    hot = pointer.get("hot")
+    return [hot] if isinstance(hot, str) else list(hot or [])

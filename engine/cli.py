@@ -278,7 +278,16 @@ def _run(args: argparse.Namespace) -> int:
             else ""
         )
         + f"  accounted   {total:>12,}  {'ok' if total == summary.events_in else 'MISMATCH'}\n"
-        "per rule:\n"
+        + (
+            f"checkpoints {summary.checkpoints:>12,}  (last {summary.checkpoint['last_ms']} ms,"
+            f" max {summary.checkpoint['max_ms']} ms; last snapshot"
+            f" {summary.checkpoint['snapshot_rows']:,} keys,"
+            f" {summary.checkpoint['snapshot_bytes'] / 1e6:.1f} MB"
+            f" in {summary.checkpoint['snapshot_last_ms']} ms)\n"
+            if summary.checkpoints
+            else ""
+        )
+        + "per rule:\n"
         + "".join(f"  {name:<16}{count:>12,}\n" for name, count in summary.per_rule.items())
         + "outputs:\n"
         + "".join(f"  {name:<16}{path}\n" for name, path in summary.outputs.items()),

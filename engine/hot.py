@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import ray
 from engine import preflight
 from engine.config import HotConfig
 from engine.keys import actor_of_groups, key_groups
+from engine.lake import Lake
 from engine.latency import LatencyHistogram
 from engine.processors import hot_processor, qualified
 from engine.quarantine import isolate
@@ -113,6 +115,25 @@ class _HotActor:
         keys = rows.column(self.schema.key).to_pylist()
         owners = [self.partition_of.get(k, "") for k in keys]
         return rows.append_column("__partition", pa.array(owners, pa.string()))
+
+    def save(
+        self, lake_uri: str, storage_options: dict[str, Any], paths: dict[str, str]
+    ) -> dict[str, tuple[int, int]]:
+        """Write this actor's snapshot rows of each source partition in ``paths`` to its path in
+        the lake, straight from the actor (the driver only gets the counts); returns, per
+        partition, (rows, bytes) written. A partition without rows here writes nothing."""
+        rows = self.snapshot()
+        if rows.num_rows == 0:
+            return {}
+        lake = Lake(lake_uri, storage_options)
+        owners = rows.column("__partition")
+        written: dict[str, tuple[int, int]] = {}
+        for partition, path in paths.items():
+            part = rows.filter(pc.equal(owners, partition))
+            if part.num_rows:
+                lake.write_parquet(part, path)
+                written[partition] = (part.num_rows, part.nbytes)
+        return written
 
     def restore(self, rows: pa.Table) -> int:
         """Add the snapshot rows of keys this actor owns; returns how many."""
@@ -265,6 +286,32 @@ class HotPath:
         """Snapshot rows of every key from all actors; call with no call in flight."""
         # An actor without keys may give null-typed columns: joined as one contract.
         return concat_conformed(ray.get([actor.snapshot.remote() for actor in self.actors]))
+
+    def save(
+        self,
+        lake_uri: str,
+        storage_options: dict[str, Any],
+        path_of: Callable[[str, int], str],
+        partitions: list[str],
+    ) -> tuple[dict[str, list[str]], int, int]:
+        """Have every actor write its snapshot rows of ``partitions`` to the lake, in parallel
+        (``path_of(partition, actor index)``); call with no call in flight.
+
+        Returns:
+            The pieces written per partition, and the rows and bytes written in all.
+        """
+        calls = [
+            actor.save.remote(lake_uri, storage_options, {p: path_of(p, i) for p in partitions})
+            for i, actor in enumerate(self.actors)
+        ]
+        pieces: dict[str, list[str]] = {p: [] for p in partitions}
+        rows = size = 0
+        for i, written in enumerate(ray.get(calls)):
+            for partition, (count, nbytes) in written.items():
+                pieces[partition].append(path_of(partition, i))
+                rows += count
+                size += nbytes
+        return pieces, rows, size
 
     def restore(self, rows: pa.Table) -> None:
         """Send snapshot rows to the actors that own their keys' key groups."""

@@ -163,6 +163,35 @@ class Progress:
 
 
 @dataclass
+class CheckpointStats:
+    """What checkpoints cost: whole (drain included) and the snapshot step alone, in seconds;
+    the last snapshot's size."""
+
+    last_s: float = 0.0
+    max_s: float = 0.0
+    total_s: float = 0.0
+    snapshot_last_s: float = 0.0
+    snapshot_rows: int = 0
+    snapshot_bytes: int = 0
+
+    def record(self, seconds: float, snapshot_s: float) -> None:
+        self.last_s = seconds
+        self.max_s = max(self.max_s, seconds)
+        self.total_s += seconds
+        self.snapshot_last_s = snapshot_s
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "last_ms": round(self.last_s * 1000, 1),
+            "max_ms": round(self.max_s * 1000, 1),
+            "total_ms": round(self.total_s * 1000, 1),
+            "snapshot_last_ms": round(self.snapshot_last_s * 1000, 1),
+            "snapshot_rows": self.snapshot_rows,
+            "snapshot_bytes": self.snapshot_bytes,
+        }
+
+
+@dataclass
 class RunSummary:
     """What a run did; ``to_json()`` is what ``thermocline run --json`` prints."""
 
@@ -180,6 +209,8 @@ class RunSummary:
     outputs: dict[str, str]
     bounds: dict[str, int] = field(default_factory=dict)
     checkpoints: int = 0
+    #: Checkpoint cost (see :class:`CheckpointStats`); empty without checkpoints.
+    checkpoint: dict[str, float | int] = field(default_factory=dict)
     #: Seconds from the start (paths deployed) to the first block read: connecting, joining a
     #: consumer group, the first fetch. None when nothing was read.
     first_block_s: float | None = None
@@ -211,6 +242,7 @@ class RunSummary:
             "done_positions": self.done_positions,
             "bounds": self.bounds,
             "checkpoints": self.checkpoints,
+            "checkpoint": self.checkpoint,
             "first_block_s": None if self.first_block_s is None else round(self.first_block_s, 3),
             "type_mismatches": self.type_mismatches,
             "schema_changes": self.schema_changes,
@@ -259,6 +291,7 @@ class Pipeline:
         #: Our own last checkpoint per partition: our actors hold its keys' state as of then.
         self._held: dict[str, int] = {}
         self.checkpoints_taken = 0
+        self.checkpoint_stats = CheckpointStats()
         self.alerts_written = 0
         self.recovered_files: list[str] = []
         self._alerts_sink: KafkaSink | None = None
@@ -515,13 +548,16 @@ class Pipeline:
 
         1. drain: every block read so far is in the lake and applied to hot state;
         2. flush sinks: path outputs (alerts) to the lake and Kafka, delivery confirmed;
-        3. snapshot hot state, per source partition, then each partition's ``CURRENT.json``;
+        3. snapshot hot state, per source partition: each hot actor writes its own keys' rows
+           to the lake, in parallel (nothing goes through the driver), then each partition's
+           ``CURRENT.json`` points at the pieces;
         4. commit the done offsets to the source (Kafka).
 
         Returns:
             The checkpointed positions (last offset per partition).
         """
         assert self.hot is not None
+        started = time.monotonic()
         self.drain()
         self._write_alerts()
         positions = self.tracker.done()
@@ -529,12 +565,25 @@ class Pipeline:
         # would cost a snapshot each time, and would overwrite a newer checkpoint written by
         # the member that took such a partition over after a rebalance.
         moved = {p: n for p, n in positions.items() if self._held.get(p) != n}
+        snapshot_s = 0.0
         if moved:
-            self.checkpoints.save(moved, self.hot.snapshot(), self.contract.schema)
+            saving = time.monotonic()
+            cold = self.config.cold
+            pieces, rows, size = self.hot.save(
+                cold.lake_uri,
+                dict(cold.storage_options),
+                lambda p, i: self.checkpoints.snapshot_path(p, moved[p], i),
+                list(moved),
+            )
+            self.checkpoints.save(moved, pieces, self.contract.schema)
             self._held.update(moved)
+            snapshot_s = time.monotonic() - saving
+            self.checkpoint_stats.snapshot_rows = rows
+            self.checkpoint_stats.snapshot_bytes = size
         # All of them: a commit the last run missed (a crash between steps 3 and 4) happens now.
         self.source.commit(positions)
         self.checkpoints_taken += 1
+        self.checkpoint_stats.record(time.monotonic() - started, snapshot_s)
         return positions
 
     @property
@@ -711,6 +760,7 @@ class Pipeline:
                 "warm_max_buffered_rows_seen": self.warm.max_buffered_rows_seen,
             },
             checkpoints=self.checkpoints_taken,
+            checkpoint=self.checkpoint_stats.to_json() if self.checkpoints_taken else {},
             first_block_s=None if self._first_block_at is None else self._first_block_at - started,
             stopped=self._stopped,
         )

@@ -152,9 +152,9 @@ def hot_state_from_checkpoints(fs: Any, lake: str) -> pa.Table:
     processor = PlayerFeatures(EventSchema())
     root = f"{lake}/_state".removeprefix("s3://")
     for pointer in fs.glob(f"{root}/*/*/CURRENT.json"):  # _state/{pipeline}/{partition}/
-        snapshot = json.loads(fs.cat(pointer))["hot"]
-        rows = pq.read_table(f"{lake.removeprefix('s3://')}/{snapshot}", filesystem=fs)
-        processor.restore(rows.drop_columns(["__partition"]))
+        for piece in json.loads(fs.cat(pointer))["hot"]:  # one per hot actor holding keys
+            rows = pq.read_table(f"{lake.removeprefix('s3://')}/{piece}", filesystem=fs)
+            processor.restore(rows.drop_columns(["__partition"]))
     return processor.state()
 
 

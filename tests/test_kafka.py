@@ -109,6 +109,13 @@ def test_kafka_to_s3_lake(kafka_bootstrap: str, topic: str, s3_lake: tuple[str, 
     end, committed = end_and_committed(kafka_bootstrap, topic, group)
     assert committed == end and sum(end.values()) == 100_000
     check_hot(pipeline.hot_state(), want["hot"])
+    # Each hot actor wrote its own snapshot pieces (2 actors: at most 2 per partition), and the
+    # checkpoints equal the live state; the summary says what the last one cost.
+    pointers = fs.glob(f"{lake.removeprefix('s3://')}/_state/kafka-test/*/CURRENT.json")
+    assert len(pointers) == 6
+    assert all(1 <= len(json.loads(fs.cat(p))["hot"]) <= 2 for p in pointers)
+    check_hot(hot_state_from_checkpoints(fs, lake), want["hot"])
+    assert summary.checkpoint["snapshot_rows"] > 0 and summary.checkpoint["max_ms"] > 0
 
     # Hot alerts went to Kafka too, each confirmed before the offsets were committed.
     lake_alerts = lake_table(fs, lake, "hot/player_features")

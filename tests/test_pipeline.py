@@ -360,7 +360,8 @@ def test_names_that_differ_by_dot_and_underscore_and_other_pipelines_stay_apart(
     # Checkpoints: one pipeline's, of one partition, are nobody else's.
     store = Lake(str(lake))
     hot = pa.table({"player_id": ["p1"], "__partition": ["game.events-0"]})
-    Checkpoints(store, "a").save({"game.events-0": 99}, hot)
+    piece = Checkpoints(store, "a").write_snapshot("game.events-0", 99, hot)
+    Checkpoints(store, "a").save({"game.events-0": 99}, {"game.events-0": [piece]})
     found = Checkpoints(store, "a").load("game.events-0")
     assert found is not None and found.position == 99
     assert Checkpoints(store, "a").load("game_events-0") is None
