@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.installed
 
-.PHONY: setup setup-run run test lint typecheck bench bench-router bench-kafka kafka-jars clean
+.PHONY: setup setup-run run test lint typecheck bench bench-router bench-kafka bench-checkpoint kafka-jars clean
 
 setup: $(STAMP) $(KAFKA_STAMP)
 
@@ -55,6 +55,9 @@ bench: setup-run
 
 bench-kafka: setup
 	$(BIN)/python -m benchmarks.kafka_ingest
+
+bench-checkpoint: setup-run
+	$(BIN)/python -m benchmarks.checkpoint
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache lake

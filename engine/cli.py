@@ -280,10 +280,10 @@ def _run(args: argparse.Namespace) -> int:
         + f"  accounted   {total:>12,}  {'ok' if total == summary.events_in else 'MISMATCH'}\n"
         + (
             f"checkpoints {summary.checkpoints:>12,}  (last {summary.checkpoint['last_ms']} ms,"
-            f" max {summary.checkpoint['max_ms']} ms; last snapshot"
+            f" max {summary.checkpoint['max_ms']} ms; largest snapshot"
             f" {summary.checkpoint['snapshot_rows']:,} keys,"
-            f" {summary.checkpoint['snapshot_bytes'] / 1e6:.1f} MB"
-            f" in {summary.checkpoint['snapshot_last_ms']} ms)\n"
+            f" {summary.checkpoint['snapshot_bytes'] / 1e6:.1f} MB;"
+            f" snapshot step at most {summary.checkpoint['snapshot_max_ms']} ms)\n"
             if summary.checkpoints
             else ""
         )

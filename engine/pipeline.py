@@ -164,28 +164,30 @@ class Progress:
 
 @dataclass
 class CheckpointStats:
-    """What checkpoints cost: whole (drain included) and the snapshot step alone, in seconds;
-    the last snapshot's size."""
+    """What checkpoints cost, in seconds: whole (the drain included) and their snapshot step
+    alone (actors writing their pieces, then the pointers), with the largest snapshot's size."""
 
     last_s: float = 0.0
     max_s: float = 0.0
     total_s: float = 0.0
-    snapshot_last_s: float = 0.0
+    snapshot_max_s: float = 0.0
     snapshot_rows: int = 0
     snapshot_bytes: int = 0
 
-    def record(self, seconds: float, snapshot_s: float) -> None:
+    def record(self, seconds: float, snapshot_s: float, rows: int, size: int) -> None:
         self.last_s = seconds
         self.max_s = max(self.max_s, seconds)
         self.total_s += seconds
-        self.snapshot_last_s = snapshot_s
+        self.snapshot_max_s = max(self.snapshot_max_s, snapshot_s)
+        if rows >= self.snapshot_rows:
+            self.snapshot_rows, self.snapshot_bytes = rows, size
 
     def to_json(self) -> dict[str, float | int]:
         return {
             "last_ms": round(self.last_s * 1000, 1),
             "max_ms": round(self.max_s * 1000, 1),
             "total_ms": round(self.total_s * 1000, 1),
-            "snapshot_last_ms": round(self.snapshot_last_s * 1000, 1),
+            "snapshot_max_ms": round(self.snapshot_max_s * 1000, 1),
             "snapshot_rows": self.snapshot_rows,
             "snapshot_bytes": self.snapshot_bytes,
         }
@@ -565,7 +567,7 @@ class Pipeline:
         # would cost a snapshot each time, and would overwrite a newer checkpoint written by
         # the member that took such a partition over after a rebalance.
         moved = {p: n for p, n in positions.items() if self._held.get(p) != n}
-        snapshot_s = 0.0
+        snapshot_s, rows, size = 0.0, 0, 0
         if moved:
             saving = time.monotonic()
             cold = self.config.cold
@@ -578,12 +580,10 @@ class Pipeline:
             self.checkpoints.save(moved, pieces, self.contract.schema)
             self._held.update(moved)
             snapshot_s = time.monotonic() - saving
-            self.checkpoint_stats.snapshot_rows = rows
-            self.checkpoint_stats.snapshot_bytes = size
         # All of them: a commit the last run missed (a crash between steps 3 and 4) happens now.
         self.source.commit(positions)
         self.checkpoints_taken += 1
-        self.checkpoint_stats.record(time.monotonic() - started, snapshot_s)
+        self.checkpoint_stats.record(time.monotonic() - started, snapshot_s, rows, size)
         return positions
 
     @property

@@ -82,3 +82,15 @@ def test_decode_telemetry_smoke(tmp_path: Path) -> None:
     rates = record["rates_events_per_s"]
     assert set(rates) == {"uniform", "heterogeneous", "drift_0.2", "calibration"}
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_checkpoint_smoke(tmp_path: Path) -> None:
+    record = run_benchmark(
+        "benchmarks.checkpoint", "--keys", "500", "--lake-files", "5,50", "--events", "5000",
+        "--pause", "1.5", "--no-plot", results=tmp_path,
+    )  # fmt: skip
+    (state,) = record["by_state_keys"]
+    assert state["keys"] == 500 and state["checkpoints"] >= 2
+    assert 0 < state["snapshot_rows"] <= 500 and state["snapshot_max_ms"] > 0
+    assert [p["lake_files"] for p in record["by_lake_files"]] == [5, 50]
+    assert all(p["recovery_listing_ms"] >= 0 for p in record["by_lake_files"])

@@ -1,0 +1,193 @@
+"""Checkpoint cost against hot state size and against lake size.
+
+One JSON record (also ``results/checkpoint.json``) and a PNG. Each point is a real pipeline run on
+a local Ray over synthetic events, through a checkpointed in-memory source (the Kafka path's
+checkpoint protocol without a broker: drain, alerts, each hot actor writing its own snapshot
+pieces, the pointers), checkpointing every ``--interval``:
+
+1. state size: ``--keys`` players (three events each, at least ``--events`` in all; ~95% of
+   them get one), on an empty lake; the longest checkpoint (its drain included) and the longest
+   snapshot step (actors writing their pieces, then the pointers), and the largest snapshot's
+   keys and bytes;
+2. lake size: 10K players into a lake already holding ``--lake-files`` committed files of
+   another partition; the checkpoint must not grow with them (it lists nothing). Beside it, the
+   recovery of one partition (``Checkpoints.recover``, run when a partition is assigned), which
+   lists the lake today and so does grow: the transactional lake (issue 9) removes that listing.
+
+    python -m benchmarks.checkpoint                                   # make bench-checkpoint
+    python -m benchmarks.checkpoint --keys 2000 --lake-files 10,100 --events 20000 --no-plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from benchmarks._common import RESULTS, emit
+from engine.checkpoint import Checkpoints
+from engine.config import PipelineConfig
+from engine.lake import Lake, file_stem
+from engine.pipeline import Pipeline, init_local_ray
+from engine.sources import MemorySource, SourceBlock, SyntheticSource
+
+#: Every event hot (the state grows by one key per player), the rest of the demo as is.
+POLICY: dict[str, Any] = {"default": "hot", "rules": []}
+
+
+class _Checkpointed(MemorySource):
+    """Blocks from memory, checkpointed as a Kafka source is (commit: nothing to tell)."""
+
+    def __init__(self, blocks: list[SourceBlock], pause_s: float) -> None:
+        super().__init__(blocks, name="bench")
+        self.pause_s = pause_s
+
+    @property
+    def checkpointed(self) -> bool:
+        return True
+
+    def blocks(self) -> Iterator[SourceBlock | None]:
+        yield from super().blocks()
+        # Quiet moments after the last block, so interval checkpoints of the whole state run.
+        deadline = time.monotonic() + self.pause_s
+        while time.monotonic() < deadline and not self.stopping:
+            time.sleep(0.05)
+            yield None
+
+
+def run(lake: str, keys: int, events: int, interval: str, pause_s: float) -> dict[str, Any]:
+    blocks = SyntheticSource(
+        events=max(events, 3 * keys), players=keys, block_rows=50_000, seed=9, malformed_share=0
+    ).blocks()
+    config = PipelineConfig.from_dict(
+        {
+            "name": "bench",
+            "policy": POLICY,
+            "hot": {"actors": 2, "key_groups": 64},
+            "cold": {"lake_uri": lake},
+            "checkpoint_interval": interval,
+            "progress_every_s": 0,
+        }
+    )
+    source = _Checkpointed([b for b in blocks if b is not None], pause_s)
+    pipeline = Pipeline(config, source=source)
+    try:
+        summary = pipeline.run()
+    finally:
+        pipeline.close()
+    return {"checkpoints": summary.checkpoints, **summary.checkpoint}
+
+
+def fill_lake(lake: str, files: int) -> float:
+    """``files`` one-row Parquet files of another pipeline's partition under ``events/``."""
+    started = time.perf_counter()
+    row = pa.table({"event_id": ["x"]})
+    for i in range(files):
+        folder = Path(lake) / "events" / f"dt=2026-11-{1 + i % 28:02d}" / f"hour={i % 24:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(row, folder / f"{file_stem('other', 'p', i, i)}.parquet")
+    return time.perf_counter() - started
+
+
+def recovery_s(lake: str) -> float:
+    started = time.perf_counter()
+    Checkpoints(Lake(lake), "bench").recover({"0": 10**12})  # lists every file, deletes none
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", default="10000,1000000", help="hot state sizes, comma-separated")
+    parser.add_argument("--lake-files", default="1000,10000,100000", help="lake sizes")
+    parser.add_argument("--events", type=int, default=200_000, help="events per run, at least")
+    parser.add_argument("--interval", default="1s", help="checkpoint_interval")
+    parser.add_argument("--pause", type=float, default=2.5, help="quiet seconds after the data")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where JSON/PNG go")
+    args = parser.parse_args()
+    keys = [int(k) for k in args.keys.split(",")]
+    sizes = [int(n) for n in args.lake_files.split(",")]
+
+    init_local_ray()
+    by_keys, by_files = [], []
+    for count in keys:
+        lake = tempfile.mkdtemp(prefix="tc-bench-ckpt-")
+        try:
+            by_keys.append(
+                {"keys": count, **run(lake, count, args.events, args.interval, args.pause)}
+            )
+        finally:
+            shutil.rmtree(lake, ignore_errors=True)
+    for files in sizes:
+        lake = tempfile.mkdtemp(prefix="tc-bench-ckpt-")
+        try:
+            fill_s = fill_lake(lake, files)
+            point = run(lake, 10_000, args.events, args.interval, args.pause)
+            by_files.append(
+                {
+                    "lake_files": files,
+                    **point,
+                    "recovery_listing_ms": round(recovery_s(lake) * 1000, 1),
+                    "fill_s": round(fill_s, 1),
+                }
+            )
+        finally:
+            shutil.rmtree(lake, ignore_errors=True)
+    ray.shutdown()
+    record = {
+        "interval": args.interval,
+        "by_state_keys": by_keys,
+        "by_lake_files": by_files,
+        # Flat: the snapshot step at the largest lake against the smallest's.
+        "lake_size_ratio_largest_vs_smallest": round(
+            by_files[-1]["snapshot_max_ms"] / max(by_files[0]["snapshot_max_ms"], 1e-9), 2
+        )
+        if by_files
+        else None,
+    }
+    emit("checkpoint", record, args.results)
+    if not args.no_plot:
+        plot(by_keys, by_files, args.results)
+
+
+def plot(by_keys: list[dict], by_files: list[dict], results: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot([p["keys"] for p in by_keys], [p["max_ms"] for p in by_keys], "o-", label="longest")
+    left.plot(
+        [p["keys"] for p in by_keys], [p["snapshot_max_ms"] for p in by_keys], "s--",
+        label="snapshot step",
+    )  # fmt: skip
+    left.set_xscale("log")
+    left.set_xlabel("hot state keys")
+    left.set_ylabel("checkpoint ms")
+    left.legend(fontsize=8)
+    files = [p["lake_files"] for p in by_files]
+    right.plot(files, [p["snapshot_max_ms"] for p in by_files], "o-", label="snapshot step")
+    right.plot(files, [p["recovery_listing_ms"] for p in by_files], "s--", label="recovery listing")
+    right.set_xscale("log")
+    right.set_xlabel("committed lake files")
+    right.set_ylabel("ms")
+    right.legend(fontsize=8)
+    fig.suptitle("Checkpoint cost")
+    fig.tight_layout()
+    fig.savefig(results / "checkpoint.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()
