@@ -29,7 +29,7 @@ def test_hot_actors_run_at_worker_priority_and_the_lake_writer_below(tmp_path) -
     # Ray's own default puts every worker at niceness 15, below the driver, which then preempts
     # the hot actors whenever both want a core (hot p99 2x higher, engine.priority).
     hot = HotActor.remote("player_features", EventSchema(), {})
-    writer = ColdWriter.remote(str(tmp_path), {}, "s", EventSchema(), (), 10, 1 << 30, 10.0)
+    writer = ColdWriter.remote(str(tmp_path), {}, "s", "p", EventSchema(), (), 10, 1 << 30, 10.0)
     assert ray.get(hot.__ray_call__.remote(_niceness)) == WORKER_NICENESS
     assert ray.get(writer.__ray_call__.remote(_niceness)) == WORKER_NICENESS + THROUGHPUT_STEP
     ray.kill(hot)
