@@ -3,8 +3,8 @@
 A checkpoint of partition P at offset N says: every event of P up to N is in the lake and in the
 hot state snapshot saved with it, and nothing after N is. Layout::
 
-    {lake}/_state/{pipeline}/{partition}/hot-{N:020d}-{actor:03d}.parquet   snapshot rows of P's
-                                                              keys held by one hot actor
+    {lake}/_state/{pipeline}/{partition}/hot-{N:020d}-{writer}-{actor:03d}.parquet   snapshot rows
+                                                 of P's keys held by one hot actor of one member
     {lake}/_state/{pipeline}/{partition}/CURRENT.json   {"position": N, "hot": ["<path>", ...],
                                                           "schema": "<Arrow IPC, base64>"}
 
@@ -31,6 +31,8 @@ import base64
 import contextlib
 import json
 import re
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -65,6 +67,8 @@ class Checkpoints:
         self.lake = lake
         self.pipeline = pipeline
         self.output_dirs = (EVENTS_DIR, DEAD_LETTER_DIR, *output_dirs)
+        #: In snapshot piece names: two members never write the same file, even at one position.
+        self.writer = uuid.uuid4().hex[:8]
 
     def _folder(self, partition: str) -> str:
         names = (encode_partition_value(self.pipeline), encode_partition_value(partition))
@@ -73,7 +77,7 @@ class Checkpoints:
     def snapshot_path(self, partition: str, position: int, part: int = 0) -> str:
         """Where piece ``part`` (one per hot actor) of a partition's snapshot at ``position``
         goes; each actor writes its own (engine.hot), in parallel, not through the driver."""
-        return f"{self._folder(partition)}/hot-{position:020d}-{part:03d}.parquet"
+        return f"{self._folder(partition)}/hot-{position:020d}-{self.writer}-{part:03d}.parquet"
 
     def write_snapshot(self, partition: str, position: int, rows: pa.Table) -> str:
         """Write one snapshot piece from here (tests, tools); returns its path."""
@@ -81,22 +85,44 @@ class Checkpoints:
         self.lake.write_parquet(rows, path)
         return path
 
+    def fenced(self, expected: Mapping[str, int | None]) -> list[str]:
+        """Partitions whose pointer is not where this writer left it (``expected``: the position
+        it last wrote or restored from, None for none): another member has checkpointed them
+        since, so this one lost them and must not checkpoint them again."""
+        return [p for p, want in expected.items() if self._position(p) != want]
+
+    def _position(self, partition: str) -> int | None:
+        pointer = self._pointer(partition)
+        return None if pointer is None else int(pointer["position"])
+
     def save(
         self,
         positions: dict[str, int],
         snapshots: dict[str, list[str]],
         schema: pa.Schema | None = None,
-    ) -> None:
+        expected: Mapping[str, int | None] | None = None,
+    ) -> list[str]:
         """Point each partition at its position and its snapshot pieces (already written; a
         partition without keys has none), then remove the pieces of the checkpoint before.
 
         The pointer is the commit: it is one small file per partition, whatever the state's size.
+        With ``expected`` (see :meth:`fenced`), a partition whose pointer moved meanwhile is left
+        as it is (a compare before the write: it fences a member that stalled past the group's
+        timeouts; two members writing within the same instant are not told apart).
+
+        Returns:
+            The partitions fenced off (not written).
         """
         encoded = base64.b64encode(schema.serialize().to_pybytes()).decode() if schema else None
+        fenced = []
         for partition, position in positions.items():
             folder = self._folder(partition)
             pieces = sorted(snapshots.get(partition, []))
             previous = self._pointer(partition)
+            current = None if previous is None else int(previous["position"])
+            if expected is not None and current != expected.get(partition):
+                fenced.append(partition)
+                continue
             self.lake.write_text(
                 json.dumps({"position": position, "hot": pieces, "schema": encoded}),
                 f"{folder}/CURRENT.json",
@@ -105,6 +131,7 @@ class Checkpoints:
                 if old not in pieces:
                     with contextlib.suppress(FileNotFoundError):
                         self.lake.fs.rm(self.lake.path(old))
+        return fenced
 
     def _pointer(self, partition: str) -> dict | None:
         text = self.lake.read_text(f"{self._folder(partition)}/CURRENT.json")

@@ -292,6 +292,9 @@ class Pipeline:
         self._seq = 0
         #: Our own last checkpoint per partition: our actors hold its keys' state as of then.
         self._held: dict[str, int] = {}
+        #: Partitions another member checkpointed since our last checkpoint of them (fenced off
+        #: until assigned to us again).
+        self.fenced: set[str] = set()
         self.checkpoints_taken = 0
         self.checkpoint_stats = CheckpointStats()
         self.alerts_written = 0
@@ -567,6 +570,12 @@ class Pipeline:
         # would cost a snapshot each time, and would overwrite a newer checkpoint written by
         # the member that took such a partition over after a rebalance.
         moved = {p: n for p, n in positions.items() if self._held.get(p) != n}
+        # Fencing: a partition whose pointer is not where we left it was checkpointed by the
+        # member that took it over while we stalled (past the group's timeouts); we lost it.
+        expected = {p: self._held.get(p) for p in moved}
+        for partition in self.checkpoints.fenced(expected):
+            self._fence(partition)
+            moved.pop(partition)
         snapshot_s, rows, size = 0.0, 0, 0
         if moved:
             saving = time.monotonic()
@@ -577,14 +586,28 @@ class Pipeline:
                 lambda p, i: self.checkpoints.snapshot_path(p, moved[p], i),
                 list(moved),
             )
-            self.checkpoints.save(moved, pieces, self.contract.schema)
+            for partition in self.checkpoints.save(
+                moved, pieces, self.contract.schema, expected
+            ):  # moved meanwhile
+                self._fence(partition)
+                moved.pop(partition)
             self._held.update(moved)
             snapshot_s = time.monotonic() - saving
-        # All of them: a commit the last run missed (a crash between steps 3 and 4) happens now.
-        self.source.commit(positions)
+        # All of them but the fenced: a commit the last run missed (a crash between steps 3 and
+        # 4) happens now.
+        self.source.commit({p: n for p, n in positions.items() if p not in self.fenced})
         self.checkpoints_taken += 1
         self.checkpoint_stats.record(time.monotonic() - started, snapshot_s, rows, size)
         return positions
+
+    def _fence(self, partition: str) -> None:
+        if partition not in self.fenced:
+            _log.warning(
+                "checkpoint: partition %s was checkpointed by another member since our last"
+                " checkpoint of it (we stalled and lost it): not saved or committed by us",
+                partition,
+            )
+        self.fenced.add(partition)
 
     @property
     def name(self) -> str:
@@ -649,6 +672,7 @@ class Pipeline:
         assert self.hot is not None
         resume: dict[str, int] = {}
         for name, default in partitions.items():
+            self.fenced.discard(name)  # ours again: its checkpoint is read afresh below
             held = self._held.get(name)  # our own last checkpoint of it, if any
             checkpoint = self.checkpoints.load(name, newer_than=held)
             if checkpoint is not None:
