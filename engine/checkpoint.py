@@ -32,7 +32,6 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -85,30 +84,39 @@ class Checkpoints:
         self.lake.write_parquet(rows, path)
         return path
 
-    def fenced(self, expected: Mapping[str, int | None]) -> list[str]:
-        """Partitions whose pointer is not where this writer left it (``expected``: the position
-        it last wrote or restored from, None for none): another member has checkpointed them
-        since, so this one lost them and must not checkpoint them again."""
-        return [p for p, want in expected.items() if self._position(p) != want]
+    def claim(self, partitions: list[str]) -> None:
+        """Record this writer as the owner of ``partitions`` (on assignment):
+        ``_state/{pipeline}/{partition}/OWNER.json``. A member that lost them (it stalled past
+        the group's timeouts, and they were given to another) finds the new owner's claim and is
+        fenced off (:meth:`fenced`), whether or not the new owner has checkpointed yet."""
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for partition in partitions:
+            text = json.dumps({"writer": self.writer, "at": stamp})
+            self.lake.write_text(text, f"{self._folder(partition)}/OWNER.json")
 
-    def _position(self, partition: str) -> int | None:
-        pointer = self._pointer(partition)
-        return None if pointer is None else int(pointer["position"])
+    def fenced(self, partitions: list[str]) -> list[str]:
+        """Those of ``partitions`` another writer has claimed since this one did."""
+        out = []
+        for partition in partitions:
+            text = self.lake.read_text(f"{self._folder(partition)}/OWNER.json")
+            if text is not None and json.loads(text)["writer"] != self.writer:
+                out.append(partition)
+        return out
 
     def save(
         self,
         positions: dict[str, int],
         snapshots: dict[str, list[str]],
         schema: pa.Schema | None = None,
-        expected: Mapping[str, int | None] | None = None,
+        fence: bool = False,
     ) -> list[str]:
         """Point each partition at its position and its snapshot pieces (already written; a
         partition without keys has none), then remove the pieces of the checkpoint before.
 
         The pointer is the commit: it is one small file per partition, whatever the state's size.
-        With ``expected`` (see :meth:`fenced`), a partition whose pointer moved meanwhile is left
-        as it is (a compare before the write: it fences a member that stalled past the group's
-        timeouts; two members writing within the same instant are not told apart).
+        With ``fence``, a partition another writer has claimed (see :meth:`claim`) is left as it
+        is: a check just before the write, not an atomic conditional put (a stale member whose
+        write lands within the instant of the new owner's claim is not told apart).
 
         Returns:
             The partitions fenced off (not written).
@@ -118,11 +126,10 @@ class Checkpoints:
         for partition, position in positions.items():
             folder = self._folder(partition)
             pieces = sorted(snapshots.get(partition, []))
-            previous = self._pointer(partition)
-            current = None if previous is None else int(previous["position"])
-            if expected is not None and current != expected.get(partition):
+            if fence and self.fenced([partition]):
                 fenced.append(partition)
                 continue
+            previous = self._pointer(partition)
             self.lake.write_text(
                 json.dumps({"position": position, "hot": pieces, "schema": encoded}),
                 f"{folder}/CURRENT.json",

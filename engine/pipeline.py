@@ -292,8 +292,8 @@ class Pipeline:
         self._seq = 0
         #: Our own last checkpoint per partition: our actors hold its keys' state as of then.
         self._held: dict[str, int] = {}
-        #: Partitions another member checkpointed since our last checkpoint of them (fenced off
-        #: until assigned to us again).
+        #: Partitions another member has claimed since we did (fenced off until assigned to us
+        #: again).
         self.fenced: set[str] = set()
         self.checkpoints_taken = 0
         self.checkpoint_stats = CheckpointStats()
@@ -570,10 +570,9 @@ class Pipeline:
         # would cost a snapshot each time, and would overwrite a newer checkpoint written by
         # the member that took such a partition over after a rebalance.
         moved = {p: n for p, n in positions.items() if self._held.get(p) != n}
-        # Fencing: a partition whose pointer is not where we left it was checkpointed by the
-        # member that took it over while we stalled (past the group's timeouts); we lost it.
-        expected = {p: self._held.get(p) for p in moved}
-        for partition in self.checkpoints.fenced(expected):
+        # Fencing: a partition another member has claimed was given to it while we stalled
+        # (past the group's timeouts): we lost it, and must not checkpoint it over theirs.
+        for partition in self.checkpoints.fenced(list(moved)):
             self._fence(partition)
             moved.pop(partition)
         snapshot_s, rows, size = 0.0, 0, 0
@@ -587,8 +586,8 @@ class Pipeline:
                 list(moved),
             )
             for partition in self.checkpoints.save(
-                moved, pieces, self.contract.schema, expected
-            ):  # moved meanwhile
+                moved, pieces, self.contract.schema, fence=True
+            ):  # claimed meanwhile
                 self._fence(partition)
                 moved.pop(partition)
             self._held.update(moved)
@@ -603,8 +602,8 @@ class Pipeline:
     def _fence(self, partition: str) -> None:
         if partition not in self.fenced:
             _log.warning(
-                "checkpoint: partition %s was checkpointed by another member since our last"
-                " checkpoint of it (we stalled and lost it): not saved or committed by us",
+                "checkpoint: partition %s was given to another member (we stalled and lost it):"
+                " not saved or committed by us",
                 partition,
             )
         self.fenced.add(partition)
@@ -670,6 +669,8 @@ class Pipeline:
             partitions: name -> the source's own resume offset (committed, else its start).
         """
         assert self.hot is not None
+        # Ours now, before their checkpoints are read: a stale former owner is fenced from here.
+        self.checkpoints.claim(list(partitions))
         resume: dict[str, int] = {}
         for name, default in partitions.items():
             self.fenced.discard(name)  # ours again: its checkpoint is read afresh below

@@ -15,29 +15,33 @@ def rows(player: str) -> pa.Table:
     return pa.table({"player_id": [player], "__partition": ["t-0"]})
 
 
-def test_a_stalled_member_is_fenced_off_the_new_owners_checkpoint(tmp_path: Path) -> None:
+def test_a_stalled_member_is_fenced_off_the_new_owners_partitions(tmp_path: Path) -> None:
     lake = Lake(str(tmp_path))
     a, b = Checkpoints(lake, "kpis"), Checkpoints(lake, "kpis")  # two members of one pipeline
+    a.claim(["t-0", "t-1"])
     first = a.write_snapshot("t-0", 10, rows("from-a"))
-    assert a.save({"t-0": 10}, {"t-0": [first]}, expected={"t-0": None}) == []
+    assert a.save({"t-0": 10}, {"t-0": [first]}, fence=True) == []
 
-    # A stalls; B takes the partition over from A's checkpoint and gets further.
-    restored = b.load("t-0")
-    assert restored is not None and restored.position == 10
-    newer = b.write_snapshot("t-0", 20, rows("from-b"))
-    assert b.save({"t-0": 20}, {"t-0": [newer]}, expected={"t-0": 10}) == []
-
-    # A comes back and checkpoints what it read meanwhile: refused, B's checkpoint untouched.
-    assert a.fenced({"t-0": 10}) == ["t-0"]
+    # A stalls; its partitions go to B, which claims them before it has checkpointed anything.
+    b.claim(["t-0", "t-1"])
+    assert a.fenced(["t-0", "t-1"]) == ["t-0", "t-1"] and b.fenced(["t-0", "t-1"]) == []
+    # A comes back and checkpoints what it read meanwhile: refused.
     late = a.write_snapshot("t-0", 15, rows("from-a-late"))
-    assert a.save({"t-0": 15}, {"t-0": [late]}, expected={"t-0": 10}) == ["t-0"]
+    assert a.save({"t-0": 15}, {"t-0": [late]}, fence=True) == ["t-0"]
+    now = b.load("t-0")
+    assert now is not None and now.position == 10  # B resumes from A's last good checkpoint
+
+    newer = b.write_snapshot("t-0", 20, rows("from-b"))
+    assert b.save({"t-0": 20}, {"t-0": [newer]}, fence=True) == []
+    assert a.save({"t-0": 25}, {"t-0": [late]}, fence=True) == ["t-0"]
     now = a.load("t-0")
     assert now is not None and now.position == 20
     assert now.hot["player_id"].to_pylist() == ["from-b"]
     assert (tmp_path / newer).exists()  # B's piece was not removed by A
 
-    # A partition nobody checkpointed yet is expected to have no pointer at all.
-    assert a.fenced({"t-1": None}) == [] and a.fenced({"t-1": 5}) == ["t-1"]
+    # Given back to A later, A checkpoints it again.
+    a.claim(["t-0"])
+    assert a.fenced(["t-0"]) == [] and b.fenced(["t-0"]) == ["t-0"]
 
 
 def test_two_members_never_write_one_snapshot_file(tmp_path: Path) -> None:
