@@ -139,8 +139,9 @@ class _Signals:
         """
         import ray._private.utils as ray_utils
 
-        own = getattr(ray_utils, "set_sigterm_handler", None)
-        ray_utils.set_sigterm_handler = lambda handler: None
+        own = getattr(ray_utils, "set_sigterm_handler", None)  # private: Ray is pinned
+        if own is not None:
+            ray_utils.set_sigterm_handler = lambda handler: None
         self.holding = True
         try:
             yield
