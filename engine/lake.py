@@ -60,6 +60,7 @@ __all__ = [
     "encode_partition_value",
     "file_stem",
     "scope",
+    "storable",
 ]
 
 EVENTS_DIR: Final[str] = "events"
@@ -265,7 +266,12 @@ class Lake:
         return self._retrying("writing", relative, attempt)
 
     def write_parquet(self, table: pa.Table, relative: str) -> str:
-        """Write ``table`` to ``relative`` atomically (see :meth:`_write_atomically`)."""
+        """Write ``table`` to ``relative`` atomically (see :meth:`_write_atomically`).
+
+        A JSON ``{}`` is read as an empty struct, which Parquet cannot store: such a struct
+        (at any depth) is written with one null child, ``_`` (:func:`storable`).
+        """
+        table = storable(table)
         return self._write_atomically(
             relative, lambda handle: pq.write_table(table, handle, compression="zstd")
         )
@@ -414,3 +420,62 @@ def _group_rows(groups: pa.Table, keys: list[str]) -> Iterator[tuple[dict[str, A
     for i in range(lists.num_rows):  # one iteration per partition, not per event
         names = {k: lists[k][i].as_py() for k in keys}
         yield names, lists["__row_list"][i].values
+
+
+def storable(table: pa.Table) -> pa.Table:
+    """``table`` with every empty struct (a JSON ``{}``, at any depth) given one null child
+    ``_``, so Parquet can store it (it refuses a struct without fields); other columns as is.
+
+    Example:
+        >>> t = pa.table({"a": pa.array([{}, None], pa.struct([])), "n": [1, 2]})
+        >>> storable(t).column("a").to_pylist(), storable(t).column("n").to_pylist()
+        ([{'_': None}, None], [1, 2])
+    """
+    if not any(_has_empty_struct(field.type) for field in table.schema):
+        return table
+    columns = [
+        pa.chunked_array([_fill(chunk) for chunk in column.chunks], _filled(column.type))
+        if _has_empty_struct(column.type)
+        else column
+        for column in table.columns
+    ]
+    return pa.table(columns, names=table.column_names)
+
+
+def _has_empty_struct(kind: pa.DataType) -> bool:
+    if pa.types.is_struct(kind):
+        return kind.num_fields == 0 or any(_has_empty_struct(f.type) for f in kind)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _has_empty_struct(kind.value_type)
+    return False
+
+
+def _filled(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_struct(kind):
+        if kind.num_fields == 0:
+            return pa.struct([pa.field("_", pa.null())])
+        return pa.struct([f.with_type(_filled(f.type)) for f in kind])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_filled(kind.value_type)))
+    if pa.types.is_large_list(kind):
+        return pa.large_list(kind.value_field.with_type(_filled(kind.value_type)))
+    return kind
+
+
+def _fill(array: pa.Array) -> pa.Array:
+    kind = array.type
+    if not _has_empty_struct(kind):
+        return array
+    mask = array.is_null() if array.null_count else None
+    if pa.types.is_struct(kind):
+        if kind.num_fields == 0:
+            return pa.StructArray.from_arrays([pa.nulls(len(array))], names=["_"], mask=mask)
+        children = [_fill(array.field(i)) for i in range(kind.num_fields)]
+        return pa.StructArray.from_arrays(children, fields=list(_filled(kind)), mask=mask)
+    # A list: its values filled, the same offsets (of this slice) and nulls.
+    builder = pa.ListArray if pa.types.is_list(kind) else pa.LargeListArray
+    offsets = array.offsets
+    first = offsets[0].as_py()
+    values = _fill(array.values.slice(first, offsets[-1].as_py() - first))
+    rebased = pc.subtract(offsets, pa.scalar(first, offsets.type))
+    return builder.from_arrays(rebased, values, type=_filled(kind), mask=mask)

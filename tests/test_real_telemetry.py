@@ -32,7 +32,7 @@ from engine.lake import Lake
 from engine.pipeline import Pipeline, RunSummary
 from engine.sources import FileSource, SyntheticSource
 from engine.sources.base import Source
-from routers import Router, concat_conformed, decode_ndjson, new_contract
+from routers import Policy, Router, concat_conformed, decode_ndjson, new_contract
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -569,3 +569,28 @@ def test_any_json_values_are_routed_or_dead_never_lost(
             pipeline.close()
     assert summary.events_in == expected
     assert summary.hot + summary.warm + summary.cold + summary.dead_letter == expected
+
+
+def test_empty_objects_reach_the_lake(tmp_path: Path) -> None:
+    """A client sending ``{}`` (or ``[{}]``) for a field: Arrow reads an empty struct, which
+    Parquet refuses; the lake writer used to fail the run on it (found by the fuzz test above).
+    Such values are stored with one null child ``_``, and every event is accounted for."""
+    t = 1_764_154_800_000
+    lines = [
+        {"event_id": "a", "player_id": "p1", "event_time": t, "event_type": "social",
+         "quality_score": {}, "device": {"model": {}}, "tags": [{}, {}]},
+        {"event_id": "b", "player_id": "p2", "event_time": t, "event_type": "social"},
+    ]  # fmt: skip
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    lake = tmp_path / "lake"
+    config = make_config(lake).model_copy(
+        update={"policy": Policy.from_dict({"default": "cold", "rules": []})}
+    )
+    summary = Pipeline(config, source=FileSource(path), clock=lambda: NOW).run()
+    assert (summary.events_in, summary.cold) == (2, 2)
+    stored = Lake(str(lake)).read("events").sort_by("event_id").to_pylist()
+    assert [row["event_id"] for row in stored] == ["a", "b"]
+    assert stored[0]["tags"] == [{"_": None}, {"_": None}]
+    assert stored[0]["quality_score"] == {"_": None} and stored[1]["quality_score"] is None
+    assert stored[0]["device"] == {"model": {"_": None}}
