@@ -128,6 +128,9 @@ class Checkpoints:
             pieces = sorted(snapshots.get(partition, []))
             if fence and self.fenced([partition]):
                 fenced.append(partition)
+                for piece in pieces:  # written for nothing (named with our token: ours alone)
+                    with contextlib.suppress(FileNotFoundError):
+                        self.lake.fs.rm(self.lake.path(piece))
                 continue
             previous = self._pointer(partition)
             self.lake.write_text(

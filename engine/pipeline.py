@@ -390,16 +390,14 @@ class Pipeline:
         """
         init_local_ray()
         source = self.source
-        cold = self.config.cold
-        lake_checkpoints = Checkpoints(Lake(cold.lake_uri, dict(cold.storage_options)), self.name)
-        if isinstance(source, FileSource):
-            self._skip_files_read(source, lake_checkpoints)
         source.on_revoke = self._on_revoke
         source.on_assign = self._on_assign
         source.start()  # connect (e.g. join the consumer group) while the paths deploy
         try:
             self._start_paths()
             assert self.hot is not None and self.warm is not None
+            if isinstance(source, FileSource):
+                self._skip_files_read(source)
             interval = parse_duration_ms(self.config.checkpoint_interval) / 1000
             started = last_report = last_checkpoint = time.monotonic()
             for block in source.blocks():
@@ -426,7 +424,7 @@ class Pipeline:
                     done = self.tracker.done()
                     for partition in source.finished:
                         if partition in done:
-                            lake_checkpoints.mark_read(partition, done[partition])
+                            self.checkpoints.mark_read(partition, done[partition])
         except BaseException:
             # A failed run's actors would hold their CPUs for as long as anything (a traceback)
             # refers to this pipeline.
@@ -444,10 +442,10 @@ class Pipeline:
             progress(self._progress(started))
         return self._summary(elapsed, started)
 
-    def _skip_files_read(self, source: FileSource, checkpoints: Checkpoints) -> None:
+    def _skip_files_read(self, source: FileSource) -> None:
         """Files an earlier run of this pipeline read whole are skipped, each with a line."""
         for file, partition in source.partitions().items():
-            when = checkpoints.read_whole(partition)
+            when = self.checkpoints.read_whole(partition)
             if when is not None:
                 source.skip.add(partition)
                 _log.warning(
@@ -570,11 +568,6 @@ class Pipeline:
         # would cost a snapshot each time, and would overwrite a newer checkpoint written by
         # the member that took such a partition over after a rebalance.
         moved = {p: n for p, n in positions.items() if self._held.get(p) != n}
-        # Fencing: a partition another member has claimed was given to it while we stalled
-        # (past the group's timeouts): we lost it, and must not checkpoint it over theirs.
-        for partition in self.checkpoints.fenced(list(moved)):
-            self._fence(partition)
-            moved.pop(partition)
         snapshot_s, rows, size = 0.0, 0, 0
         if moved:
             saving = time.monotonic()
@@ -585,9 +578,9 @@ class Pipeline:
                 lambda p, i: self.checkpoints.snapshot_path(p, moved[p], i),
                 list(moved),
             )
-            for partition in self.checkpoints.save(
-                moved, pieces, self.contract.schema, fence=True
-            ):  # claimed meanwhile
+            # Fencing: a partition another member has claimed was given to it while we stalled
+            # (past the group's timeouts): we lost it, and must not checkpoint it over theirs.
+            for partition in self.checkpoints.save(moved, pieces, self.contract.schema, True):
                 self._fence(partition)
                 moved.pop(partition)
             self._held.update(moved)

@@ -37,6 +37,7 @@ class FileSource(Source):
         self.format = format
         self.block_rows = block_rows
         self._files: list[Path] | None = None
+        self._partitions: dict[Path, str] | None = None
         #: Partitions not to read (files an earlier run read whole into the lake).
         self.skip: set[str] = set()
         #: Partitions read to their end by :meth:`blocks` (not cut short by a stop).
@@ -66,13 +67,18 @@ class FileSource(Source):
         folder (its name, for a single file), ``@``, and a digest of its size and modification
         time. A file is known by its own path and content alone, so more files around do not
         rename it, and a new file dropped under an old name is new data, not a rerun of the old
-        one (the same length used to give the same lake file names, and replace them)."""
+        one (the same length used to give the same lake file names, and replace them).
+
+        Named once per source (the versions as the run found them)."""
+        if self._partitions is not None:
+            return self._partitions
         names: dict[Path, str] = {}
         for file in self.files():
             relative = file.name if self.path.is_file() else file.relative_to(self.path).as_posix()
             stat = file.stat()
             version = hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
             names[file] = f"{relative}@{version[:10]}"
+        self._partitions = names
         return names
 
     def blocks(self) -> Iterator[SourceBlock | None]:
