@@ -3,16 +3,19 @@
 One JSON record (also ``results/checkpoint.json``) and a PNG. Each point is a real pipeline run on
 a local Ray over synthetic events, through a checkpointed in-memory source (the Kafka path's
 checkpoint protocol without a broker: drain, alerts, each hot actor writing its own snapshot
-pieces, the pointers), checkpointing every ``--interval``:
+pieces, prepare records, one Delta commit per table written to, the pointers), checkpointing
+every ``--interval``:
 
 1. state size: ``--keys`` players (three events each, at least ``--events`` in all; ~95% of
    them get one), on an empty lake; the longest checkpoint (its drain included) and the longest
    snapshot step (actors writing their pieces, then the pointers), and the largest snapshot's
-   keys and bytes;
-2. lake size: 10K players into a lake already holding ``--lake-files`` committed files of
-   another partition; the checkpoint must not grow with them (it lists nothing). Beside it, the
-   recovery of one partition (``Checkpoints.recover``, run when a partition is assigned), which
-   lists the lake today and so does grow: the transactional lake (issue 9) removes that listing.
+   keys and bytes, and the longest commit step;
+2. lake size: 10K players into a lake whose ``events`` Delta table already holds
+   ``--lake-files`` committed files of another pipeline (committed 1,000 per Delta commit); the
+   checkpoint must not grow with them (it lists nothing: a commit reads the log's tail, and
+   Delta's own checkpoint every 100 commits keeps that short). Beside it, the recovery of one
+   partition (``Committer.recover``, run when a partition is assigned: its pointer, its prepare
+   record and its position in each table, read from the Delta log).
 
     python -m benchmarks.checkpoint                                   # make bench-checkpoint
     python -m benchmarks.checkpoint --keys 2000 --lake-files 10,100 --events 20000 --no-plot
@@ -37,8 +40,10 @@ import ray
 
 from benchmarks._common import RESULTS, emit
 from engine.checkpoint import Checkpoints
+from engine.commit import Committer
 from engine.config import PipelineConfig
-from engine.lake import Lake, file_stem
+from engine.delta import LakeTables
+from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, StagedFile, file_stem
 from engine.pipeline import Pipeline, init_local_ray
 from engine.sources import MemorySource, SourceBlock, SyntheticSource
 
@@ -90,19 +95,32 @@ def run(lake: str, keys: int, events: int, interval: str, pause_s: float) -> dic
 
 
 def fill_lake(lake: str, files: int) -> float:
-    """``files`` one-row Parquet files of another pipeline's partition under ``events/``."""
+    """``files`` one-row files of another pipeline's partition, committed to ``events``."""
     started = time.perf_counter()
     row = pa.table({"event_id": ["x"]})
+    store = Lake(lake)
+    tables = LakeTables(store, "other")
+    staged = []
     for i in range(files):
         folder = Path(lake) / "events" / f"dt=2026-11-{1 + i % 28:02d}" / f"hour={i % 24:02d}"
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(row, folder / f"{file_stem('other', 'p', i, i)}.parquet")
+        name = f"{file_stem('other', 'p', i, i)}.parquet"
+        pq.write_table(row, folder / name)
+        relative = f"{folder.relative_to(Path(lake) / 'events')}/{name}"
+        values = {"dt": f"2026-11-{1 + i % 28:02d}", "hour": str(i % 24)}
+        staged.append(StagedFile(EVENTS_DIR, relative, 400, 1, values, "p", row.schema))
+        if len(staged) == 1_000 or i == files - 1:
+            tables.commit(EVENTS_DIR, staged, {"p": i}, ("dt", "hour"), fence=False)
+            staged = []
     return time.perf_counter() - started
 
 
 def recovery_s(lake: str) -> float:
     started = time.perf_counter()
-    Checkpoints(Lake(lake), "bench").recover({"0": 10**12})  # lists every file, deletes none
+    committer = Committer(Checkpoints(Lake(lake), "bench"), {EVENTS_DIR: ("dt", "hour")})
+    committer.recover("0")  # pointer, prepare record, positions from the Delta log
+    for table in (EVENTS_DIR, DEAD_LETTER_DIR):
+        committer.tables.version(table, "0")
     return time.perf_counter() - started
 
 
@@ -138,7 +156,7 @@ def main() -> None:
                 {
                     "lake_files": files,
                     **point,
-                    "recovery_listing_ms": round(recovery_s(lake) * 1000, 1),
+                    "recovery_ms": round(recovery_s(lake) * 1000, 1),
                     "fill_s": round(fill_s, 1),
                 }
             )
@@ -149,9 +167,14 @@ def main() -> None:
         "interval": args.interval,
         "by_state_keys": by_keys,
         "by_lake_files": by_files,
-        # Flat: the snapshot step at the largest lake against the smallest's.
-        "lake_size_ratio_largest_vs_smallest": round(
-            by_files[-1]["snapshot_max_ms"] / max(by_files[0]["snapshot_max_ms"], 1e-9), 2
+        # Flat: the commit step and the recovery at the largest lake against the smallest's.
+        "commit_ratio_largest_vs_smallest_lake": round(
+            by_files[-1]["commit_max_ms"] / max(by_files[0]["commit_max_ms"], 1e-9), 2
+        )
+        if by_files
+        else None,
+        "recovery_ratio_largest_vs_smallest_lake": round(
+            by_files[-1]["recovery_ms"] / max(by_files[0]["recovery_ms"], 1e-9), 2
         )
         if by_files
         else None,
@@ -178,8 +201,8 @@ def plot(by_keys: list[dict], by_files: list[dict], results: Path) -> None:
     left.set_ylabel("checkpoint ms")
     left.legend(fontsize=8)
     files = [p["lake_files"] for p in by_files]
-    right.plot(files, [p["snapshot_max_ms"] for p in by_files], "o-", label="snapshot step")
-    right.plot(files, [p["recovery_listing_ms"] for p in by_files], "s--", label="recovery listing")
+    right.plot(files, [p["commit_max_ms"] for p in by_files], "o-", label="commit step")
+    right.plot(files, [p["recovery_ms"] for p in by_files], "s--", label="recovery")
     right.set_xscale("log")
     right.set_xlabel("committed lake files")
     right.set_ylabel("ms")

@@ -14,15 +14,16 @@ different names keep apart checkpoints in one lake, and topics ``a.b`` and ``a_b
 ``schema`` is the stream's schema contract at the checkpoint (routers.contract): a resumed run
 seeds its contract with it, so it types undeclared columns as the uninterrupted run did.
 
+``PREPARED.json`` in the same folder is step 3 of the commit protocol (engine.commit): the next
+checkpoint's position, pieces, schema and staged lake files, written before any table commit, so
+that recovery can finish a checkpoint a crash interrupted.
+
 A file source's partition (one file, known by its path and version) read whole by a bounded run
 is recorded in ``_state/{pipeline}/{partition}/READ.json`` once all its rows are in the lake;
 a later run of the same pipeline skips it.
 
-``CURRENT.json`` is written last (atomically), so a crash mid-checkpoint leaves the previous one
-in force. Recovery (:meth:`Checkpoints.recover`) deletes lake files of P that start after the
-position it resumes from: they were written after the last checkpoint, and the replay writes them
-again under the same or different names (file names carry the pipeline's name, the partition and
-source offsets, so they can be found, and only this pipeline's are touched).
+``CURRENT.json`` is written after the tables are committed (atomically), so a crash
+mid-checkpoint leaves the previous one in force until recovery finishes the prepared one.
 """
 
 from __future__ import annotations
@@ -30,22 +31,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, encode_partition_value, scope
+from engine.lake import Lake, encode_partition_value
 from routers import concat_conformed
 
 __all__ = ["Checkpoint", "Checkpoints"]
-
-#: A file of one source range: ``{stem}-{first}-{last}[-{n}].parquet`` (``n``: where a warm
-#: micro-batch starts in its first block).
-_RANGE = re.compile(r"^(?P<stem>.+)-(?P<first>\d{20})-(?P<last>\d{20})(-\d{8,})?\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -62,10 +59,9 @@ class Checkpoint:
 class Checkpoints:
     """Save and load checkpoints of one pipeline's source partitions in ``lake``."""
 
-    def __init__(self, lake: Lake, pipeline: str, output_dirs: tuple[str, ...] = ()) -> None:
+    def __init__(self, lake: Lake, pipeline: str) -> None:
         self.lake = lake
         self.pipeline = pipeline
-        self.output_dirs = (EVENTS_DIR, DEAD_LETTER_DIR, *output_dirs)
         #: In snapshot piece names: two members never write the same file, even at one position.
         self.writer = uuid.uuid4().hex[:8]
 
@@ -121,27 +117,63 @@ class Checkpoints:
         Returns:
             The partitions fenced off (not written).
         """
-        encoded = base64.b64encode(schema.serialize().to_pybytes()).decode() if schema else None
+        encoded = _encode(schema)
         fenced = []
         for partition, position in positions.items():
-            folder = self._folder(partition)
             pieces = sorted(snapshots.get(partition, []))
             if fence and self.fenced([partition]):
                 fenced.append(partition)
-                for piece in pieces:  # written for nothing (named with our token: ours alone)
-                    with contextlib.suppress(FileNotFoundError):
-                        self.lake.fs.rm(self.lake.path(piece))
+                self.discard(pieces)
                 continue
-            previous = self._pointer(partition)
-            self.lake.write_text(
-                json.dumps({"position": position, "hot": pieces, "schema": encoded}),
-                f"{folder}/CURRENT.json",
-            )
-            for old in _pieces(previous) if previous else []:
-                if old not in pieces:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.lake.fs.rm(self.lake.path(old))
+            self.point(partition, position, pieces, encoded)
         return fenced
+
+    def discard(self, pieces: list[str]) -> None:
+        """Remove snapshot pieces written for nothing (a fenced partition's: named with our
+        token, so ours alone)."""
+        for piece in pieces:
+            with contextlib.suppress(FileNotFoundError):
+                self.lake.fs.rm(self.lake.path(piece))
+
+    def point(self, partition: str, position: int, pieces: list[str], schema: str | None) -> None:
+        """Write the partition's pointer (``schema``: encoded, as in the pointer), then remove
+        the pieces of the checkpoint before."""
+        previous = self._pointer(partition)
+        self.lake.write_text(
+            json.dumps({"position": position, "hot": sorted(pieces), "schema": schema}),
+            f"{self._folder(partition)}/CURRENT.json",
+        )
+        for old in _pieces(previous) if previous else []:
+            if old not in pieces:
+                with contextlib.suppress(FileNotFoundError):
+                    self.lake.fs.rm(self.lake.path(old))
+
+    def prepare(
+        self,
+        partition: str,
+        position: int,
+        pieces: list[str],
+        schema: pa.Schema | None,
+        files: list[dict[str, Any]],
+    ) -> None:
+        """Record a checkpoint about to be committed (step 3 of engine.commit)."""
+        record = {
+            "position": position,
+            "hot": sorted(pieces),
+            "schema": _encode(schema),
+            "files": files,
+        }
+        self.lake.write_text(json.dumps(record), f"{self._folder(partition)}/PREPARED.json")
+
+    def prepared(self, partition: str) -> dict[str, Any] | None:
+        """The partition's last prepare record, or None."""
+        text = self.lake.read_text(f"{self._folder(partition)}/PREPARED.json")
+        return json.loads(text) if text else None
+
+    def position(self, partition: str) -> int | None:
+        """The position the partition's pointer says, or None."""
+        pointer = self._pointer(partition)
+        return None if pointer is None else int(pointer["position"])
 
     def _pointer(self, partition: str) -> dict | None:
         text = self.lake.read_text(f"{self._folder(partition)}/CURRENT.json")
@@ -174,25 +206,9 @@ class Checkpoints:
         text = self.lake.read_text(f"{self._folder(partition)}/READ.json")
         return json.loads(text)["at"] if text else None
 
-    def recover(self, resume: dict[str, int]) -> list[str]:
-        """Delete each partition's lake files that start at or after its ``resume`` offset
-        (one listing of the lake for all of them)."""
-        by_prefix = {
-            scope(self.pipeline, partition): offset for partition, offset in resume.items()
-        }
-        doomed = []
-        for directory in self.output_dirs:
-            for path in self.lake.files(directory):
-                found = _RANGE.match(path.rsplit("/", 1)[-1])
-                if (
-                    found
-                    and found["stem"] in by_prefix
-                    and int(found["first"]) >= by_prefix[found["stem"]]
-                ):
-                    doomed.append(path)
-        for path in doomed:
-            self.lake.fs.rm(path)
-        return doomed
+
+def _encode(schema: pa.Schema | None) -> str | None:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode() if schema else None
 
 
 def _pieces(pointer: dict) -> list[str]:

@@ -1,15 +1,17 @@
-"""Cold path: a lake writer actor buffers cold rows and dead letters, and flushes them as files.
+"""Cold path: a lake writer actor buffers cold rows and dead letters, and stages them as files.
 
-A flush writes, per source partition, the buffered rows of a contiguous range of blocks to
-``events/dt=/hour=/`` (see :mod:`engine.lake`), named after that range's first and last offsets,
-plus the dead letters of the same range to ``_dead_letter/``. A flush fires at ``flush_rows``,
-``flush_bytes`` or ``flush_interval`` (checked on each call) and at the end. Only after its flush
-returns are the blocks reported done, so a position is never committed before its rows are durable.
+A flush writes, per source partition, the buffered rows of a contiguous range of blocks as data
+files of the ``events`` Delta table (``dt=/hour=/``, see :mod:`engine.lake`), named after that
+range's first and last offsets plus a random suffix, and the dead letters of the same range as
+files of the ``_dead_letter`` table. The files are *staged*: the flush reports them, and the
+pipeline commits them with the source positions at its next checkpoint (:mod:`engine.delta`);
+until then no reader sees them. A flush fires at ``flush_rows``, ``flush_bytes`` or
+``flush_interval`` (checked on each call) and at the end. Only after its flush returns are the
+blocks reported done, so a position is never committed before its rows are durable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, file_stem
+from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, StagedFile, file_stem, numbers_as_double
 from engine.priority import lower_this_thread
 from engine.wire import unpack
 from routers import EventSchema, concat_conformed
@@ -33,7 +35,7 @@ class FlushReport:
     seqs: list[int]
     cold_rows: int
     dead_rows: int
-    files: list[str]
+    staged: list[StagedFile]
 
 
 @dataclass
@@ -59,6 +61,7 @@ class _ColdWriter:
         flush_rows: int,
         flush_bytes: int,
         flush_interval_s: float,
+        exact: tuple[str, ...] = (),
     ) -> None:
         # Throughput path: on a shared node, latency-bound hot actors win the CPU (an actor's
         # calls run on the thread that builds it; see engine.priority).
@@ -72,6 +75,9 @@ class _ColdWriter:
         self.flush_rows = flush_rows
         self.flush_bytes = flush_bytes
         self.flush_interval_s = flush_interval_s
+        #: Columns stored with their own integer types; other integers are stored as double
+        #: (engine.lake.numbers_as_double): the roles, declared columns, source columns.
+        self.exact = (*schema.required, schema.arrival, *schema.declared, *exact)
         self._pending: dict[str, list[_Pending]] = defaultdict(list)
         #: Dead letters made after decode (a processor raised on them), per source partition.
         self._late_dead: dict[str, list[pa.Table]] = defaultdict(list)
@@ -113,7 +119,7 @@ class _ColdWriter:
     def flush(self) -> FlushReport:
         """Write everything buffered; return the blocks that are now durable."""
         seqs: list[int] = []
-        files: list[str] = []
+        staged: list[StagedFile] = []
         cold_rows = dead_rows = 0
         for partition, blocks in self._pending.items():
             stem = file_stem(self.pipeline, partition, blocks[0].first, blocks[-1].last)
@@ -121,36 +127,41 @@ class _ColdWriter:
             # One stream contract, but taken at different times: cast to its latest schema.
             cold = concat_conformed(batches) if batches else pa.table({})
             if cold.num_rows:
-                files += self.lake.write_partitioned(
-                    cold, self.schema.time, stem, EVENTS_DIR, self.partition_by
+                staged += self.lake.stage_partitioned(
+                    numbers_as_double(cold, self.exact),
+                    self.schema.time,
+                    stem,
+                    partition,
+                    EVENTS_DIR,
+                    self.partition_by,
                 )
             dead = pa.concat_tables(
                 [with_origin(b.dead, self.source_name, partition) for b in blocks]
             )
             if dead.num_rows:
-                files.append(self.lake.write_parquet(dead, f"{DEAD_LETTER_DIR}/{stem}.parquet"))
+                staged.append(self.lake.stage_parquet(dead, DEAD_LETTER_DIR, stem, partition))
             cold_rows += cold.num_rows
             dead_rows += dead.num_rows
             seqs += [b.seq for b in blocks]
         for partition, tables in self._late_dead.items():
             late = concat_conformed(tables)
-            # Named by content: a rerun that meets the same poison rows rewrites the same file.
-            digest = hashlib.sha1(b"".join(late["raw"].to_pylist())).hexdigest()[:16]
-            name = f"{DEAD_LETTER_DIR}/{file_stem(self.pipeline, partition, 0, 0)}-proc-{digest}"
-            files.append(self.lake.write_parquet(late, f"{name}.parquet"))
+            stem = f"{file_stem(self.pipeline, partition, 0, 0)}-proc"
+            staged.append(self.lake.stage_parquet(late, DEAD_LETTER_DIR, stem, partition))
             dead_rows += late.num_rows
         self._late_dead.clear()
         self._pending.clear()
         self._rows = self._bytes = 0
         self._oldest = None
-        return FlushReport(sorted(seqs), cold_rows, dead_rows, files)
+        return FlushReport(sorted(seqs), cold_rows, dead_rows, staged)
 
     def ready(self) -> bool:
         return True
 
-    def write_output(self, table: pa.Table, relative_path: str) -> str:
-        """Write a path's output table (e.g. hot alerts) to the lake."""
-        return self.lake.write_parquet(table, relative_path)
+    def stage_output(
+        self, table: pa.Table, directory: str, stem: str, partition: str
+    ) -> StagedFile:
+        """Stage a path's output rows (e.g. hot alerts) as a file of the table ``directory``."""
+        return self.lake.stage_parquet(table, directory, stem, partition)
 
 
 ColdWriter = ray.remote(_ColdWriter)

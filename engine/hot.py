@@ -202,7 +202,8 @@ class HotPath:
         #: Due-to-state latency of every row, in fixed memory.
         self.latency = LatencyHistogram()
         #: Output rows of the processor (e.g. alerts) not yet taken by the pipeline.
-        self.outputs: list[pa.RecordBatch] = []
+        #: (source partition, rows): committed with that partition's position.
+        self.outputs: list[tuple[str, pa.RecordBatch]] = []
         #: Rows the processor raised on (dead letters), with their source partition, not yet
         #: taken by the pipeline.
         self.dead: list[tuple[str, pa.Table]] = []
@@ -272,7 +273,7 @@ class HotPath:
             self.latency.merge(result.latency)
             self.rows_done += result.rows
             if result.output is not None and result.output.num_rows:
-                self.outputs.append(result.output)
+                self.outputs.append((partition, result.output))
             if result.dead is not None and result.dead.num_rows:
                 self.dead.append((partition, result.dead))
                 self.dead_rows += result.dead.num_rows

@@ -37,7 +37,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Final, TypeVar
 
@@ -56,8 +57,11 @@ __all__ = [
     "EVENTS_DIR",
     "NULL_PARTITION",
     "Lake",
+    "StagedFile",
     "LakeUnavailableError",
+    "deltable",
     "encode_partition_value",
+    "numbers_as_double",
     "file_stem",
     "scope",
     "storable",
@@ -100,6 +104,51 @@ class LakeUnavailableError(ThermoclineError):
     """
 
     retriable = True
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A data file written into a table's folder, not yet committed.
+
+    Attributes:
+        table: the table's folder, relative to the lake (``events``, ``warm/kpis``...).
+        path: the file, relative to the table's folder (what the Delta log records).
+        size: bytes.
+        rows: rows in the file.
+        partition_values: the table's partition columns for this file (``dt``, ``hour``).
+        partition: the source partition the rows came from (its position is committed with it).
+        schema: the file's Arrow schema (kept in memory only; read from the file when a
+            prepared commit is rolled forward by another process).
+    """
+
+    table: str
+    path: str
+    size: int
+    rows: int
+    partition_values: Mapping[str, str | None]
+    partition: str
+    schema: pa.Schema | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "path": self.path,
+            "size": self.size,
+            "rows": self.rows,
+            "partition_values": dict(self.partition_values),
+            "partition": self.partition,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StagedFile:
+        return cls(
+            data["table"],
+            data["path"],
+            int(data["size"]),
+            int(data["rows"]),
+            dict(data["partition_values"]),
+            data["partition"],
+        )
 
 
 def _escape(text: str) -> str:
@@ -209,7 +258,8 @@ class Lake:
 
     def __init__(self, uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
         self.uri = uri.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **dict(storage_options or {}))
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -298,6 +348,16 @@ class Lake:
             ValueError: a ``partition_by`` name that is not a plain column name, starts with
                 ``_`` (readers skip such folders) or is ``dt``/``hour``.
         """
+        return [
+            self.write_parquet(table.take(rows), f"{directory}/{segment}/{stem}.parquet")
+            for segment, rows in self._partitions(table, time_column, partition_by, hourly)
+        ]
+
+    @staticmethod
+    def _partitions(
+        table: pa.Table, time_column: str, partition_by: tuple[str, ...], hourly: bool
+    ) -> Iterator[tuple[str, pa.Array]]:
+        """(folder ``dt=.../hour=.../col=...``, row indices) per partition of ``table``."""
         for column in partition_by:
             if column in _PATH_KEYS or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", column):
                 raise ValueError(
@@ -305,7 +365,7 @@ class Lake:
                     f" starting with '_' and other than dt/hour, got {column!r}"
                 )
         if table.num_rows == 0:
-            return []
+            return
         # Integer hour (or day) buckets: formatting dates once per partition, not once per row.
         bucket_ms = 3_600_000 if hourly else 86_400_000
         millis = pc.cast(table[time_column], pa.int64()).to_numpy(zero_copy_only=False)
@@ -314,16 +374,82 @@ class Lake:
             values = table[column] if column in table.column_names else pa.nulls(table.num_rows)
             keys[column] = _as_text(values)
         groups = pa.table(keys).append_column("__row", pa.array(range(table.num_rows)))
-        written = []
         for names, rows in _group_rows(groups, list(keys)):
             start = datetime.fromtimestamp(names.pop("__bucket") * bucket_ms / 1000, timezone.utc)
             parts = [f"dt={start:%Y-%m-%d}"] + ([f"hour={start:%H}"] if hourly else [])
             parts += [f"{k}={encode_partition_value(v)}" for k, v in names.items()]
-            segment = "/".join(parts)
-            written.append(
-                self.write_parquet(table.take(rows), f"{directory}/{segment}/{stem}.parquet")
+            yield "/".join(parts), rows
+
+    def stage_parquet(
+        self,
+        table: pa.Table,
+        directory: str,
+        stem: str,
+        partition: str,
+        folder: str = "",
+        partition_values: Mapping[str, str | None] | None = None,
+    ) -> StagedFile:
+        """Write a data file of the Delta table at ``directory``, to be committed later
+        (engine.delta): ``{folder}/{stem}-{random}.parquet``, a single PUT under a name no
+        one else uses (no temporary file, no rename: an uncommitted file is invisible to
+        Delta readers, and a crashed write leaves only such a file, for ``vacuum``).
+
+        Empty structs and null-typed columns are made storable first (:func:`deltable`).
+        """
+        table = deltable(table)
+        name = f"{stem}-{uuid.uuid4().hex[:12]}.parquet"
+        inner = f"{folder}/{name}" if folder else name
+        target = self.path(directory, inner)
+
+        def attempt() -> int:
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            with self.fs.open(target, "wb") as handle:
+                pq.write_table(table, handle, compression="zstd")
+            return int(self.fs.size(target))
+
+        size = self._retrying("writing", f"{directory}/{inner}", attempt)
+        return StagedFile(
+            directory,
+            inner,
+            size,
+            table.num_rows,
+            dict(partition_values or {}),
+            partition,
+            table.schema,
+        )
+
+    def stage_partitioned(
+        self,
+        table: pa.Table,
+        time_column: str,
+        stem: str,
+        partition: str,
+        directory: str = EVENTS_DIR,
+        partition_by: tuple[str, ...] = (),
+    ) -> list[StagedFile]:
+        """:meth:`stage_parquet` per partition of ``table``: Delta partitions ``dt``/``hour``
+        (the event time's date and hour, UTC), then a folder per ``partition_by`` value
+        (:func:`encode_partition_value`) that only places the rows: the values stay in the
+        files, so a Delta reader (which takes ``dt``/``hour`` from the log) reads them exact.
+
+        Raises:
+            ValueError: a ``partition_by`` name that is not a plain column name (see
+                :meth:`write_partitioned`).
+        """
+        staged = []
+        for segment, rows in self._partitions(table, time_column, partition_by, True):
+            values = dict(part.split("=", 1) for part in segment.split("/")[:2])
+            staged.append(
+                self.stage_parquet(
+                    table.take(rows),
+                    directory,
+                    stem,
+                    partition,
+                    folder=segment,
+                    partition_values={"dt": values["dt"], "hour": str(int(values["hour"]))},
+                )
             )
-        return written
+        return staged
 
     def write_text(self, text: str, relative: str) -> str:
         """Write a small text file atomically (see :meth:`_write_atomically`)."""
@@ -371,6 +497,15 @@ class Lake:
         path = self.path(directory)
         if not self.fs.exists(path):
             return pa.table({})
+        if self.fs.exists(f"{path}/_delta_log"):
+            # A Delta table: its committed files only, typed as the table says.
+            from deltalake import DeltaTable
+
+            from engine.delta import delta_storage_options
+
+            options = delta_storage_options(self.uri, self.storage_options) or None
+            found = DeltaTable(f"{self.uri}/{directory}", storage_options=options)
+            return found.to_pyarrow_dataset().to_table()
         # The partitioning names only the keys the lake writes. Measured (pyarrow 26): with
         # partitioning="hive" every `k=v` folder becomes a partition expression that wins over
         # the file's own column (`region=%2D` read "-" where the file holds ""); with an
@@ -420,6 +555,78 @@ def _group_rows(groups: pa.Table, keys: list[str]) -> Iterator[tuple[dict[str, A
     for i in range(lists.num_rows):  # one iteration per partition, not per event
         names = {k: lists[k][i].as_py() for k in keys}
         yield names, lists["__row_list"][i].values
+
+
+def deltable(table: pa.Table) -> pa.Table:
+    """``table`` as a Delta table can hold it: a column of type null (every value so far was
+    null: its type is not known yet) is left out (a reader sees it as null until a file holds
+    it with a type); a null type inside a list or struct becomes ``string``; an empty struct
+    (a JSON ``{}``) gets one ``string`` child ``_``, always null.
+
+    Example:
+        >>> t = pa.table({"a": pa.array([{}, None], pa.struct([])), "z": [None, None], "n": [1, 2]})
+        >>> d = deltable(t)
+        >>> d.column_names, d.schema.field("a").type, d.column("a").to_pylist()
+        (['a', 'n'], StructType(struct<_: string>), [{'_': None}, None])
+    """
+    keep = [field.name for field in table.schema if field.type != pa.null()]
+    if len(keep) < table.num_columns:
+        table = table.select(keep)
+    targets = [_nulls_as_text(kind) for kind in table.schema.types]
+    if targets == table.schema.types:
+        return table
+    table = storable(table)  # empty structs get a null child, then every null type a string
+    columns = []
+    for column in table.columns:
+        target = _nulls_as_text(column.type)
+        columns.append(column.cast(target) if target != column.type else column)
+    return pa.table(columns, names=table.column_names)
+
+
+def _nulls_as_text(kind: pa.DataType) -> pa.DataType:
+    if kind == pa.null():
+        return pa.string()
+    if pa.types.is_struct(kind):
+        if kind.num_fields == 0:
+            return pa.struct([pa.field("_", pa.string())])
+        return pa.struct([f.with_type(_nulls_as_text(f.type)) for f in kind])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_nulls_as_text(kind.value_type)))
+    if pa.types.is_large_list(kind):
+        return pa.large_list(kind.value_field.with_type(_nulls_as_text(kind.value_type)))
+    return kind
+
+
+def numbers_as_double(table: pa.Table, keep: Iterable[str] = ()) -> pa.Table:
+    """``table`` with every integer (at any depth) of the columns not in ``keep`` as double.
+
+    The lake's rule for payload numbers the policy did not declare: JSON has one number type,
+    a client sends ``5`` before ``4.99``, and a Delta column cannot widen from long to double
+    once it exists; so such a column is double from its first file.
+
+    Example:
+        >>> t = pa.table({"amount": [5], "level": [3], "tags": [[1, 2]]})
+        >>> numbers_as_double(t, keep=["level"]).schema.types
+        [DataType(double), DataType(int64), ListType(list<item: double>)]
+    """
+    kept = set(keep)
+    columns = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        target = column.type if name in kept else _ints_as_double(column.type)
+        columns.append(column if target == column.type else column.cast(target))
+    return pa.table(columns, names=table.column_names)
+
+
+def _ints_as_double(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_integer(kind):
+        return pa.float64()
+    if pa.types.is_struct(kind):
+        return pa.struct([f.with_type(_ints_as_double(f.type)) for f in kind])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_ints_as_double(kind.value_type)))
+    if pa.types.is_large_list(kind):
+        return pa.large_list(kind.value_field.with_type(_ints_as_double(kind.value_type)))
+    return kind
 
 
 def storable(table: pa.Table) -> pa.Table:

@@ -33,6 +33,7 @@ import ray
 from engine import preflight
 from engine.checkpoint import Checkpoints
 from engine.cold import ColdWriter, FlushReport
+from engine.commit import Committer, crash_point
 from engine.config import PipelineConfig
 from engine.hot import HotPath
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, HOT_DIR, STATE_DIR, Lake, file_stem
@@ -42,6 +43,7 @@ from engine.priority import WORKER_NICENESS
 from engine.processors import import_modules
 from engine.sinks import KafkaSink
 from engine.sources import BackgroundSource, FileSource, Source, SourceBlock, SyntheticSource
+from engine.sources.kafka import META_TYPES as KAFKA_META_TYPES
 from engine.sources.kafka import KafkaSource
 from engine.warm import WarmPath
 from engine.wire import pack
@@ -164,8 +166,10 @@ class Progress:
 
 @dataclass
 class CheckpointStats:
-    """What checkpoints cost, in seconds: whole (the drain included) and their snapshot step
-    alone (actors writing their pieces, then the pointers), with the largest snapshot's size."""
+    """What checkpoints cost, in seconds: whole (the drain included), their snapshot step alone
+    (actors writing their pieces) and their commit step (prepare records, one Delta commit per
+    table written to, the pointers), with the largest snapshot's size and the most files one
+    commit carried."""
 
     last_s: float = 0.0
     max_s: float = 0.0
@@ -173,14 +177,20 @@ class CheckpointStats:
     snapshot_max_s: float = 0.0
     snapshot_rows: int = 0
     snapshot_bytes: int = 0
+    commit_max_s: float = 0.0
+    commit_files_max: int = 0
 
-    def record(self, seconds: float, snapshot_s: float, rows: int, size: int) -> None:
+    def record(
+        self, seconds: float, snapshot_s: float, rows: int, size: int, commit_s: float, files: int
+    ) -> None:
         self.last_s = seconds
         self.max_s = max(self.max_s, seconds)
         self.total_s += seconds
         self.snapshot_max_s = max(self.snapshot_max_s, snapshot_s)
         if rows >= self.snapshot_rows:
             self.snapshot_rows, self.snapshot_bytes = rows, size
+        self.commit_max_s = max(self.commit_max_s, commit_s)
+        self.commit_files_max = max(self.commit_files_max, files)
 
     def to_json(self) -> dict[str, float | int]:
         return {
@@ -190,6 +200,8 @@ class CheckpointStats:
             "snapshot_max_ms": round(self.snapshot_max_s * 1000, 1),
             "snapshot_rows": self.snapshot_rows,
             "snapshot_bytes": self.snapshot_bytes,
+            "commit_max_ms": round(self.commit_max_s * 1000, 1),
+            "commit_files_max": self.commit_files_max,
         }
 
 
@@ -298,7 +310,6 @@ class Pipeline:
         self.checkpoints_taken = 0
         self.checkpoint_stats = CheckpointStats()
         self.alerts_written = 0
-        self.recovered_files: list[str] = []
         self._alerts_sink: KafkaSink | None = None
         self._first_block_at: float | None = None  # monotonic time of the first block
         self._stopped = False  # the source ended because it was asked to stop
@@ -355,8 +366,17 @@ class Pipeline:
             cfg.cold.flush_rows,
             cfg.cold.flush_bytes,
             cfg.cold.flush_interval_s,
+            tuple(KAFKA_META_TYPES),
         )
-        self.checkpoints = Checkpoints(self.lake, self.name, (f"warm/{cfg.warm.output_name}",))
+        self.checkpoints = Checkpoints(self.lake, self.name)
+        tables = {
+            EVENTS_DIR: ("dt", "hour"),
+            DEAD_LETTER_DIR: (),
+            self.warm.output: (),
+            f"{HOT_DIR}/{self.hot_name}": (),
+        }
+        replay = None if self.source.checkpointed else self.source.replay_id
+        self.committer = Committer(self.checkpoints, tables, replay)
         if cfg.alerts_topic:
             bootstrap = cfg.source.bootstrap
             if not bootstrap:
@@ -420,9 +440,14 @@ class Pipeline:
                 self.drain()
                 self._write_alerts()
                 self._write_hot_state()
-                if isinstance(source, FileSource):  # all its rows are in the lake now
-                    done = self.tracker.done()
-                    for partition in source.finished:
+                # Rows of a source that replays alike (a file, a seeded synthetic stream) are
+                # committed with their positions: a rerun adds each row once. Others append.
+                done = self.tracker.done()
+                replays = source.replay_id is not None
+                self.committer.commit(done if replays else {}, checkpointed=False)
+                files = source if isinstance(source, FileSource) else None
+                if files is not None:  # all its rows are in the lake now
+                    for partition in files.finished:
                         if partition in done:
                             self.checkpoints.mark_read(partition, done[partition])
         except BaseException:
@@ -531,6 +556,7 @@ class Pipeline:
         for ref in ready:
             del self._cold_inflight[ref]
             report: FlushReport = ray.get(ref)
+            self.committer.stage(report.staged)
             self._acked(report.seqs)
 
     def drain(self) -> None:
@@ -542,19 +568,23 @@ class Pipeline:
         self._acked(self.warm.poll(timeout=None))
         self._collect_cold(timeout=None, num_returns=len(self._cold_inflight))
         final: FlushReport = ray.get(self.cold.flush.remote())
+        self.committer.stage(final.staged)
         self._acked(final.seqs)
+        self.committer.stage(self.warm.staged)
+        self.warm.staged = []
         if self.tracker.open_blocks:
             raise RuntimeError(f"{self.tracker.open_blocks} blocks still open after a drain")
 
     def checkpoint(self) -> dict[str, int]:
         """Aligned checkpoint, in this order (a crash at any step leaves the last one valid):
 
-        1. drain: every block read so far is in the lake and applied to hot state;
-        2. flush sinks: path outputs (alerts) to the lake and Kafka, delivery confirmed;
-        3. snapshot hot state, per source partition: each hot actor writes its own keys' rows
-           to the lake, in parallel (nothing goes through the driver), then each partition's
-           ``CURRENT.json`` points at the pieces;
-        4. commit the done offsets to the source (Kafka).
+        1. drain: every block read so far is in a staged lake file and applied to hot state;
+           path outputs (alerts) staged too, and delivered to Kafka;
+        2. snapshot hot state, per source partition: each hot actor writes its own keys' rows
+           to the lake, in parallel (nothing goes through the driver);
+        3-5. prepare, commit each table (one Delta transaction with the positions), point each
+           partition at its snapshot (:class:`engine.commit.Committer`);
+        6. commit the done offsets to the source (Kafka).
 
         Returns:
             The checkpointed positions (last offset per partition).
@@ -578,18 +608,27 @@ class Pipeline:
                 lambda p, i: self.checkpoints.snapshot_path(p, moved[p], i),
                 list(moved),
             )
-            # Fencing: a partition another member has claimed was given to it while we stalled
-            # (past the group's timeouts): we lost it, and must not checkpoint it over theirs.
-            for partition in self.checkpoints.save(moved, pieces, self.contract.schema, True):
-                self._fence(partition)
-                moved.pop(partition)
-            self._held.update(moved)
             snapshot_s = time.monotonic() - saving
-        # All of them but the fenced: a commit the last run missed (a crash between steps 3 and
-        # 4) happens now.
+        else:
+            pieces = {}
+        # Steps 3-5: prepare, commit the tables, point (engine.commit). Fencing: a partition
+        # another member has claimed was given to it while we stalled (past the group's
+        # timeouts): we lost it, and must not commit it over theirs.
+        committing = time.monotonic()
+        result = self.committer.commit(moved, pieces, self.contract.schema)
+        commit_s = time.monotonic() - committing
+        for partition in result.fenced:
+            self._fence(partition)
+            moved.pop(partition, None)
+        self._held.update(moved)
+        # All of them but the fenced: a commit the last run missed (a crash between steps 5 and
+        # 6) happens now.
         self.source.commit({p: n for p, n in positions.items() if p not in self.fenced})
+        crash_point("kafka")
         self.checkpoints_taken += 1
-        self.checkpoint_stats.record(time.monotonic() - started, snapshot_s, rows, size)
+        self.checkpoint_stats.record(
+            time.monotonic() - started, snapshot_s, rows, size, commit_s, result.files
+        )
         return positions
 
     def _fence(self, partition: str) -> None:
@@ -624,12 +663,20 @@ class Pipeline:
         assert self.hot is not None
         if not self.hot.outputs:
             return
-        alerts = concat_conformed(self.hot.outputs)
+        by_partition: dict[str, list[pa.RecordBatch]] = {}
+        for partition, rows in self.hot.outputs:
+            by_partition.setdefault(partition, []).append(rows)
         self.hot.outputs.clear()
-        alerts = alerts.sort_by([(c, "ascending") for c in alerts.column_names])
-        name = self.hot_name
-        path = f"{HOT_DIR}/{name}/{name}-{self._ranges_stem()}.parquet"
-        ray.get(self.cold.write_output.remote(alerts, path))
+        table = f"{HOT_DIR}/{self.hot_name}"
+        staged, parts = [], []
+        for partition, batches in sorted(by_partition.items()):
+            rows = concat_conformed(batches)
+            rows = rows.sort_by([(c, "ascending") for c in rows.column_names])
+            stem = file_stem(self.name, partition, self._first.get(partition, 0), 0)
+            staged.append(self.cold.stage_output.remote(rows, table, stem, partition))
+            parts.append(rows)
+        self.committer.stage(ray.get(staged))
+        alerts = concat_conformed(parts)
         if self._alerts_sink is not None:
             self._alerts_sink.send(alerts)
             self._alerts_sink.flush()
@@ -641,9 +688,8 @@ class Pipeline:
         assert self.hot is not None
         state = self.hot.state()
         if state.num_rows:
-            name = self.hot_name
-            path = f"{STATE_DIR}/{name}/state-{self._ranges_stem()}.parquet"
-            ray.get(self.cold.write_output.remote(state, path))
+            table, stem = f"{STATE_DIR}/{self.hot_name}", f"state-{self._ranges_stem()}"
+            self.committer.stage([ray.get(self.cold.stage_output.remote(state, table, stem, ""))])
 
     # -- rebalance hooks (called by the source from inside blocks(), in this thread) ---------
 
@@ -662,13 +708,15 @@ class Pipeline:
             partitions: name -> the source's own resume offset (committed, else its start).
         """
         assert self.hot is not None
-        # Ours now, before their checkpoints are read: a stale former owner is fenced from here.
-        self.checkpoints.claim(list(partitions))
+        # Ours now, before their checkpoints are read: a stale former owner is fenced from here
+        # (its pointer writes by the claim file, its table commits by our epoch in each table).
+        self.committer.claim(list(partitions))
         resume: dict[str, int] = {}
         for name, default in partitions.items():
             self.fenced.discard(name)  # ours again: its checkpoint is read afresh below
             held = self._held.get(name)  # our own last checkpoint of it, if any
-            checkpoint = self.checkpoints.load(name, newer_than=held)
+            # A checkpoint a crash interrupted after its prepare step is finished first.
+            checkpoint = self.committer.recover(name, newer_than=held)
             if checkpoint is not None:
                 # Someone (a crashed run of ours, another member) got further than our actors:
                 # their checkpoint is the truth for this partition's keys.
@@ -683,7 +731,6 @@ class Pipeline:
                 resume[name] = default
             self.tracker.resume(name, resume[name])
             self._first.setdefault(name, resume[name])
-        self.recovered_files += self.checkpoints.recover(resume)
         return resume
 
     # -- helpers ------------------------------------------------------------------------------

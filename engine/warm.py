@@ -24,7 +24,7 @@ import ray
 from engine import preflight
 from engine.cold import with_origin
 from engine.config import WarmConfig
-from engine.lake import DEAD_LETTER_DIR, Lake, file_stem
+from engine.lake import DEAD_LETTER_DIR, Lake, StagedFile, file_stem
 from engine.priority import run_lowered
 from engine.processors import qualified, warm_processor
 from engine.quarantine import isolate
@@ -35,7 +35,7 @@ __all__ = ["WarmPath", "micro_batch", "run_micro_batch"]
 
 
 @ray.remote
-def run_micro_batch(*args: Any) -> tuple[int, int]:
+def run_micro_batch(*args: Any) -> tuple[int, int, list[StagedFile]]:
     """The Ray task of one micro-batch: :func:`micro_batch` on a thread of its own, below the
     hot actors' priority (throughput work, see :mod:`engine.priority`)."""
     import engine.processors  # noqa: F401 - registers the built-in processors in this worker
@@ -50,24 +50,28 @@ def micro_batch(
     pieces: list[pa.Buffer],
     lake_uri: str,
     storage_options: dict[str, Any],
-    relative_path: str,
+    output: str,
+    stem: str,
     source: str = "",
     partition: str = "",
-) -> tuple[int, int]:
-    """Run the warm processor over one micro-batch and append its output to the lake.
+) -> tuple[int, int, list[StagedFile]]:
+    """Run the warm processor over one micro-batch and stage its output in the lake.
 
-    Rows the processor raises on are isolated (:mod:`engine.quarantine`) and written as dead
-    letters beside (``_dead_letter/warm-<name>``); the rest is processed.
+    Rows the processor raises on are isolated (:mod:`engine.quarantine`) and staged as dead
+    letters (``_dead_letter``); the rest is processed. Nothing is visible until the pipeline
+    commits the staged files (engine.delta): a retried task stages new files, and only the
+    ones it reports are committed.
 
-    Idempotent: the output file's name is fixed by the micro-batch's source range, so a retried
-    task overwrites its own file.
+    Args:
+        output: the output table's folder in the lake (``warm/<output_name>``).
+        stem: the file name prefix (the micro-batch's source range).
 
     Args:
         processor: the warm processor as ``module:Class``.
         pieces: the micro-batch's pieces, packed (:mod:`engine.wire`), in order.
 
     Returns:
-        (rows processed, rows dead-lettered).
+        (rows processed, rows dead-lettered, the files staged).
     """
     # Pieces of blocks decoded at different times: cast to the latest schema and joined here,
     # not in the driver (joining and sending a 2 s micro-batch as one batch stalled the driver,
@@ -76,13 +80,14 @@ def micro_batch(
     instance = warm_processor(processor)(schema, **options)
     outputs, dead = isolate(instance.process, batch, "warm")
     lake = Lake(lake_uri, storage_options)
+    staged = []
     if outputs:
-        lake.write_parquet(concat_conformed(outputs), relative_path)
+        staged.append(lake.stage_parquet(concat_conformed(outputs), output, stem, partition))
     if dead is None:
-        return batch.num_rows, 0
-    name = relative_path.rsplit("/", 1)[-1]
-    lake.write_parquet(with_origin(dead, source, partition), f"{DEAD_LETTER_DIR}/warm-{name}")
-    return batch.num_rows - dead.num_rows, dead.num_rows
+        return batch.num_rows, 0, staged
+    dead = with_origin(dead, source, partition)
+    staged.append(lake.stage_parquet(dead, DEAD_LETTER_DIR, f"{stem}-warm", partition))
+    return batch.num_rows - dead.num_rows, dead.num_rows, staged
 
 
 @ray.remote
@@ -144,6 +149,10 @@ class WarmPath:
         self._unsent: dict[int, int] = defaultdict(int)  # rows of a block still in the buffer
         self.rows_done = 0
         self.dead_rows = 0
+        #: Files finished micro-batches staged, for the pipeline to commit (engine.delta).
+        self.staged: list[StagedFile] = []
+        #: The output table's folder in the lake.
+        self.output = f"warm/{config.output_name}"
         self.max_in_flight_seen = 0
         self.max_buffered_rows_seen = 0
 
@@ -222,7 +231,6 @@ class WarmPath:
         self._buffered_bytes -= buffer.bytes
         head = pieces[0]
         stem = file_stem(self.pipeline, partition, head.first_offset, pieces[-1].first_offset)
-        relative = f"warm/{self.config.output_name}/{stem}-{head.start:08d}.parquet"
         ref = run_micro_batch.options(
             num_cpus=self.config.num_cpus, resources=dict(self.config.resources) or None
         ).remote(
@@ -232,7 +240,8 @@ class WarmPath:
             [piece.packed for piece in pieces],
             self.lake_uri,
             self.storage_options,
-            relative,
+            self.output,
+            f"{stem}-{head.start:08d}",
             self.source_name,
             partition,
         )
@@ -254,9 +263,10 @@ class WarmPath:
     def _wait(self, num_returns: int, timeout: float | None) -> list[int]:
         ready, _ = ray.wait(list(self._inflight), num_returns=num_returns, timeout=timeout)
         done = []
-        for ref, (rows, dead) in zip(ready, ray.get(ready), strict=True):
+        for ref, (rows, dead, staged) in zip(ready, ray.get(ready), strict=True):
             self.rows_done += rows
             self.dead_rows += dead
+            self.staged += staged
             for seq in self._inflight.pop(ref):
                 self._tasks_left[seq] -= 1
                 if self._tasks_left[seq] == 0 and self._unsent[seq] == 0:

@@ -93,4 +93,4 @@ def test_checkpoint_smoke(tmp_path: Path) -> None:
     assert state["keys"] == 500 and state["checkpoints"] >= 2
     assert 0 < state["snapshot_rows"] <= 500 and state["snapshot_max_ms"] > 0
     assert [p["lake_files"] for p in record["by_lake_files"]] == [5, 50]
-    assert all(p["recovery_listing_ms"] >= 0 for p in record["by_lake_files"])
+    assert all(p["recovery_ms"] >= 0 for p in record["by_lake_files"])

@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from engine.checkpoint import Checkpoints
 from engine.config import PipelineConfig
-from engine.lake import Lake
+from engine.lake import Lake, scope
 from engine.pipeline import Pipeline
 from engine.processors import merge_kpis
 from engine.sources import FileSource, MemorySource, SyntheticSource
@@ -88,9 +88,13 @@ def expected_split(source: SyntheticSource) -> tuple[dict[str, pa.Table], list[b
     return tables, dead
 
 
+def read(lake: Path, table: str) -> pa.Table:
+    """A lake table's committed rows, as a Delta reader sees them."""
+    return Lake(str(lake)).read(table)
+
+
 def lake_ids(lake: Path) -> list[str]:
-    table = ds.dataset(lake / "events", format="parquet", partitioning="hive").to_table()
-    return sorted(table.column("event_id").to_pylist())
+    return sorted(read(lake, "events").column("event_id").to_pylist())
 
 
 def test_every_event_lands_once_and_outputs_equal_a_recompute(tmp_path: Path) -> None:
@@ -110,7 +114,7 @@ def test_every_event_lands_once_and_outputs_equal_a_recompute(tmp_path: Path) ->
     assert summary.done_positions == {"0": 23_999}
 
     # Dead letters keep their raw bytes, a reason and their source offset.
-    dead = pq.read_table(lake / "_dead_letter").to_pandas()
+    dead = read(lake, "_dead_letter").to_pandas()
     assert sorted(dead["raw"]) == sorted(expected_dead)
     assert dead["reason"].str.match(r"^(invalid_json|missing_field:|bad_type:|bad_value:)").all()
     assert dead["offset"].between(0, 23_999).all()
@@ -130,28 +134,26 @@ def test_every_event_lands_once_and_outputs_equal_a_recompute(tmp_path: Path) ->
     # Warm KPIs equal a pandas recompute.
     check_warm(lake, expected["warm"])
 
-    # Rewriting the same source range leaves the lake as it was: no duplicate, no loss.
-    files_before = sorted(p.relative_to(lake) for p in lake.rglob("*.parquet"))
+    # Rerunning the same source range leaves the lake as it was: no duplicate, no loss (the
+    # positions were committed with the rows; the rerun's files stay uncommitted, unseen).
+    version = DeltaTable(str(lake / "events")).version()
     again = Pipeline(make_config(lake), source=synthetic(), clock=lambda: NOW).run()
     assert again.cold == summary.cold
     assert lake_ids(lake) == sorted(expected["cold"].column("event_id").to_pylist())
-    assert sorted(p.relative_to(lake) for p in lake.rglob("*.parquet")) == files_before
-    assert not list(lake.rglob(".*.tmp"))
+    assert DeltaTable(str(lake / "events")).version() == version
     check_warm(lake, expected["warm"])
 
-    # As a user would read it: DuckDB with Hive partitioning.
+    # As a user would read it: DuckDB over the Delta table's dataset.
+    events = DeltaTable(str(lake / "events")).to_pyarrow_dataset()  # noqa: F841 - read by DuckDB
     ((count, distinct, hours),) = duckdb.sql(
-        f"select count(*), count(distinct event_id), count(distinct (dt, hour)) "
-        f"from read_parquet('{lake}/events/**/*.parquet', hive_partitioning = true)"
+        "select count(*), count(distinct event_id), count(distinct (dt, hour)) from events"
     ).fetchall()
     assert count == distinct == summary.cold
     assert hours > 1  # stale events spread over earlier hours
 
 
 def check_warm(lake: Path, warm_rows: pa.Table) -> None:
-    merged = merge_kpis(
-        ds.dataset(lake / "warm" / "minute_kpis", format="parquet").to_table()
-    ).to_pandas()
+    merged = merge_kpis(read(lake, "warm/minute_kpis")).to_pandas()
     df = warm_rows.to_pandas()
     df["minute"] = df["event_time"].dt.floor("min")
     want = (
@@ -217,8 +219,8 @@ def test_hostile_partition_value_stays_inside_the_lake(tmp_path: Path) -> None:
     root = lake.resolve()
     files = [p.resolve() for p in tmp_path.rglob("*") if p.is_file() and p != events.resolve()]
     assert files and all(root in f.parents for f in files)
-    back = ds.dataset(lake / "events", format="parquet", partitioning="hive").to_table()
-    assert sorted(back.column("region").to_pylist()) == sorted(hostile)  # decoded on read
+    back = read(lake, "events")
+    assert sorted(back.column("region").to_pylist()) == sorted(hostile)  # from the files
 
 
 def test_parquet_file_source(tmp_path: Path) -> None:
@@ -279,7 +281,7 @@ def test_the_end_of_run_state_joins_actors_that_got_no_keys(
     summary = pipeline.run()
     pipeline.close()
     assert summary.hot == 5
-    state = ds.dataset(tmp_path / "lake" / "state", format="parquet").to_table()
+    state = read(tmp_path / "lake", "state/tests_slow_CountsPerKey")
     assert state.to_pylist() == [{"player_id": "p1", "events": 5}]
 
 
@@ -300,10 +302,10 @@ def test_micro_batches_cut_from_one_large_block_each_keep_their_output(tmp_path:
     summary = Pipeline(config, source=source(), clock=lambda: NOW).run()
     assert summary.warm == expected["warm"].num_rows > 4 * 1_000
     check_warm(lake, expected["warm"])
-    files = sorted(p.relative_to(lake) for p in (lake / "warm").rglob("*.parquet"))
+    files = DeltaTable(str(lake / "warm" / "minute_kpis")).file_uris()
     assert len(files) >= summary.warm // 1_000
     Pipeline(config, source=source(), clock=lambda: NOW).run()
-    assert sorted(p.relative_to(lake) for p in (lake / "warm").rglob("*.parquet")) == files
+    assert DeltaTable(str(lake / "warm" / "minute_kpis")).file_uris() == files
     check_warm(lake, expected["warm"])
 
 
@@ -323,7 +325,9 @@ def test_a_micro_batch_never_mixes_source_partitions(tmp_path: Path) -> None:
     summary = Pipeline(config, source=source, clock=lambda: NOW).run()
     assert summary.warm == 18_000
     seen = []
-    for path in (lake / "warm" / "minute_kpis").rglob("*.parquet"):
+    table = lake / "warm" / "minute_kpis"
+    for uri in DeltaTable(str(table)).file_uris():
+        path = Path(uri)
         ids = pq.read_table(path)["event_id"].to_pylist()
         # Block k (events 1000k .. 1000k+999) went to partition k % 3.
         partitions = {int(i[1:]) // 1_000 % 3 for i in ids}
@@ -352,7 +356,7 @@ def test_names_that_differ_by_dot_and_underscore_and_other_pipelines_stay_apart(
         return Pipeline(config, source=MemorySource(both), clock=lambda: NOW).run().cold
 
     def lake_rows() -> int:
-        return ds.dataset(lake / "events", format="parquet").count_rows()
+        return read(lake, "events").num_rows
 
     a = run("a")
     assert a > 10_000 and lake_rows() == a  # both partitions' events, none overwritten
@@ -368,7 +372,9 @@ def test_names_that_differ_by_dot_and_underscore_and_other_pipelines_stay_apart(
     assert found is not None and found.position == 99
     assert Checkpoints(store, "a").load("game_events-0") is None
     assert Checkpoints(store, "b").load("game.events-0") is None
-    # b recovering its partitions (resume from offset 0) deletes b's files, never a's.
-    doomed = Checkpoints(store, "b").recover({"game.events-0": 0, "game_events-0": 0})
-    assert doomed and all("/b.game" in path for path in doomed)
-    assert lake_rows() == a
+    # Positions, in the lake's tables, are per pipeline and partition, never shared.
+    events = DeltaTable(str(lake / "events"))
+    replay = MemorySource(both).replay_id
+    partitions = ("game.events-0", "game_events-0")
+    apps = [scope(f"{n}@{replay}", p) for n in "ab" for p in partitions]
+    assert len(set(apps)) == 4 and all(events.transaction_version(app) == 5_999 for app in apps)

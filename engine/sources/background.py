@@ -88,6 +88,10 @@ class BackgroundSource(Source):
         if self._stop is not None:
             self._stop.set()
 
+    @property
+    def replay_id(self) -> str | None:
+        return self.inner.replay_id
+
     def blocks(self) -> Iterator[SourceBlock | None]:
         self.start()
         while True:

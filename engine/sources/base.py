@@ -111,3 +111,14 @@ class Source(ABC):
     def checkpointed(self) -> bool:
         """Whether the pipeline should take periodic checkpoints for this source."""
         return False
+
+    @property
+    def replay_id(self) -> str | None:
+        """For a bounded source: what fixes the content of its partitions, or None.
+
+        A run whose source has the same id re-reads the same rows at the same offsets, so the
+        lake commits them by position, once (a rerun after a crash adds nothing twice); a
+        source whose content changes from run to run returns None, and each run's rows are
+        appended. The default: None.
+        """
+        return None

@@ -81,6 +81,11 @@ class FileSource(Source):
         self._partitions = names
         return names
 
+    @property
+    def replay_id(self) -> str:
+        """Always the same: a partition's name already says which file version it is."""
+        return "files"
+
     def blocks(self) -> Iterator[SourceBlock | None]:
         for file, partition in self.partitions().items():
             if partition in self.skip:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -41,6 +42,17 @@ class MemorySource(Source):
         self._blocks = list(blocks)
         self.rate = rate
         self.max_rows = max_rows
+
+    @property
+    def replay_id(self) -> str:
+        """A digest of the blocks: the same blocks are the same content."""
+        digest = hashlib.sha1()
+        for block in self._blocks:
+            digest.update(f"{block.partition}|{block.first_offset}|{block.last_offset}|".encode())
+            digest.update(block.data or b"")
+            if block.batch is not None:
+                digest.update(block.batch.serialize())
+        return digest.hexdigest()[:12]
 
     def blocks(self) -> Iterator[SourceBlock | None]:
         if not self.rate:

@@ -58,7 +58,9 @@ when it was due (``SourceBlock.due_ms``), for latency.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import json
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -392,6 +394,13 @@ class SyntheticSource(Source):
         self.missing_share = missing_share
         self.epoch_seconds_share = epoch_seconds_share
         self.drift = drift
+        # Everything above fixes the stream's content (start_ms included: it is "now" unless
+        # given, so two default runs are two streams).
+        self._identity = json.dumps(
+            {k: v for k, v in vars(self).items() if not k.startswith("_")},
+            sort_keys=True,
+            default=str,
+        ) + json.dumps(event_mix, sort_keys=True)
         #: First event of the drifted part of the stream.
         self.drift_from = events // 2
         mix = event_mix or EVENT_MIX
@@ -404,6 +413,11 @@ class SyntheticSource(Source):
         self._context = (_context_table(reverse=False), _context_table(reverse=True))
         self._salt = _mix64(np.array([seed], dtype=np.int64))
         self._id_tables: dict[str, pa.Array] = {}  # by prefix
+
+    @property
+    def replay_id(self) -> str:
+        """A digest of every parameter: the same ones generate the same events."""
+        return hashlib.sha1(self._identity.encode()).hexdigest()[:12]
 
     def blocks(self) -> Iterator[SourceBlock | None]:
         next_offset = [0] * self.partitions

@@ -1,0 +1,192 @@
+"""The commit protocol: staged lake files, Delta commits with source positions, hot pointers.
+
+A checkpoint of a pipeline's partitions at positions ``{P: N}`` runs these numbered steps; a
+crash between any two leaves the lake and the state consistent, and recovery finishes or
+forgets the checkpoint (:meth:`Committer.recover`):
+
+1. (the pipeline) drain the paths: every row read so far is in a staged file or in hot state;
+2. (the pipeline) hot actors write their snapshot pieces for each P at N;
+3. **prepare**: per P, ``_state/{pipeline}/{P}/PREPARED.json`` records N, the snapshot pieces,
+   the contract's schema and every staged file of P, per table. From here the checkpoint can
+   be finished by anyone;
+4. **commit the tables**: per table, one Delta transaction with its staged files and, as app
+   transactions, each P's position and our owner epoch (engine.delta; partitions another member
+   owns now are fenced off and left out);
+5. **point**: per P, ``CURRENT.json`` points at N and its pieces (engine.checkpoint);
+6. (the pipeline) commit the positions to the source (Kafka).
+
+Recovery of P (on assignment): the pointer says M; a prepared checkpoint N > M is finished (steps
+4 and 5, each table only if its app transaction for P is below N, so nothing is committed twice),
+and P resumes after N; else after M. A table never holds rows past its app transaction version,
+and every such version has a prepare record, so the replay after N adds each row once.
+
+A prepare record lists a checkpoint's files, so it grows with the files one checkpoint stages,
+not with the lake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from engine.checkpoint import Checkpoint, Checkpoints
+from engine.delta import LakeTables
+from engine.lake import StagedFile
+
+__all__ = ["CRASH_ENV", "CommitResult", "Committer", "crash_point"]
+
+_log = logging.getLogger(__name__)
+
+#: Test hook: ``THERMOCLINE_CRASH_AT=<step>`` kills the process (``os._exit(75)``) right after
+#: that step of a checkpoint: ``prepared``, ``committed:<table>``, ``pointed``, ``kafka``.
+#: How the crash tests stop a run at an exact point of the protocol, as a power cut would.
+CRASH_ENV = "THERMOCLINE_CRASH_AT"
+
+
+def crash_point(step: str) -> None:
+    """Exit at once if the crash hook names ``step`` (see :data:`CRASH_ENV`)."""
+    if os.environ.get(CRASH_ENV) == step:
+        _log.warning("crash hook: exiting after %s", step)
+        os._exit(75)
+
+
+@dataclass
+class CommitResult:
+    """What one checkpoint's commit did."""
+
+    fenced: list[str]
+    files: int
+    tables: int
+
+
+class Committer:
+    """Staged files and the commit protocol of one pipeline (see the module docstring).
+
+    Args:
+        checkpoints: the pipeline's checkpoint store (pointers, prepare records, pieces).
+        partition_by: per table (its folder in the lake), its Delta partition columns; a table
+            not named has none.
+        replay_id: a bounded source's :attr:`~engine.sources.Source.replay_id`: its positions
+            are committed under the pipeline's name and this id, so a rerun of the same
+            content is committed once and other content is new.
+    """
+
+    def __init__(
+        self,
+        checkpoints: Checkpoints,
+        partition_by: Mapping[str, tuple[str, ...]],
+        replay_id: str | None = None,
+    ) -> None:
+        self.checkpoints = checkpoints
+        scope = checkpoints.pipeline if replay_id is None else f"{checkpoints.pipeline}@{replay_id}"
+        self.tables = LakeTables(checkpoints.lake, scope)
+        self.partition_by = dict(partition_by)
+        self.staged: list[StagedFile] = []
+        #: Tables this pipeline writes, known before their first file (for claims).
+        self.known = set(partition_by)
+
+    def stage(self, files: list[StagedFile]) -> None:
+        """Files written by a path, to commit with the next checkpoint."""
+        self.staged += files
+        self.known.update(f.table for f in files)
+
+    def claim(self, partitions: list[str]) -> None:
+        """Own ``partitions`` (on assignment): the pointer claim, then an epoch per table."""
+        self.checkpoints.claim(partitions)
+        self.tables.claim(sorted(self.known), partitions)
+
+    def commit(
+        self,
+        positions: Mapping[str, int],
+        pieces: Mapping[str, list[str]] | None = None,
+        schema: pa.Schema | None = None,
+        checkpointed: bool = True,
+    ) -> CommitResult:
+        """Steps 3-5 for ``positions`` (and every staged file).
+
+        Args:
+            pieces: hot snapshot pieces per partition (written already).
+            schema: the stream's contract, saved with each pointer.
+            checkpointed: a checkpointed source (prepare, fence, point); without it (a file or
+                a synthetic run) only the tables are committed, with the positions when given.
+
+        Returns:
+            The partitions fenced off, and how many files and tables were committed.
+        """
+        files, self.staged = self.staged, []
+        pieces = dict(pieces or {})
+        fenced: set[str] = set()
+        if checkpointed:
+            # Claimed by another member since we did: neither prepared, committed nor pointed
+            # (one read per partition; a claim racing this check is caught by the tables'
+            # epochs at step 4, not by the pointer: see engine.checkpoint).
+            fenced.update(self.checkpoints.fenced(list(positions)))
+            for partition in fenced:
+                self.checkpoints.discard(pieces.pop(partition, []))
+            positions = {p: n for p, n in positions.items() if p not in fenced}
+            files = [f for f in files if f.partition not in fenced]
+        by_partition: dict[str, list[StagedFile]] = defaultdict(list)
+        for staged in files:
+            by_partition[staged.partition].append(staged)
+        if checkpointed:
+            for partition, position in positions.items():
+                self.checkpoints.prepare(
+                    partition,
+                    position,
+                    pieces.get(partition, []),
+                    schema,
+                    [f.to_json() for f in by_partition.get(partition, [])],
+                )
+            crash_point("prepared")
+        by_table: dict[str, list[StagedFile]] = defaultdict(list)
+        for staged in files:
+            by_table[staged.table].append(staged)
+        for table in sorted(by_table):
+            fenced.update(
+                self.tables.commit(
+                    table,
+                    by_table[table],
+                    positions,
+                    self.partition_by.get(table, ()),
+                    fence=checkpointed,
+                )
+            )
+            crash_point(f"committed:{table}")
+        if checkpointed:
+            kept = {p: n for p, n in positions.items() if p not in fenced}
+            self.checkpoints.save(kept, pieces, schema)
+            crash_point("pointed")
+        return CommitResult(sorted(fenced), len(files), len(by_table))
+
+    def recover(self, partition: str, newer_than: int | None = None) -> Checkpoint | None:
+        """The partition's checkpoint, a prepared one finished first (see the module docs).
+
+        Args:
+            newer_than: our own last checkpoint of it: an older or equal one is not loaded.
+        """
+        prepared = self.checkpoints.prepared(partition)
+        current = self.checkpoints.position(partition)
+        if prepared is not None and (current is None or prepared["position"] > current):
+            position = int(prepared["position"])
+            files = [StagedFile.from_json(f) for f in prepared["files"]]
+            tables = {f.table for f in files}
+            for table in sorted(tables):
+                chosen = [f for f in files if f.table == table]
+                self.tables.commit(
+                    table, chosen, {partition: position}, self.partition_by.get(table, ())
+                )
+            self.checkpoints.point(partition, position, prepared["hot"], prepared.get("schema"))
+            _log.warning(
+                "recovery: partition %s: finished the checkpoint at %d a crash interrupted"
+                " (%d files in %d tables)",
+                partition,
+                position,
+                len(files),
+                len(tables),
+            )
+        return self.checkpoints.load(partition, newer_than=newer_than)

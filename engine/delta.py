@@ -1,0 +1,384 @@
+"""The lake's tables as Delta Lake tables (delta-rs): staged files, fenced idempotent commits.
+
+Writers (the lake writer actor, warm tasks, hot actors) write Parquet data files into a table's
+folder as their buffers fill: single PUTs, under names no one else uses
+(:meth:`engine.lake.Lake.stage_parquet`), invisible to every Delta reader until committed. The
+driver commits them: per table, one Delta transaction holding every file staged since the last
+one, with each source partition's position as a Delta *app transaction* (Spark's
+``txnAppId``/``txnVersion``):
+
+- app id ``{scope}`` (:func:`engine.lake.scope`: the pipeline's name and the partition, encoded
+  injectively), version = the last source offset whose rows the table holds;
+- app id ``{scope}.owner``, version = the committing member's *epoch*, drawn at random when it
+  was assigned the partition (:meth:`LakeTables.claim`).
+
+**Fencing.** A member commits a partition only if the table's owner epoch for it is still its own
+(a compare before the commit, as delta-rs does not refuse a foreign or lower version by itself).
+A new owner claims a partition by committing its epoch to every existing table; the stalled
+former owner's next commit then either reads the new epoch and leaves the partition out, or
+raced the claim from an older snapshot and is refused by Delta's conflict detection (two commits
+carrying one app id: the second fails), after which it reloads and finds the new epoch.
+
+**Recovery** reads positions from the Delta log (:meth:`LakeTables.version`): its cost does not
+grow with the number of files, and nothing is listed or deleted. Files staged but never
+committed stay invisible; ``thermocline vacuum`` removes them after a retention window.
+
+**Schema.** A table's schema grows with its files: a column or struct field a file adds is added
+to the table (delta-rs ``schema_mode="merge"``, its own commit) before the files are committed.
+Delta cannot widen ``long`` to ``double`` (the protocol forbids it, delta-rs refuses), so the lake
+stores a payload number the policy did not declare as ``double`` from the start
+(:func:`engine.lake.lake_ready`); declare ``int64`` in ``schema.columns`` to keep one exact.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import pyarrow as pa
+
+from engine.lake import Lake, LakeUnavailableError, StagedFile, scope
+from routers.errors import ThermoclineError
+
+__all__ = [
+    "LakeSchemaError",
+    "LakeTables",
+    "StagedFile",
+    "delta_storage_options",
+    "new_epoch",
+    "owner_app",
+]
+
+#: Commit attempts while other writers' commits race ours (each attempt reloads the table).
+_COMMIT_ATTEMPTS: Final[int] = 8
+
+
+class LakeSchemaError(ThermoclineError):
+    """A table's column would change type (Delta allows columns to be added, not retyped)."""
+
+
+def _as_delta(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as Delta stores it (timestamps in µs, ``large_string`` as ``string``...)."""
+    from deltalake.schema import Schema
+
+    return pa.schema(Schema.from_arrow(schema).to_arrow())
+
+
+def _changed(name: str, old: pa.DataType, new: pa.DataType) -> tuple[str, str, str] | None:
+    """(column path, old type, new type) of the first change other than added struct fields."""
+    if pa.types.is_struct(old) and pa.types.is_struct(new):
+        for child in old:
+            index = new.get_field_index(child.name)
+            found = _changed(f"{name}.{child.name}", child.type, new.field(index).type)
+            if found:
+                return found
+        return None
+    if (pa.types.is_list(old) and pa.types.is_list(new)) or (
+        pa.types.is_large_list(old) and pa.types.is_large_list(new)
+    ):
+        return _changed(f"{name}[]", old.value_type, new.value_type)
+    return None if old == new else (name, str(old), str(new))
+
+
+def new_epoch() -> int:
+    """A member's epoch for one assignment of partitions: random, positive, fits a Delta long."""
+    return secrets.randbits(62) + 1
+
+
+def owner_app(pipeline: str, partition: str) -> str:
+    """The app id whose version is the epoch of the member that owns ``partition``."""
+    return f"{scope(pipeline, partition)}.owner"
+
+
+def delta_storage_options(uri: str, storage_options: Mapping[str, Any]) -> dict[str, str]:
+    """delta-rs (object_store) options for a lake configured with fsspec options.
+
+    s3fs's ``key``/``secret``/``token``/``client_kwargs.endpoint_url``/``client_kwargs.
+    region_name`` become ``AWS_*`` options; without them delta-rs reads the same ``AWS_*``
+    environment variables boto and s3fs do. A plain-HTTP endpoint (a local S3 server) needs
+    ``AWS_ALLOW_HTTP``.
+
+    Example:
+        >>> opts = delta_storage_options(
+        ...     "s3://lake", {"key": "k", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
+        ... )
+        >>> sorted(opts.items())  # doctest: +NORMALIZE_WHITESPACE
+        [('AWS_ACCESS_KEY_ID', 'k'), ('AWS_ALLOW_HTTP', 'true'),
+         ('AWS_ENDPOINT_URL', 'http://127.0.0.1:9')]
+        >>> delta_storage_options("/tmp/lake", {})
+        {}
+    """
+    if not uri.startswith(("s3://", "s3a://")):
+        return {}
+    out: dict[str, str] = {}
+    names = {
+        "key": "AWS_ACCESS_KEY_ID",
+        "secret": "AWS_SECRET_ACCESS_KEY",
+        "token": "AWS_SESSION_TOKEN",
+    }
+    for option, name in names.items():
+        if storage_options.get(option):
+            out[name] = str(storage_options[option])
+    client = dict(storage_options.get("client_kwargs") or {})
+    endpoint = storage_options.get("endpoint_url") or client.get("endpoint_url")
+    if endpoint:
+        out["AWS_ENDPOINT_URL"] = str(endpoint)
+        if str(endpoint).startswith("http://"):
+            out["AWS_ALLOW_HTTP"] = "true"
+    if client.get("region_name"):
+        out["AWS_REGION"] = str(client["region_name"])
+    return out
+
+
+class LakeTables:
+    """Commit staged files to the lake's Delta tables for one pipeline; read its positions.
+
+    Args:
+        lake: the lake (its URI and storage options).
+        pipeline: the pipeline's name; it scopes the app ids.
+    """
+
+    def __init__(self, lake: Lake, pipeline: str) -> None:
+        self.lake = lake
+        self.pipeline = pipeline
+        self.options = delta_storage_options(lake.uri, lake.storage_options)
+        #: Our epoch per source partition (set by :meth:`claim`).
+        self.epochs: dict[str, int] = {}
+
+    def uri(self, table: str) -> str:
+        return f"{self.lake.uri}/{table}"
+
+    def _open(self, table: str) -> Any:
+        """The table, or None when it does not exist yet."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.uri(table), storage_options=self.options or None)
+        except TableNotFoundError:
+            return None
+        except OSError as error:
+            raise LakeUnavailableError(
+                f"lake {self.lake.uri}: opening table {table}: {error}. Operator action: check"
+                " that the storage is reachable."
+            ) from error
+
+    def version(self, table: str, partition: str) -> int | None:
+        """The last source offset of ``partition`` committed to ``table`` (None: none yet)."""
+        found = self._open(table)
+        return None if found is None else found.transaction_version(scope(self.pipeline, partition))
+
+    def versions(self, tables: Iterable[str], partition: str) -> dict[str, int | None]:
+        """:meth:`version` for each table (one log read per table)."""
+        return {table: self.version(table, partition) for table in tables}
+
+    def claim(self, tables: Iterable[str], partitions: Iterable[str]) -> dict[str, int]:
+        """Become the owner of ``partitions`` in every existing one of ``tables``: commit a new
+        epoch per partition (one commit per table). A table created later gets ours with its
+        first commit. Returns the epochs."""
+        from deltalake import CommitProperties, Transaction
+
+        for partition in partitions:
+            self.epochs[partition] = new_epoch()
+        apps = [Transaction(owner_app(self.pipeline, p), e) for p, e in self.epochs.items()]
+        for table in tables:
+            for _ in range(_COMMIT_ATTEMPTS):
+                found = self._open(table)
+                if found is None:
+                    break
+                if self._try(
+                    lambda found=found: found.create_write_transaction(
+                        [],
+                        mode="append",
+                        schema=found.schema(),
+                        partition_by=found.metadata().partition_columns or None,
+                        commit_properties=CommitProperties(app_transactions=apps),
+                    )
+                ):
+                    break
+        return dict(self.epochs)
+
+    def commit(
+        self,
+        table: str,
+        files: list[StagedFile],
+        positions: Mapping[str, int],
+        partition_by: tuple[str, ...] = (),
+        fence: bool = True,
+    ) -> list[str]:
+        """Commit ``files`` to ``table`` with ``positions`` (source partition -> last offset) as
+        app transactions, in one Delta transaction; create the table on its first commit.
+
+        Idempotent: a partition whose committed version is already at or past its position
+        (a commit that went through before a crash) is left out, with its files.
+
+        Args:
+            partition_by: the table's partition columns (used when creating it).
+            fence: leave out partitions whose owner epoch is not ours (see the module docs).
+
+        Returns:
+            The partitions fenced off (their files not committed).
+        """
+        from deltalake import CommitProperties, Transaction
+        from deltalake.exceptions import CommitFailedError, DeltaError
+        from deltalake.schema import Schema
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        by_partition: dict[str, list[StagedFile]] = defaultdict(list)
+        for staged in files:
+            by_partition[staged.partition].append(staged)
+        for attempt in range(_COMMIT_ATTEMPTS):
+            found = self._open(table)
+            fenced, done = [], []
+            for partition in set(positions) | set(by_partition):
+                version = (
+                    None
+                    if found is None
+                    else found.transaction_version(scope(self.pipeline, partition))
+                )
+                owner = (
+                    None
+                    if found is None
+                    else found.transaction_version(owner_app(self.pipeline, partition))
+                )
+                mine = self.epochs.get(partition)
+                if fence and owner is not None and owner != mine:
+                    fenced.append(partition)
+                elif (
+                    partition in positions
+                    and version is not None
+                    and version >= positions[partition]
+                ):
+                    done.append(partition)  # committed before (a crash, a finished prepare)
+            left_out = set(fenced) | set(done)
+            keep = [p for p in positions if p not in left_out]
+            chosen = [f for p, fs in by_partition.items() if p not in left_out for f in fs]
+            if not keep and not chosen:
+                return sorted(fenced)
+            apps = [Transaction(scope(self.pipeline, p), positions[p]) for p in keep]
+            apps += [
+                Transaction(owner_app(self.pipeline, p), self.epochs[p])
+                for p in keep
+                if p in self.epochs
+            ]
+            adds = [
+                AddAction(
+                    f.path,
+                    f.size,
+                    dict(f.partition_values),
+                    int(time.time() * 1000),
+                    True,
+                    json.dumps({"numRecords": f.rows}),
+                )
+                for f in chosen
+            ]
+            schema = self._schema(table, chosen, found, partition_by)
+            properties = CommitProperties(app_transactions=apps)
+            try:
+                if found is None:
+                    create_table_with_add_actions(
+                        self.uri(table),
+                        Schema.from_arrow(schema),
+                        adds,
+                        mode="error",
+                        partition_by=list(partition_by) or None,
+                        commit_properties=properties,
+                        storage_options=self.options or None,
+                    )
+                else:
+                    found = self._evolve(table, found, schema)
+                    found.create_write_transaction(
+                        adds,
+                        mode="append",
+                        schema=found.schema(),
+                        partition_by=found.metadata().partition_columns or None,
+                        commit_properties=properties,
+                    )
+                return sorted(fenced)
+            except CommitFailedError:
+                continue  # another writer committed first: reload, check again
+            except DeltaError as error:
+                if found is None and "already exists" in str(error).lower():
+                    continue  # created meanwhile by another writer
+                raise
+            except OSError as error:
+                if attempt == _COMMIT_ATTEMPTS - 1:
+                    raise LakeUnavailableError(
+                        f"lake {self.lake.uri}: committing to {table} failed {_COMMIT_ATTEMPTS}"
+                        f" times, last with {type(error).__name__}: {error}. Operator action:"
+                        " check that the storage is reachable; the commit is safe to retry."
+                    ) from error
+                time.sleep(0.2 * 2**attempt)
+        raise LakeUnavailableError(
+            f"lake {self.lake.uri}: committing to {table}: {_COMMIT_ATTEMPTS} attempts lost to"
+            " concurrent commits. Operator action: check that no other writer uses this"
+            " pipeline's name; the commit is safe to retry."
+        )
+
+    def _schema(
+        self, table: str, files: list[StagedFile], found: Any, partition_by: tuple[str, ...]
+    ) -> pa.Schema:
+        """The table's schema grown by the files' schemas (partition columns last)."""
+        schemas = []
+        if found is not None:
+            schemas.append(pa.schema(found.schema().to_arrow()))
+        for staged in files:
+            schemas.append(staged.schema if staged.schema is not None else self._footer(staged))
+        keys = [pa.field("dt", pa.string()), pa.field("hour", pa.int32())]
+        if found is None:
+            schemas.append(pa.schema([k for k in keys if k.name in partition_by]))
+        merged = _as_delta(pa.unify_schemas(schemas, promote_options="permissive"))
+        if found is not None:
+            for old in schemas[0]:
+                changed = _changed(old.name, old.type, merged.field(old.name).type)
+                if changed:
+                    raise LakeSchemaError(
+                        f"lake table {table}: column {changed[0]} was {changed[1]} and a file"
+                        f" now holds {changed[2]}; a Delta table cannot change a column's type."
+                        " Fix: declare the input column's type in policy.schema.columns (e.g."
+                        " double) so it is one type from the start, or write to a new table."
+                    )
+        return merged
+
+    def _footer(self, staged: StagedFile) -> pa.Schema:
+        import pyarrow.parquet as pq
+
+        with self.lake.fs.open(self.lake.path(staged.table, staged.path), "rb") as handle:
+            return pq.read_schema(handle)
+
+    def _evolve(self, table: str, found: Any, schema: pa.Schema) -> Any:
+        """``found`` with every column and struct field of ``schema`` (a merge commit when it
+        lacked some), reloaded."""
+        from deltalake import write_deltalake
+        from deltalake.schema import Schema
+
+        if Schema.from_arrow(schema) == found.schema():
+            return found
+        write_deltalake(
+            found,
+            schema.empty_table(),
+            mode="append",
+            schema_mode="merge",
+            partition_by=found.metadata().partition_columns or None,
+        )
+        found.update_incremental()
+        return found
+
+    @staticmethod
+    def _try(call: Any) -> bool:
+        from deltalake.exceptions import CommitFailedError
+
+        try:
+            call()
+        except CommitFailedError:
+            return False
+        return True
+
+    def read(self, table: str) -> pa.Table:
+        """Every committed row of ``table`` (empty when it does not exist)."""
+        found = self._open(table)
+        return pa.table({}) if found is None else found.to_pyarrow_dataset().to_table()
