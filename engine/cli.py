@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from routers import ConfigError, Policy, PolicyError
+from routers import ConfigError, Policy, PolicyError, parse_duration_ms
 
 __all__ = ["DEMO_CONFIG", "main"]
 
@@ -403,7 +403,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     noise.add_argument("-v", "--verbose", action="store_true", help="Ray's own log messages too")
     run.set_defaults(handler=_run)
+    vacuum = commands.add_parser(
+        "vacuum",
+        help="remove lake files no table version references, once past a retention",
+        description="Remove data files of the lake's Delta tables that no version references:"
+        " files staged by a run that crashed before committing them, files a compaction"
+        " replaced. Only files older than --retention go: keep it longer than any pipeline's"
+        " time between writing a file and committing it, and than a crashed pipeline may stay"
+        " down (its recovery commits the files its last prepare record names).",
+    )
+    vacuum.add_argument("--config", help="pipeline YAML whose lake to clean (default: the demo)")
+    vacuum.add_argument("--lake", help="lake URI (default: the config's)")
+    vacuum.add_argument("--retention", default="168h", help="minimum age (default: 168h)")
+    vacuum.add_argument(
+        "--dry-run", action="store_true", help="list what would be removed, remove nothing"
+    )
+    vacuum.set_defaults(handler=_vacuum)
     return parser
+
+
+def _vacuum(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.delta import LakeTables
+    from engine.lake import Lake
+
+    overrides = {"cold.lake_uri": args.lake} if args.lake else {}
+    config = load_config(args.config, overrides)  # a bad config fails here, by field
+    cold = config.cold
+    hours = parse_duration_ms(args.retention) / 3_600_000
+    if hours < 1:
+        raise ConfigError(
+            [f"--retention: {args.retention} would delete files a running pipeline is about to"
+             " commit; use 1h or more (default 168h)"]
+        )  # fmt: skip
+    tables = LakeTables(Lake(cold.lake_uri, dict(cold.storage_options)), config.name or "")
+    total = 0
+    for table in tables.tables():
+        removed = tables.vacuum(table, int(hours), dry_run=args.dry_run)
+        total += len(removed)
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"{table}: {verb} {len(removed):,} files", file=sys.stderr)
+    print(
+        f"vacuum: {total:,} files {'to remove' if args.dry_run else 'removed'} from"
+        f" {cold.lake_uri} (older than {args.retention}, in no table version)"
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

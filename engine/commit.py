@@ -37,22 +37,36 @@ import pyarrow as pa
 from engine.checkpoint import Checkpoint, Checkpoints
 from engine.delta import LakeTables
 from engine.lake import StagedFile
+from routers.errors import ThermoclineError
 
-__all__ = ["CRASH_ENV", "CommitResult", "Committer", "crash_point"]
+__all__ = ["CRASH_ENV", "CommitResult", "Committer", "RecoveryError", "crash_point"]
 
 _log = logging.getLogger(__name__)
 
-#: Test hook: ``THERMOCLINE_CRASH_AT=<step>`` kills the process (``os._exit(75)``) right after
-#: that step of a checkpoint: ``prepared``, ``committed:<table>``, ``pointed``, ``kafka``.
-#: How the crash tests stop a run at an exact point of the protocol, as a power cut would.
+#: Test hook: ``THERMOCLINE_CRASH_AT=<step>[@<n>]`` kills the process (``os._exit(75)``, no
+#: cleanup, as a power cut would) right after the ``n``-th time (default: the first) a checkpoint
+#: passes that step: ``prepared``, ``committed:<table>``, ``pointed``, ``kafka``. How the crash
+#: tests stop a run at an exact point of the protocol.
 CRASH_ENV = "THERMOCLINE_CRASH_AT"
+_passed: dict[str, int] = {}
 
 
 def crash_point(step: str) -> None:
     """Exit at once if the crash hook names ``step`` (see :data:`CRASH_ENV`)."""
-    if os.environ.get(CRASH_ENV) == step:
-        _log.warning("crash hook: exiting after %s", step)
+    hook = os.environ.get(CRASH_ENV)
+    if not hook:
+        return
+    name, _, nth = hook.partition("@")
+    if name != step:
+        return
+    _passed[step] = _passed.get(step, 0) + 1
+    if _passed[step] >= int(nth or 1):
+        _log.warning("crash hook: exiting after %s (time %d)", step, _passed[step])
         os._exit(75)
+
+
+class RecoveryError(ThermoclineError):
+    """A checkpoint a crash interrupted cannot be finished (its files are gone)."""
 
 
 @dataclass
@@ -174,6 +188,17 @@ class Committer:
         if prepared is not None and (current is None or prepared["position"] > current):
             position = int(prepared["position"])
             files = [StagedFile.from_json(f) for f in prepared["files"]]
+            lake = self.checkpoints.lake
+            missing = [f for f in files if not lake.fs.exists(lake.path(f.table, f.path))]
+            if missing:
+                raise RecoveryError(
+                    f"recovery: partition {partition}: the checkpoint at {position} a crash"
+                    f" interrupted names {len(missing)} files that are gone (first:"
+                    f" {missing[0].table}/{missing[0].path}); a vacuum with a retention shorter"
+                    " than the pipeline's downtime removed them. Operator action: restore them,"
+                    " or delete its PREPARED.json to replay from the last checkpoint (rows of"
+                    " tables already committed past it would then be written twice)."
+                )
             tables = {f.table for f in files}
             for table in sorted(tables):
                 chosen = [f for f in files if f.table == table]

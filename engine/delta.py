@@ -45,6 +45,7 @@ from engine.lake import Lake, LakeUnavailableError, StagedFile, scope
 from routers.errors import ThermoclineError
 
 __all__ = [
+    "DEFAULT_RETENTION_HOURS",
     "LakeSchemaError",
     "LakeTables",
     "StagedFile",
@@ -53,6 +54,11 @@ __all__ = [
     "owner_app",
 ]
 
+#: Files neither committed nor referenced are removed by ``vacuum`` once this old: 7 days, Delta's
+#: own default, far longer than a checkpoint takes to commit what it staged (a shorter window
+#: could delete a file a running pipeline is about to commit, or that a crashed one's prepare
+#: record names).
+DEFAULT_RETENTION_HOURS: Final[int] = 168
 #: Commit attempts while other writers' commits race ours (each attempt reloads the table).
 _COMMIT_ATTEMPTS: Final[int] = 8
 
@@ -382,3 +388,29 @@ class LakeTables:
         """Every committed row of ``table`` (empty when it does not exist)."""
         found = self._open(table)
         return pa.table({}) if found is None else found.to_pyarrow_dataset().to_table()
+
+    def tables(self) -> list[str]:
+        """The lake's Delta tables (folders holding a ``_delta_log``, one or two levels down)."""
+        fs, root = self.lake.fs, self.lake.root
+        found = fs.glob(f"{root}/*/_delta_log") + fs.glob(f"{root}/*/*/_delta_log")
+        return sorted(p.removeprefix(f"{root}/").removesuffix("/_delta_log") for p in found)
+
+    def vacuum(
+        self, table: str, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_run: bool = False
+    ) -> list[str]:
+        """Remove ``table``'s files that no version references (staged by a run that crashed
+        before committing them, or replaced by a compaction) once older than the retention.
+
+        Returns:
+            The files removed (or, with ``dry_run``, that would be).
+        """
+        found = self._open(table)
+        if found is None:
+            return []
+        removed = found.vacuum(
+            retention_hours=retention_hours,
+            dry_run=dry_run,
+            enforce_retention_duration=False,  # our own floor is checked by the caller
+            full=True,  # also files never committed: the log does not know them
+        )
+        return list(removed)

@@ -609,6 +609,7 @@ class Pipeline:
                 list(moved),
             )
             snapshot_s = time.monotonic() - saving
+            crash_point("snapshot")
         else:
             pieces = {}
         # Steps 3-5: prepare, commit the tables, point (engine.commit). Fencing: a partition

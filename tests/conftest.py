@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,3 +119,39 @@ def s3_lake(s3_endpoint: str) -> Iterator[tuple[str, dict]]:
     fs.mkdir(bucket)
     yield f"s3://{bucket}/lake", options
     fs.rm(bucket, recursive=True)
+
+
+@pytest.fixture
+def cli_runs(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start ``thermocline run`` processes; whatever a test leaves running is killed after it."""
+    runs: list[CliRun] = []
+
+    from tests.kafka_helpers import CliRun
+
+    def start(config: Path, name: str, env: dict[str, str] | None = None) -> CliRun:
+        runs.append(CliRun(config, tmp_path / f"{name}.log", env))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.kill()
+
+
+@pytest.fixture
+def cli_config(
+    kafka_bootstrap: str, topic: str, s3_lake: tuple[str, dict], s3_endpoint: str, tmp_path: Path
+) -> Callable[..., tuple[Path, str]]:
+    """``make(**source)``: a ``thermocline run`` config reading this test's topic into its S3
+    lake, in a new consumer group; returns the config's path and the group."""
+
+    from tests.kafka_helpers import write_config
+
+    def make(**source: Any) -> tuple[Path, str]:
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        config = write_config(
+            tmp_path, bootstrap=kafka_bootstrap, topics=[topic], group=group,
+            lake=s3_lake[0], endpoint=s3_endpoint, **source,
+        )  # fmt: skip
+        return config, group
+
+    return make

@@ -18,11 +18,11 @@ from typing import Any
 import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
+from engine.lake import Lake
 from engine.processors import PlayerFeatures
 from engine.sources import SyntheticSource
 from routers import EventSchema, Router, decode_ndjson
@@ -141,10 +141,8 @@ def group_state(bootstrap: str, group: str) -> tuple[str, int]:
 
 
 def lake_table(fs: Any, lake: str, directory: str) -> pa.Table:
-    path = f"{lake}/{directory}".removeprefix("s3://")
-    if not fs.exists(path):
-        return pa.table({})
-    return ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table()
+    """A lake table's committed rows, read as a Delta reader does (uncommitted files unseen)."""
+    return Lake(lake, fs.storage_options).read(directory)
 
 
 def hot_state_from_checkpoints(fs: Any, lake: str) -> pa.Table:
@@ -193,9 +191,14 @@ def write_config(folder: Path, **source: Any) -> Path:
 class CliRun:
     """``thermocline run`` in its own process (and its own local Ray), killable by pid."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.tmp = tempfile.mkdtemp(prefix="tc-", dir="/tmp")  # short: Ray's socket paths
-        env = {**os.environ, "TMPDIR": self.tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env = {
+            **os.environ,
+            "TMPDIR": self.tmp,
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            **(env or {}),
+        }
         self.log = log
         self.process = subprocess.Popen(
             [
@@ -218,6 +221,19 @@ class CliRun:
 
     def kill(self) -> None:
         """SIGKILL the driver and every process it started (its Ray), by pid."""
+        self.signal_all(signal.SIGKILL)
+        self.process.wait(30)
+
+    def pause(self) -> None:
+        """SIGSTOP the driver and every process it started: a member that stalls (a long GC, a
+        frozen VM) and misses the group's session timeout."""
+        self.signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.signal_all(signal.SIGCONT)
+
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to the driver and every process it started (its Ray), by pid."""
         procs: list[psutil.Process] = []
         try:
             driver = psutil.Process(self.process.pid)
@@ -232,8 +248,7 @@ class CliRun:
         ]
         for proc in procs:
             with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
-                os.kill(proc.pid, signal.SIGKILL)
-        self.process.wait(30)
+                os.kill(proc.pid, signum)
 
     def terminate(self) -> None:
         """Ask for a graceful stop (SIGTERM): finish, checkpoint, print the summary."""
@@ -262,3 +277,27 @@ def ids(table: pa.Table) -> list[str]:
 
 def count(values: pa.ChunkedArray) -> int:
     return int(pc.count(values).as_py())
+
+
+def read_by_every_reader(lake: str, storage: dict[str, Any], table: str) -> dict[str, list[str]]:
+    """``event_id`` of a lake table as each documented reader sees it (README, "Reading the
+    lake"): deltalake's dataset, DuckDB over that dataset, Polars ``scan_delta``, Ray Data
+    ``read_delta``. Each must see the committed rows only, never a staged file."""
+    import duckdb
+    import polars as pl
+    import ray
+    from deltalake import DeltaTable
+
+    from engine.delta import delta_storage_options
+
+    uri = f"{lake}/{table}"
+    options = delta_storage_options(lake, storage)
+    dataset = DeltaTable(uri, storage_options=options).to_pyarrow_dataset()
+    seen = {"deltalake": dataset.to_table(columns=["event_id"])["event_id"].to_pylist()}
+    seen["duckdb"] = [r[0] for r in duckdb.sql("select event_id from dataset").fetchall()]
+    seen["polars"] = (
+        pl.scan_delta(uri, storage_options=options).select("event_id").collect()["event_id"]
+    ).to_list()
+    ray_data = ray.data.read_delta(uri, storage_options=options, columns=["event_id"])
+    seen["ray"] = [row["event_id"] for row in ray_data.iter_rows()]
+    return {reader: sorted(ids) for reader, ids in seen.items()}

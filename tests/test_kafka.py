@@ -7,10 +7,9 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pandas as pd
@@ -38,7 +37,6 @@ from tests.kafka_helpers import (
     produce,
     wait_for,
     workload,
-    write_config,
 )
 from tests.test_processors import expected_features
 
@@ -189,38 +187,6 @@ def test_a_commit_lost_in_a_crash_is_made_on_resume(
     fs = s3fs.S3FileSystem(**storage)
     assert ids(lake_table(fs, lake, "events")) == ids(want["cold"])
     check_hot(resumed.hot_state(), want["hot"])  # restored from the checkpoints
-
-
-@pytest.fixture
-def cli_runs(tmp_path: Path) -> Iterator[Callable[[Path, str], CliRun]]:
-    """Start ``thermocline run`` processes; whatever a test leaves running is killed after it."""
-    runs: list[CliRun] = []
-
-    def start(config: Path, name: str) -> CliRun:
-        runs.append(CliRun(config, tmp_path / f"{name}.log"))
-        return runs[-1]
-
-    yield start
-    for run in runs:
-        run.kill()
-
-
-@pytest.fixture
-def cli_config(
-    kafka_bootstrap: str, topic: str, s3_lake: tuple[str, dict], s3_endpoint: str, tmp_path: Path
-) -> Callable[..., tuple[Path, str]]:
-    """``make(**source)``: a ``thermocline run`` config reading this test's topic into its S3
-    lake, in a new consumer group; returns the config's path and the group."""
-
-    def make(**source: Any) -> tuple[Path, str]:
-        group = f"g-{uuid.uuid4().hex[:8]}"
-        config = write_config(
-            tmp_path, bootstrap=kafka_bootstrap, topics=[topic], group=group,
-            lake=s3_lake[0], endpoint=s3_endpoint, **source,
-        )  # fmt: skip
-        return config, group
-
-    return make
 
 
 def checkpoints(fs: s3fs.S3FileSystem, state: str) -> int:

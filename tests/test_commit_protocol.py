@@ -1,0 +1,147 @@
+"""The commit protocol (engine.commit) crashed at each of its steps, then resumed.
+
+Real Kafka in, the real S3 server's lake out, ``thermocline run`` in its own process: the crash
+hook (``THERMOCLINE_CRASH_AT``) ends the process with ``os._exit`` right after a given step of its
+second checkpoint, as a power cut would (no cleanup, nothing flushed). A second run resumes. Then
+cold events, dead letters and warm outputs are each in the lake exactly once, the warm outputs
+equal a recompute, the hot state equals an uninterrupted run's, the group's offsets are at the
+end, and the four documented readers see committed rows only, never a file the crash left staged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import s3fs
+from deltalake import DeltaTable
+
+from engine.commit import CRASH_ENV
+from engine.delta import delta_storage_options
+from tests.kafka_helpers import (
+    end_and_committed,
+    expected,
+    group_shares,
+    hot_state_from_checkpoints,
+    ids,
+    lake_table,
+    produce,
+    read_by_every_reader,
+    wait_for,
+    workload,
+)
+from tests.test_kafka import check_hot
+from tests.test_pipeline import check_kpis
+
+#: After each step of the second checkpoint: hot snapshot pieces written (data files staged,
+#: nothing prepared), prepare records written, the first table committed and not the others,
+#: pointers written, offsets committed to Kafka.
+STEPS = ["snapshot", "prepared", "committed:_dead_letter", "pointed", "kafka"]
+
+
+def staged_not_committed(fs: s3fs.S3FileSystem, lake: str, storage: dict, table: str) -> int:
+    """Data files in a table's folder that its Delta log does not reference."""
+    fs.invalidate_cache()
+    root = f"{lake}/{table}".removeprefix("s3://")
+    present = {p for p in fs.find(root) if p.endswith(".parquet") and "/_delta_log/" not in p}
+    if not fs.exists(f"{root}/_delta_log"):
+        return len(present)
+    uri = f"{lake}/{table}"
+    found = DeltaTable(uri, storage_options=delta_storage_options(lake, storage))
+    committed = {u.removeprefix("s3://") for u in found.file_uris()}
+    return len(present - committed)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_crash_at_each_step_loses_and_doubles_nothing(
+    step: str,
+    kafka_bootstrap: str,
+    topic: str,
+    s3_lake: tuple[str, dict],
+    cli_config: Callable[..., tuple[Path, str]],
+    cli_runs: Callable[..., Any],
+) -> None:
+    lake, storage = s3_lake
+    lines = workload(30_000, seed=21)
+    produce(kafka_bootstrap, topic, lines)
+    want, malformed = expected(lines)
+    config, group = cli_config(idle_timeout="4s", max_records=1_000)
+    fs = s3fs.S3FileSystem(**storage)
+
+    crashed = cli_runs(config, "crashed", env={CRASH_ENV: f"{step}@2"})
+    crashed.process.wait(timeout=180)
+    log = crashed.log.read_text()
+    assert crashed.process.returncode == 75, log[-3000:]
+    assert f"crash hook: exiting after {step}" in log
+    crashed.kill()  # its Ray, left running by a driver that died at once
+    if step in ("snapshot", "prepared"):  # the second checkpoint's files: staged, unseen
+        assert staged_not_committed(fs, lake, storage, "events") > 0
+    before = lake_table(fs, lake, "events").num_rows
+
+    resumed = cli_runs(config, "resumed").result(timeout=240)
+    assert resumed["events_in"] < 30_000  # resumed from a checkpoint, not from the start
+    assert before < want["cold"].num_rows
+
+    fs.invalidate_cache()
+    cold = lake_table(fs, lake, "events")
+    assert ids(cold) == ids(want["cold"])  # each cold event exactly once
+    dead = lake_table(fs, lake, "_dead_letter")
+    pairs = set(zip(dead["partition"].to_pylist(), dead["offset"].to_pylist(), strict=True))
+    assert dead.num_rows == len(pairs) == malformed  # each dead letter once
+    check_kpis(lake_table(fs, lake, "warm/minute_kpis"), want["warm"])  # equal a recompute
+    check_hot(hot_state_from_checkpoints(fs, lake), want["hot"])  # as if never interrupted
+    end, committed = end_and_committed(kafka_bootstrap, topic, group)
+    assert committed == end
+
+    seen = read_by_every_reader(lake, storage, "events")
+    assert seen == {r: ids(want["cold"]) for r in ("deltalake", "duckdb", "polars", "ray")}
+
+
+def test_a_member_paused_past_its_session_is_fenced_off(
+    kafka_bootstrap: str,
+    topic: str,
+    s3_lake: tuple[str, dict],
+    cli_config: Callable[..., tuple[Path, str]],
+    cli_runs: Callable[..., Any],
+) -> None:
+    """Member A stalls (SIGSTOP) mid-stream with rows read but not committed; the group gives
+    its partitions to B, which claims them, reads on and checkpoints; A comes back (SIGCONT) and
+    its late checkpoint is fenced off: the lake, the positions and the state are as if A had
+    never come back."""
+    lake, storage = s3_lake
+    lines = workload(60_000, seed=17)
+    want, _ = expected(lines)
+    config, group = cli_config(idle_timeout="120s", max_records=1_000)
+    fs = s3fs.S3FileSystem(**storage)
+
+    def committed_total() -> int:
+        return sum(c or 0 for c in end_and_committed(kafka_bootstrap, topic, group)[1].values())
+
+    a = cli_runs(config, "a")
+    wait_for(lambda: group_shares(kafka_bootstrap, group) == [6], 180, "A owning all")
+    produce(kafka_bootstrap, topic, lines[:30_000])
+    wait_for(lambda: committed_total() >= 5_000, 120, "A checkpointing")
+    a.pause()  # mid-stream: A holds rows it read and has not committed
+    b = cli_runs(config, "b")
+    # A misses its session timeout (6 s): B alone owns every partition, and claims them.
+    wait_for(lambda: group_shares(kafka_bootstrap, group) == [6], 120, "B owning all")
+    produce(kafka_bootstrap, topic, lines[30_000:])
+    wait_for(lambda: committed_total() == 60_000, 180, "B done")
+    a.resume()  # A's next checkpoint finds its partitions claimed by B
+    wait_for(lambda: "was given to another member" in a.log.read_text(), 60, "A fenced off")
+    wait_for(lambda: sorted(group_shares(kafka_bootstrap, group)) == [3, 3], 120, "A rejoined")
+    for run in (a, b):
+        run.terminate()
+    for run in (a, b):
+        run.result(timeout=240)
+    fs.invalidate_cache()
+    assert ids(lake_table(fs, lake, "events")) == ids(want["cold"])  # A's stale rows: none
+    dead = lake_table(fs, lake, "_dead_letter")
+    pairs = set(zip(dead["partition"].to_pylist(), dead["offset"].to_pylist(), strict=True))
+    assert dead.num_rows == len(pairs)
+    check_kpis(lake_table(fs, lake, "warm/minute_kpis"), want["warm"])
+    end, committed = end_and_committed(kafka_bootstrap, topic, group)
+    assert committed == end and sum(end.values()) == 60_000
+    check_hot(hot_state_from_checkpoints(fs, lake), want["hot"])
