@@ -44,9 +44,9 @@ __all__ = ["CRASH_ENV", "CommitResult", "Committer", "RecoveryError", "crash_poi
 _log = logging.getLogger(__name__)
 
 #: Test hook: ``THERMOCLINE_CRASH_AT=<step>[@<n>]`` kills the process (``os._exit(75)``, no
-#: cleanup, as a power cut would) right after the ``n``-th time (default: the first) a checkpoint
-#: passes that step: ``prepared``, ``committed:<table>``, ``pointed``, ``kafka``. How the crash
-#: tests stop a run at an exact point of the protocol.
+#: cleanup, as a power cut would) right after the ``n``-th time (default: the first) a
+#: checkpoint passes that step: ``snapshot``, ``prepared``, ``committed:<table>``, ``pointed``,
+#: ``kafka``. How the crash tests stop a run at an exact point of the protocol.
 CRASH_ENV = "THERMOCLINE_CRASH_AT"
 _passed: dict[str, int] = {}
 

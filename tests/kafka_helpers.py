@@ -145,11 +145,13 @@ def lake_table(fs: Any, lake: str, directory: str) -> pa.Table:
     return Lake(lake, fs.storage_options).read(directory)
 
 
-def hot_state_from_checkpoints(fs: Any, lake: str) -> pa.Table:
-    """Rebuild the hot state from the last checkpoint of every partition, as a restore would."""
+def hot_state_from_checkpoints(fs: Any, lake: str, pipeline: str = "*") -> pa.Table:
+    """Rebuild the hot state from the last checkpoint of every partition (of one pipeline, or
+    of every one), as a restore would."""
     processor = PlayerFeatures(EventSchema())
     root = f"{lake}/_state".removeprefix("s3://")
-    for pointer in fs.glob(f"{root}/*/*/CURRENT.json"):  # _state/{pipeline}/{partition}/
+    fs.invalidate_cache()
+    for pointer in fs.glob(f"{root}/{pipeline}/*/CURRENT.json"):  # _state/{pipeline}/{partition}/
         for piece in json.loads(fs.cat(pointer))["hot"]:  # one per hot actor holding keys
             rows = pq.read_table(f"{lake.removeprefix('s3://')}/{piece}", filesystem=fs)
             processor.restore(rows.drop_columns(["__partition"]))
