@@ -40,10 +40,10 @@ import ray
 
 from benchmarks._common import RESULTS, emit
 from engine.checkpoint import Checkpoints
-from engine.commit import Committer
+from engine.commit import Committer, TableSpec
 from engine.config import PipelineConfig
 from engine.delta import LakeTables
-from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, StagedFile, file_stem
+from engine.lake import COLD, DEAD_LETTER_DIR, EVENTS_DIR, Lake, StagedFile, file_stem
 from engine.pipeline import Pipeline, init_local_ray
 from engine.sources import MemorySource, SourceBlock, SyntheticSource
 
@@ -110,14 +110,15 @@ def fill_lake(lake: str, files: int) -> float:
         values = {"dt": f"2026-11-{1 + i % 28:02d}", "hour": str(i % 24)}
         staged.append(StagedFile(EVENTS_DIR, relative, 400, 1, values, "p", row.schema))
         if len(staged) == 1_000 or i == files - 1:
-            tables.commit(EVENTS_DIR, staged, {"p": i}, ("dt", "hour"), fence=False)
+            tables.commit(EVENTS_DIR, staged, {"p": {COLD: i}}, (COLD,), ("dt", "hour"), False)
             staged = []
     return time.perf_counter() - started
 
 
 def recovery_s(lake: str) -> float:
     started = time.perf_counter()
-    committer = Committer(Checkpoints(Lake(lake), "bench"), {EVENTS_DIR: ("dt", "hour")})
+    spec = TableSpec(("dt", "hour"), (COLD,))
+    committer = Committer(Checkpoints(Lake(lake), "bench"), {EVENTS_DIR: spec})
     committer.recover("0")  # pointer, prepare record, positions from the Delta log
     for table in (EVENTS_DIR, DEAD_LETTER_DIR):
         committer.tables.version(table, "0")

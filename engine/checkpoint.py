@@ -32,6 +32,7 @@ import base64
 import contextlib
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -39,10 +40,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.lake import Lake, encode_partition_value
+from engine.lake import COLD, FEEDS, PATHS, Lake, encode_partition_value
 from routers import concat_conformed
 
-__all__ = ["Checkpoint", "Checkpoints"]
+__all__ = ["Checkpoint", "Checkpoints", "feeds_of"]
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,17 @@ class Checkpoint:
     """The last checkpoint of one source partition."""
 
     partition: str
+    #: The hot and warm paths' position: the snapshot holds every row up to it.
     position: int
     hot: pa.Table
     #: The stream's schema contract when the checkpoint was taken (None in older checkpoints).
     schema: pa.Schema | None = None
+    #: The lake writer's position (at most ``position``): its rows up to it are committed.
+    cold: int = -1
+
+    def __post_init__(self) -> None:
+        if self.cold < 0:  # an aligned checkpoint (older ones, bounded runs)
+            object.__setattr__(self, "cold", self.position)
 
 
 class Checkpoints:
@@ -101,13 +109,14 @@ class Checkpoints:
 
     def save(
         self,
-        positions: dict[str, int],
-        snapshots: dict[str, list[str]],
+        positions: Mapping[str, int | Mapping[str, int]],
+        snapshots: Mapping[str, list[str]],
         schema: pa.Schema | None = None,
         fence: bool = False,
     ) -> list[str]:
-        """Point each partition at its position and its snapshot pieces (already written; a
-        partition without keys has none), then remove the pieces of the checkpoint before.
+        """Point each partition at its position (one, or one per feed: engine.lake.FEEDS) and
+        its snapshot pieces (already written; a partition without keys has none), then remove
+        the pieces of the checkpoint before.
 
         The pointer is the commit: it is one small file per partition, whatever the state's size.
         With ``fence``, a partition another writer has claimed (see :meth:`claim`) is left as it
@@ -125,7 +134,7 @@ class Checkpoints:
                 fenced.append(partition)
                 self.discard(pieces)
                 continue
-            self.point(partition, position, pieces, encoded)
+            self.point(partition, _as_feeds(position), pieces, encoded)
         return fenced
 
     def discard(self, pieces: list[str]) -> None:
@@ -135,13 +144,15 @@ class Checkpoints:
             with contextlib.suppress(FileNotFoundError):
                 self.lake.fs.rm(self.lake.path(piece))
 
-    def point(self, partition: str, position: int, pieces: list[str], schema: str | None) -> None:
+    def point(
+        self, partition: str, feeds: Mapping[str, int], pieces: list[str], schema: str | None
+    ) -> None:
         """Write the partition's pointer (``schema``: encoded, as in the pointer), then remove
         the pieces of the checkpoint before."""
         previous = self._pointer(partition)
+        record = {"position": feeds[PATHS], "feeds": dict(feeds), "hot": sorted(pieces)}
         self.lake.write_text(
-            json.dumps({"position": position, "hot": sorted(pieces), "schema": schema}),
-            f"{self._folder(partition)}/CURRENT.json",
+            json.dumps({**record, "schema": schema}), f"{self._folder(partition)}/CURRENT.json"
         )
         for old in _pieces(previous) if previous else []:
             if old not in pieces:
@@ -151,14 +162,16 @@ class Checkpoints:
     def prepare(
         self,
         partition: str,
-        position: int,
+        feeds: Mapping[str, int],
         pieces: list[str],
         schema: pa.Schema | None,
         files: list[dict[str, Any]],
     ) -> None:
         """Record a checkpoint about to be committed (step 3 of engine.commit)."""
+        feeds = _as_feeds(feeds)
         record = {
-            "position": position,
+            "position": feeds[PATHS],
+            "feeds": feeds,
             "hot": sorted(pieces),
             "schema": _encode(schema),
             "files": files,
@@ -170,10 +183,10 @@ class Checkpoints:
         text = self.lake.read_text(f"{self._folder(partition)}/PREPARED.json")
         return json.loads(text) if text else None
 
-    def position(self, partition: str) -> int | None:
-        """The position the partition's pointer says, or None."""
+    def feeds(self, partition: str) -> dict[str, int] | None:
+        """The positions per feed the partition's pointer says, or None."""
         pointer = self._pointer(partition)
-        return None if pointer is None else int(pointer["position"])
+        return None if pointer is None else feeds_of(pointer)
 
     def _pointer(self, partition: str) -> dict | None:
         text = self.lake.read_text(f"{self._folder(partition)}/CURRENT.json")
@@ -192,7 +205,8 @@ class Checkpoints:
         hot = concat_conformed(tables) if tables else pa.table({})
         encoded = pointer.get("schema")
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(encoded))) if encoded else None
-        return Checkpoint(partition, int(pointer["position"]), hot, schema)
+        feeds = feeds_of(pointer)
+        return Checkpoint(partition, feeds[PATHS], hot, schema, feeds[COLD])
 
     def mark_read(self, partition: str, position: int) -> None:
         """Record that a bounded partition (a file) was read whole, through ``position``, and
@@ -205,6 +219,28 @@ class Checkpoints:
         """When an earlier run read ``partition`` whole (see :meth:`mark_read`), else None."""
         text = self.lake.read_text(f"{self._folder(partition)}/READ.json")
         return json.loads(text)["at"] if text else None
+
+
+def feeds_of(record: Mapping[str, Any]) -> dict[str, int]:
+    """A pointer's or prepare record's position per feed (older ones have one position)."""
+    found = record.get("feeds")
+    if found:
+        return {k: int(v) for k, v in found.items()}
+    return dict.fromkeys(FEEDS, int(record["position"]))
+
+
+def _as_feeds(position: int | Mapping[str, int]) -> dict[str, int]:
+    """One position for every feed, or the feeds given (every one of them).
+
+    Raises:
+        ValueError: a feed is missing (a pointer must say where each one resumes).
+    """
+    if isinstance(position, int):
+        return dict.fromkeys(FEEDS, position)
+    missing = [feed for feed in FEEDS if feed not in position]
+    if missing:
+        raise ValueError(f"checkpoint positions need every feed, {missing} missing: {position}")
+    return dict(position)
 
 
 def _encode(schema: pa.Schema | None) -> str | None:

@@ -79,8 +79,6 @@ class _ColdWriter:
         #: (engine.lake.numbers_as_double): the roles, declared columns, source columns.
         self.exact = (*schema.required, schema.arrival, *schema.declared, *exact)
         self._pending: dict[str, list[_Pending]] = defaultdict(list)
-        #: Dead letters made after decode (a processor raised on them), per source partition.
-        self._late_dead: dict[str, list[pa.Table]] = defaultdict(list)
         self._rows = 0
         self._bytes = 0
         self._oldest: float | None = None
@@ -103,18 +101,18 @@ class _ColdWriter:
         self._rows += cold.num_rows + dead.num_rows
         self._bytes += cold.nbytes + dead.nbytes
         self._oldest = self._oldest or time.monotonic()
-        if (
+        return self.tick()
+
+    def tick(self) -> FlushReport:
+        """Flush if a trigger fires: rows, bytes, or the oldest buffered row's age (the
+        pipeline calls this while no block comes, so a quiet stream's rows still go out)."""
+        if self._oldest is not None and (
             self._rows >= self.flush_rows
             or self._bytes >= self.flush_bytes
             or time.monotonic() - self._oldest >= self.flush_interval_s
         ):
             return self.flush()
         return FlushReport([], 0, 0, [])
-
-    def add_dead(self, partition: str, dead: pa.Table) -> None:
-        """Buffer dead letters a path's processor made (``raw``, ``reason``, ``line``); they are
-        written by the next flush, so a checkpoint (which flushes) makes them durable."""
-        self._late_dead[partition].append(with_origin(dead, self.source_name, partition))
 
     def flush(self) -> FlushReport:
         """Write everything buffered; return the blocks that are now durable."""
@@ -143,12 +141,6 @@ class _ColdWriter:
             cold_rows += cold.num_rows
             dead_rows += dead.num_rows
             seqs += [b.seq for b in blocks]
-        for partition, tables in self._late_dead.items():
-            late = concat_conformed(tables)
-            stem = f"{file_stem(self.pipeline, partition, 0, 0)}-proc"
-            staged.append(self.lake.stage_parquet(late, DEAD_LETTER_DIR, stem, partition))
-            dead_rows += late.num_rows
-        self._late_dead.clear()
         self._pending.clear()
         self._rows = self._bytes = 0
         self._oldest = None

@@ -34,12 +34,22 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from engine.checkpoint import Checkpoint, Checkpoints
+from engine.checkpoint import Checkpoint, Checkpoints, feeds_of
 from engine.delta import LakeTables
-from engine.lake import StagedFile
+from engine.lake import COLD, FEEDS, PATHS, StagedFile
 from routers.errors import ThermoclineError
 
-__all__ = ["CRASH_ENV", "CommitResult", "Committer", "RecoveryError", "crash_point"]
+__all__ = [
+    "COLD",
+    "CRASH_ENV",
+    "FEEDS",
+    "PATHS",
+    "CommitResult",
+    "Committer",
+    "RecoveryError",
+    "TableSpec",
+    "crash_point",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -65,6 +75,23 @@ def crash_point(step: str) -> None:
         os._exit(75)
 
 
+@dataclass(frozen=True)
+class TableSpec:
+    """How the pipeline commits to one table: its Delta partition columns, and the feeds whose
+    positions it records (engine.delta: ``cold`` for the lake writer's rows, ``paths`` for
+    the hot and warm paths' outputs)."""
+
+    partition_by: tuple[str, ...] = ()
+    feeds: tuple[str, ...] = ()
+
+
+def _newer(candidate: Mapping[str, int], current: Mapping[str, int] | None) -> bool:
+    """Whether ``candidate`` is past ``current``: a feed further, none behind."""
+    if current is None:
+        return True
+    return all(candidate.get(f, -1) >= n for f, n in current.items()) and candidate != current
+
+
 class RecoveryError(ThermoclineError):
     """A checkpoint a crash interrupted cannot be finished (its files are gone)."""
 
@@ -83,8 +110,8 @@ class Committer:
 
     Args:
         checkpoints: the pipeline's checkpoint store (pointers, prepare records, pieces).
-        partition_by: per table (its folder in the lake), its Delta partition columns; a table
-            not named has none.
+        tables: per table (its folder in the lake), its Delta partition columns and the feeds
+            whose positions it records; a table not named has neither.
         replay_id: a bounded source's :attr:`~engine.sources.Source.replay_id`: its positions
             are committed under the pipeline's name and this id, so a rerun of the same
             content is committed once and other content is new.
@@ -93,16 +120,16 @@ class Committer:
     def __init__(
         self,
         checkpoints: Checkpoints,
-        partition_by: Mapping[str, tuple[str, ...]],
+        tables: Mapping[str, TableSpec],
         replay_id: str | None = None,
     ) -> None:
         self.checkpoints = checkpoints
         scope = checkpoints.pipeline if replay_id is None else f"{checkpoints.pipeline}@{replay_id}"
         self.tables = LakeTables(checkpoints.lake, scope)
-        self.partition_by = dict(partition_by)
+        self.specs = dict(tables)
         self.staged: list[StagedFile] = []
         #: Tables this pipeline writes, known before their first file (for claims).
-        self.known = set(partition_by)
+        self.known = set(tables)
 
     def stage(self, files: list[StagedFile]) -> None:
         """Files written by a path, to commit with the next checkpoint."""
@@ -116,7 +143,7 @@ class Committer:
 
     def commit(
         self,
-        positions: Mapping[str, int],
+        positions: Mapping[str, Mapping[str, int]],
         pieces: Mapping[str, list[str]] | None = None,
         schema: pa.Schema | None = None,
         checkpointed: bool = True,
@@ -124,6 +151,8 @@ class Committer:
         """Steps 3-5 for ``positions`` (and every staged file).
 
         Args:
+            positions: per source partition, each feed's done position (``cold``, ``paths``;
+                see engine.delta).
             pieces: hot snapshot pieces per partition (written already).
             schema: the stream's contract, saved with each pointer.
             checkpointed: a checkpointed source (prepare, fence, point); without it (a file or
@@ -133,6 +162,8 @@ class Committer:
             The partitions fenced off, and how many files and tables were committed.
         """
         files, self.staged = self.staged, []
+        if not positions and not files:
+            return CommitResult([], 0, 0)  # nothing moved: nothing to prepare or commit
         pieces = dict(pieces or {})
         fenced: set[str] = set()
         if checkpointed:
@@ -148,10 +179,10 @@ class Committer:
         for staged in files:
             by_partition[staged.partition].append(staged)
         if checkpointed:
-            for partition, position in positions.items():
+            for partition, feeds in positions.items():
                 self.checkpoints.prepare(
                     partition,
-                    position,
+                    dict(feeds),
                     pieces.get(partition, []),
                     schema,
                     [f.to_json() for f in by_partition.get(partition, [])],
@@ -161,12 +192,14 @@ class Committer:
         for staged in files:
             by_table[staged.table].append(staged)
         for table in sorted(by_table):
+            spec = self.specs.get(table, TableSpec())
             fenced.update(
                 self.tables.commit(
                     table,
                     by_table[table],
                     positions,
-                    self.partition_by.get(table, ()),
+                    spec.feeds,
+                    spec.partition_by,
                     fence=checkpointed,
                 )
             )
@@ -184,8 +217,9 @@ class Committer:
             newer_than: our own last checkpoint of it: an older or equal one is not loaded.
         """
         prepared = self.checkpoints.prepared(partition)
-        current = self.checkpoints.position(partition)
-        if prepared is not None and (current is None or prepared["position"] > current):
+        current = self.checkpoints.feeds(partition)
+        if prepared is not None and _newer(feeds_of(prepared), current):
+            feeds = feeds_of(prepared)
             position = int(prepared["position"])
             files = [StagedFile.from_json(f) for f in prepared["files"]]
             lake = self.checkpoints.lake
@@ -202,10 +236,9 @@ class Committer:
             tables = {f.table for f in files}
             for table in sorted(tables):
                 chosen = [f for f in files if f.table == table]
-                self.tables.commit(
-                    table, chosen, {partition: position}, self.partition_by.get(table, ())
-                )
-            self.checkpoints.point(partition, position, prepared["hot"], prepared.get("schema"))
+                spec = self.specs.get(table, TableSpec())
+                self.tables.commit(table, chosen, {partition: feeds}, spec.feeds, spec.partition_by)
+            self.checkpoints.point(partition, feeds, prepared["hot"], prepared.get("schema"))
             _log.warning(
                 "recovery: partition %s: finished the checkpoint at %d a crash interrupted"
                 " (%d files in %d tables)",

@@ -8,7 +8,10 @@ one, with each source partition's position as a Delta *app transaction* (Spark's
 ``txnAppId``/``txnVersion``):
 
 - app id ``{scope}`` (:func:`engine.lake.scope`: the pipeline's name and the partition, encoded
-  injectively), version = the last source offset whose rows the table holds;
+  injectively), version = the last source offset whose rows the table holds, as the lake
+  writer staged them (feed ``cold``: cold events, dead letters of decoding);
+- app id ``{scope}.paths``, the same for rows the hot and warm paths made (feed ``paths``: warm
+  outputs, alerts, dead letters of processors), whose position runs ahead of the lake writer's;
 - app id ``{scope}.owner``, version = the committing member's *epoch*, drawn at random when it
   was assigned the partition (:meth:`LakeTables.claim`).
 
@@ -41,14 +44,18 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from engine.lake import Lake, LakeUnavailableError, StagedFile, scope
+from engine.lake import COLD, FEEDS, PATHS, Lake, LakeUnavailableError, StagedFile, scope
 from routers.errors import ThermoclineError
 
 __all__ = [
+    "COLD",
     "DEFAULT_RETENTION_HOURS",
+    "FEEDS",
+    "PATHS",
     "LakeSchemaError",
     "LakeTables",
     "StagedFile",
+    "app_id",
     "delta_storage_options",
     "new_epoch",
     "owner_app",
@@ -93,6 +100,16 @@ def _changed(name: str, old: pa.DataType, new: pa.DataType) -> tuple[str, str, s
 def new_epoch() -> int:
     """A member's epoch for one assignment of partitions: random, positive, fits a Delta long."""
     return secrets.randbits(62) + 1
+
+
+def app_id(pipeline: str, partition: str, feed: str = COLD) -> str:
+    """The app id whose version is ``feed``'s position of ``partition`` in a table.
+
+    Example:
+        >>> app_id("kpis", "game.events-0"), app_id("kpis", "game.events-0", PATHS)
+        ('kpis.game%2Eevents-0', 'kpis.game%2Eevents-0.paths')
+    """
+    return scope(pipeline, partition) if feed == COLD else f"{scope(pipeline, partition)}.{feed}"
 
 
 def owner_app(pipeline: str, partition: str) -> str:
@@ -173,14 +190,12 @@ class LakeTables:
                 " that the storage is reachable."
             ) from error
 
-    def version(self, table: str, partition: str) -> int | None:
+    def version(self, table: str, partition: str, feed: str = COLD) -> int | None:
         """The last source offset of ``partition`` committed to ``table`` (None: none yet)."""
         found = self._open(table)
-        return None if found is None else found.transaction_version(scope(self.pipeline, partition))
-
-    def versions(self, tables: Iterable[str], partition: str) -> dict[str, int | None]:
-        """:meth:`version` for each table (one log read per table)."""
-        return {table: self.version(table, partition) for table in tables}
+        if found is None:
+            return None
+        return found.transaction_version(app_id(self.pipeline, partition, feed))
 
     def claim(self, tables: Iterable[str], partitions: Iterable[str]) -> dict[str, int]:
         """Become the owner of ``partitions`` in every existing one of ``tables``: commit a new
@@ -212,17 +227,20 @@ class LakeTables:
         self,
         table: str,
         files: list[StagedFile],
-        positions: Mapping[str, int],
+        positions: Mapping[str, Mapping[str, int]],
+        feeds: tuple[str, ...] = (COLD,),
         partition_by: tuple[str, ...] = (),
         fence: bool = True,
     ) -> list[str]:
-        """Commit ``files`` to ``table`` with ``positions`` (source partition -> last offset) as
-        app transactions, in one Delta transaction; create the table on its first commit.
+        """Commit ``files`` to ``table`` with ``positions`` (source partition -> feed -> last
+        offset; the table's ``feeds`` only) as app transactions, in one Delta transaction;
+        create the table on its first commit.
 
-        Idempotent: a partition whose committed version is already at or past its position
-        (a commit that went through before a crash) is left out, with its files.
+        Idempotent: a partition whose committed versions are all at or past its positions (a
+        commit that went through before a crash) is left out, with its files.
 
         Args:
+            feeds: the feeds whose positions this table records.
             partition_by: the table's partition columns (used when creating it).
             fence: leave out partitions whose owner epoch is not ours (see the module docs).
 
@@ -240,12 +258,12 @@ class LakeTables:
         for attempt in range(_COMMIT_ATTEMPTS):
             found = self._open(table)
             fenced, done = [], []
-            for partition in set(positions) | set(by_partition):
-                version = (
-                    None
-                    if found is None
-                    else found.transaction_version(scope(self.pipeline, partition))
-                )
+            targets = {
+                p: {f: n for f, n in feeds_at.items() if f in feeds}
+                for p, feeds_at in positions.items()
+            }
+            for partition in set(targets) | set(by_partition):
+                target = targets.get(partition, {})
                 owner = (
                     None
                     if found is None
@@ -255,17 +273,24 @@ class LakeTables:
                 if fence and owner is not None and owner != mine:
                     fenced.append(partition)
                 elif (
-                    partition in positions
-                    and version is not None
-                    and version >= positions[partition]
+                    target
+                    and found is not None
+                    and all(
+                        (found.transaction_version(app_id(self.pipeline, partition, f)) or -1) >= n
+                        for f, n in target.items()
+                    )
                 ):
                     done.append(partition)  # committed before (a crash, a finished prepare)
             left_out = set(fenced) | set(done)
-            keep = [p for p in positions if p not in left_out]
+            keep = [p for p, target in targets.items() if target and p not in left_out]
             chosen = [f for p, fs in by_partition.items() if p not in left_out for f in fs]
             if not keep and not chosen:
                 return sorted(fenced)
-            apps = [Transaction(scope(self.pipeline, p), positions[p]) for p in keep]
+            apps = [
+                Transaction(app_id(self.pipeline, p, f), n)
+                for p in keep
+                for f, n in targets[p].items()
+            ]
             apps += [
                 Transaction(owner_app(self.pipeline, p), self.epochs[p])
                 for p in keep

@@ -51,7 +51,10 @@ import pyarrow.parquet as pq
 from routers.errors import ThermoclineError
 
 __all__ = [
+    "COLD",
+    "FEEDS",
     "HOT_DIR",
+    "PATHS",
     "STATE_DIR",
     "DEAD_LETTER_DIR",
     "EVENTS_DIR",
@@ -68,6 +71,12 @@ __all__ = [
 ]
 
 EVENTS_DIR: Final[str] = "events"
+#: The feeds of rows a lake table may hold, each with its own position per source partition:
+#: rows the lake writer staged (cold events, dead letters of decoding), and rows the hot and
+#: warm paths made (warm outputs, alerts, dead letters of processors), which run ahead of it.
+COLD: Final[str] = "cold"
+PATHS: Final[str] = "paths"
+FEEDS: Final[tuple[str, str]] = (COLD, PATHS)
 DEAD_LETTER_DIR: Final[str] = "_dead_letter"
 HOT_DIR: Final[str] = "hot"
 STATE_DIR: Final[str] = "state"

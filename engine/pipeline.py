@@ -32,8 +32,8 @@ import ray
 
 from engine import preflight
 from engine.checkpoint import Checkpoints
-from engine.cold import ColdWriter, FlushReport
-from engine.commit import Committer, crash_point
+from engine.cold import ColdWriter, FlushReport, with_origin
+from engine.commit import COLD, FEEDS, PATHS, Committer, TableSpec, crash_point
 from engine.config import PipelineConfig
 from engine.hot import HotPath
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, HOT_DIR, STATE_DIR, Lake, file_stem
@@ -74,7 +74,12 @@ __all__ = [
 #: with small blocks 8 calls filled within a flush (~1 s for 250K rows), and the driver stalled,
 #: every hot event with it (hot p99 1.1 s at half throughput).
 _COLD_IN_FLIGHT = 256
-_PATHS = 3  # hot, warm, cold
+#: Acknowledgements a block needs in ``Pipeline.tracker``: hot and warm. The lake writer's are
+#: tracked apart (``cold_tracker``): it stages files when its buffers fill, not at each
+#: checkpoint, so its position lags the paths' (see ``Pipeline.checkpoint``).
+_STATE_PATHS = 2
+#: Each row's source offset, when a replay must skip rows the hot and warm paths already have.
+_OFFSET = "__thermocline_offset"
 
 #: Each row's due time rides along this column through the router's split (then dropped).
 _DUE = "__thermocline_due_ms"
@@ -290,7 +295,15 @@ class Pipeline:
         self.router = Router(config.policy)
         self._source = source
         self.clock = clock or (lambda: datetime.now(timezone.utc))
+        #: Done positions of the hot and warm paths (``paths``), and of the lake writer
+        #: (``cold``): see :meth:`checkpoint`.
         self.tracker = PositionTracker()
+        self.cold_tracker = PositionTracker()
+        #: Per source partition, the offset up to which a replay skips hot and warm rows.
+        self._skip: dict[str, int] = {}
+        #: Where each source partition resumed (the lake writer's position before it flushes).
+        self._resumed: dict[str, int] = {}
+        self._cold_ticked = 0.0
         self._hints: dict[str, DecodeHints] = {}  # per source partition
         #: One schema contract for the whole stream, every partition (routers.contract).
         self.contract = new_contract(config.policy.schema)
@@ -302,8 +315,9 @@ class Pipeline:
         self._counts = {"events_in": 0, "hot": 0, "warm": 0, "cold": 0, "dead_letter": 0}
         self._first: dict[str, int] = {}  # first offset of each partition in this run
         self._seq = 0
-        #: Our own last checkpoint per partition: our actors hold its keys' state as of then.
-        self._held: dict[str, int] = {}
+        #: Our own last checkpoint per partition (each feed's position): our actors hold its
+        #: keys' state as of then.
+        self._held: dict[str, dict[str, int]] = {}
         #: Partitions another member has claimed since we did (fenced off until assigned to us
         #: again).
         self.fenced: set[str] = set()
@@ -322,7 +336,11 @@ class Pipeline:
 
     def done_positions(self) -> dict[str, int]:
         """Highest offset per source partition that every path has finished."""
-        return self.tracker.done()
+        return {
+            p: min(feeds.values())
+            for p, feeds in self._positions().items()
+            if min(feeds.values()) >= 0
+        }
 
     def hot_state(self) -> pa.Table:
         """The hot processor's state of every key (after :meth:`run`)."""
@@ -369,11 +387,13 @@ class Pipeline:
             tuple(KAFKA_META_TYPES),
         )
         self.checkpoints = Checkpoints(self.lake, self.name)
+        # Cold events hold the lake writer's rows; dead letters both feeds' (decoding's and
+        # the processors'); warm outputs and alerts the paths' (engine.lake.FEEDS).
         tables = {
-            EVENTS_DIR: ("dt", "hour"),
-            DEAD_LETTER_DIR: (),
-            self.warm.output: (),
-            f"{HOT_DIR}/{self.hot_name}": (),
+            EVENTS_DIR: TableSpec(("dt", "hour"), (COLD,)),
+            DEAD_LETTER_DIR: TableSpec((), FEEDS),
+            self.warm.output: TableSpec((), (PATHS,)),
+            f"{HOT_DIR}/{self.hot_name}": TableSpec((), (PATHS,)),
         }
         replay = None if self.source.checkpointed else self.source.replay_id
         self.committer = Committer(self.checkpoints, tables, replay)
@@ -435,16 +455,17 @@ class Pipeline:
             # Stopped only if the stop cut the source short (not a signal during the drain).
             self._stopped = source.stopping
             if source.checkpointed:
-                self.checkpoint()  # the last commit needs the source still connected
+                self.checkpoint(flush_cold=True)  # the last commit needs the source connected
             else:
                 self.drain()
-                self._write_alerts()
+                self._stage_outputs()
                 self._write_hot_state()
                 # Rows of a source that replays alike (a file, a seeded synthetic stream) are
                 # committed with their positions: a rerun adds each row once. Others append.
-                done = self.tracker.done()
+                done = self.done_positions()
                 replays = source.replay_id is not None
-                self.committer.commit(done if replays else {}, checkpointed=False)
+                positions = {p: dict.fromkeys(FEEDS, n) for p, n in done.items()}
+                self.committer.commit(positions if replays else {}, checkpointed=False)
                 files = source if isinstance(source, FileSource) else None
                 if files is not None:  # all its rows are in the lake now
                     for partition in files.finished:
@@ -498,7 +519,18 @@ class Pipeline:
         if block.due_ms is not None:
             due_rows = pc.fill_null(pc.take(block.due_ms, rows), read_ms)
             good = good.append_column(_DUE, due_rows)  # travels with the rows through the split
+        skip = self._skip.get(block.partition)
+        if skip is not None:  # hot and warm already hold rows up to `skip` (see _on_assign)
+            good = good.append_column(_OFFSET, self._row_offsets(block, good, rows))
         parts = self.router.split(good, now=self.clock())
+        if skip is not None:
+            parts = {
+                t: part.filter(pc.greater(part[_OFFSET], skip)) if t != "cold" else part
+                for t, part in parts.items()
+            }
+            parts = {t: part.drop_columns([_OFFSET]) for t, part in parts.items()}
+            if block.last_offset > skip:
+                del self._skip[block.partition]
         if block.due_ms is not None:
             due = parts["hot"].column(_DUE)
             parts = {t: part.drop_columns([_DUE]) for t, part in parts.items()}
@@ -506,7 +538,8 @@ class Pipeline:
         self._counts["dead_letter"] += dead.num_rows
         for temperature, part in parts.items():
             self._counts[temperature] += part.num_rows
-        self.tracker.open(seq, block.partition, block.last_offset, _PATHS)
+        self.tracker.open(seq, block.partition, block.last_offset, _STATE_PATHS)
+        self.cold_tracker.open(seq, block.partition, block.last_offset, 1)
         self._acked(self.hot.submit(parts["hot"], seq, due, block.partition))
         self._acked(self.warm.add(parts["warm"], seq, block.partition, block.first_offset))
         rows = parts["cold"].num_rows + dead.num_rows
@@ -529,21 +562,28 @@ class Pipeline:
         for seq in seqs:
             self.tracker.ack(seq)
 
+    def _acked_cold(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            self.cold_tracker.ack(seq)
+
+    @staticmethod
+    def _row_offsets(block: SourceBlock, good: pa.RecordBatch, rows: pa.Array) -> pa.Array:
+        """Each good row's source offset: Kafka's own, else the block's first plus its line."""
+        if "kafka_offset" in good.schema.names:
+            return good.column("kafka_offset")
+        return pc.add(pc.cast(rows, pa.int64()), block.first_offset)
+
     def _collect(self) -> None:
         """Take whatever acknowledgements are ready, without waiting."""
         assert self.hot is not None and self.warm is not None
         self._acked(self.hot.poll())
-        self._forward_hot_dead()
         self._acked(self.warm.tick())
         self._collect_cold(timeout=0, num_returns=len(self._cold_inflight))
-
-    def _forward_hot_dead(self) -> None:
-        """Rows a hot processor raised on go to the lake writer's dead letters (written by its
-        next flush, so before the next checkpoint's commit)."""
-        assert self.hot is not None
-        for partition, dead in self.hot.dead:
-            self.cold.add_dead.remote(partition, dead)
-        self.hot.dead.clear()
+        now = time.monotonic()
+        if not self._cold_inflight and now - self._cold_ticked >= 1.0:
+            # The lake writer's age trigger, while no block comes to check it (a quiet stream).
+            self._cold_ticked = now
+            self._cold_inflight[self.cold.tick.remote()] = 0
 
     def _collect_cold(self, timeout: float | None, num_returns: int) -> None:
         if not self._cold_inflight:
@@ -557,61 +597,68 @@ class Pipeline:
             del self._cold_inflight[ref]
             report: FlushReport = ray.get(ref)
             self.committer.stage(report.staged)
-            self._acked(report.seqs)
+            self._acked_cold(report.seqs)
 
-    def drain(self) -> None:
-        """Finish everything read so far: last micro-batch, every call, a lake flush."""
+    def drain(self, flush_cold: bool = True) -> None:
+        """Finish everything read so far: last micro-batch, every call, and (``flush_cold``) a
+        lake flush; without it, the lake writer keeps the rows its buffers hold (see
+        :meth:`checkpoint`)."""
         assert self.hot is not None and self.warm is not None
         self._acked(self.warm.flush())
         self._acked(self.hot.poll(timeout=None))
-        self._forward_hot_dead()
         self._acked(self.warm.poll(timeout=None))
         self._collect_cold(timeout=None, num_returns=len(self._cold_inflight))
-        final: FlushReport = ray.get(self.cold.flush.remote())
-        self.committer.stage(final.staged)
-        self._acked(final.seqs)
+        if flush_cold:
+            final: FlushReport = ray.get(self.cold.flush.remote())
+            self.committer.stage(final.staged)
+            self._acked_cold(final.seqs)
         self.committer.stage(self.warm.staged)
         self.warm.staged = []
-        if self.tracker.open_blocks:
+        if self.tracker.open_blocks or (flush_cold and self.cold_tracker.open_blocks):
             raise RuntimeError(f"{self.tracker.open_blocks} blocks still open after a drain")
 
-    def checkpoint(self) -> dict[str, int]:
-        """Aligned checkpoint, in this order (a crash at any step leaves the last one valid):
+    def checkpoint(self, flush_cold: bool = False) -> dict[str, int]:
+        """Take a checkpoint, in this order (a crash at any step leaves the last one valid, and
+        recovery finishes or forgets this one: see :mod:`engine.commit`):
 
-        1. drain: every block read so far is in a staged lake file and applied to hot state;
-           path outputs (alerts) staged too, and delivered to Kafka;
+        1. drain the hot and warm paths: every block read so far is applied to hot state and
+           in a staged warm output; alerts and hot dead letters staged too, alerts delivered
+           to Kafka. The lake writer is not flushed (unless ``flush_cold``: before partitions
+           are revoked, at the end): it stages files when its buffers fill or age, so cold
+           files have the size its triggers give them, not one per checkpoint; its own
+           position (``cold``, every row up to it in a staged file) lags the paths' (``paths``);
         2. snapshot hot state, per source partition: each hot actor writes its own keys' rows
            to the lake, in parallel (nothing goes through the driver);
-        3-5. prepare, commit each table (one Delta transaction with the positions), point each
-           partition at its snapshot (:class:`engine.commit.Committer`);
-        6. commit the done offsets to the source (Kafka).
+        3-5. prepare, commit each table (one Delta transaction with its feed's positions),
+           point each partition at its snapshot (:class:`engine.commit.Committer`);
+        6. commit to the source (Kafka) what every path has: the lower of the two positions. A
+           restart resumes there, and the hot and warm paths skip the rows they already hold.
 
         Returns:
-            The checkpointed positions (last offset per partition).
+            The positions committed to the source (last offset per partition).
         """
         assert self.hot is not None
         started = time.monotonic()
-        self.drain()
-        self._write_alerts()
-        positions = self.tracker.done()
+        self.drain(flush_cold=flush_cold)
+        self._stage_outputs()
+        positions = self._positions()
         # Only partitions that moved since our last checkpoint of them: rewriting the others
         # would cost a snapshot each time, and would overwrite a newer checkpoint written by
         # the member that took such a partition over after a rebalance.
         moved = {p: n for p, n in positions.items() if self._held.get(p) != n}
         snapshot_s, rows, size = 0.0, 0, 0
+        pieces: dict[str, list[str]] = {}
         if moved:
             saving = time.monotonic()
             cold = self.config.cold
             pieces, rows, size = self.hot.save(
                 cold.lake_uri,
                 dict(cold.storage_options),
-                lambda p, i: self.checkpoints.snapshot_path(p, moved[p], i),
+                lambda p, i: self.checkpoints.snapshot_path(p, moved[p][PATHS], i),
                 list(moved),
             )
             snapshot_s = time.monotonic() - saving
             crash_point("snapshot")
-        else:
-            pieces = {}
         # Steps 3-5: prepare, commit the tables, point (engine.commit). Fencing: a partition
         # another member has claimed was given to it while we stalled (past the group's
         # timeouts): we lost it, and must not commit it over theirs.
@@ -624,13 +671,27 @@ class Pipeline:
         self._held.update(moved)
         # All of them but the fenced: a commit the last run missed (a crash between steps 5 and
         # 6) happens now.
-        self.source.commit({p: n for p, n in positions.items() if p not in self.fenced})
+        done = {
+            p: min(feeds.values())
+            for p, feeds in positions.items()
+            if p not in self.fenced and min(feeds.values()) >= 0
+        }
+        self.source.commit(done)
         crash_point("kafka")
         self.checkpoints_taken += 1
         self.checkpoint_stats.record(
             time.monotonic() - started, snapshot_s, rows, size, commit_s, result.files
         )
-        return positions
+        return done
+
+    def _positions(self) -> dict[str, dict[str, int]]:
+        """Per source partition the paths have done some of, each feed's done position; the
+        lake writer's, before its first flush of the partition, is where the partition
+        resumed, less one (-1: nothing)."""
+        state, cold = self.tracker.done(), self.cold_tracker.done()
+        return {
+            p: {COLD: cold.get(p, self._resumed.get(p, 0) - 1), PATHS: n} for p, n in state.items()
+        }
 
     def _fence(self, partition: str) -> None:
         if partition not in self.fenced:
@@ -659,9 +720,26 @@ class Pipeline:
         stem = "_".join(file_stem(self.name, p, a, b) for p, a, b in ranges)
         return hashlib.sha1(stem.encode()).hexdigest() if len(stem) > 120 else stem
 
-    def _write_alerts(self) -> None:
-        """The hot processor's output rows (e.g. alerts) to ``hot/<name>/`` and the alerts topic."""
+    def _stage_outputs(self) -> None:
+        """Stage the hot path's outputs: its processor's rows (e.g. alerts) in ``hot/<name>/``
+        (and to the alerts topic, delivery confirmed), the rows it raised on in
+        ``_dead_letter``; per source partition, committed with the paths' position."""
         assert self.hot is not None
+        if self.hot.dead:
+            dead: dict[str, list[pa.Table]] = {}
+            for partition, rows in self.hot.dead:
+                dead.setdefault(partition, []).append(rows)
+            self.hot.dead.clear()
+            refs = [
+                self.cold.stage_output.remote(
+                    with_origin(concat_conformed(tables), self.source.name, partition),
+                    DEAD_LETTER_DIR,
+                    f"{file_stem(self.name, partition, self._first.get(partition, 0), 0)}-hot",
+                    partition,
+                )
+                for partition, tables in sorted(dead.items())
+            ]
+            self.committer.stage(ray.get(refs))
         if not self.hot.outputs:
             return
         by_partition: dict[str, list[pa.RecordBatch]] = {}
@@ -695,12 +773,15 @@ class Pipeline:
     # -- rebalance hooks (called by the source from inside blocks(), in this thread) ---------
 
     def _on_revoke(self, partitions: list[str]) -> None:
-        self.checkpoint()  # everything read so far, from every partition, is done and committed
+        # Everything read so far, from every partition, is done and committed, the lake
+        # writer's buffers included: the new owner resumes where every path is.
+        self.checkpoint(flush_cold=True)
         assert self.hot is not None
         # Their keys' state is checkpointed: give the memory back (the new owner restores it).
         self.hot.release(partitions)
         for name in partitions:
             self._held.pop(name, None)
+            self._skip.pop(name, None)
 
     def _on_assign(self, partitions: dict[str, int]) -> dict[str, int]:
         """Where each newly assigned partition resumes; restores state and cleans the lake.
@@ -717,20 +798,29 @@ class Pipeline:
             self.fenced.discard(name)  # ours again: its checkpoint is read afresh below
             held = self._held.get(name)  # our own last checkpoint of it, if any
             # A checkpoint a crash interrupted after its prepare step is finished first.
-            checkpoint = self.committer.recover(name, newer_than=held)
+            mine = held.get(PATHS) if held is not None else None
+            checkpoint = self.committer.recover(name, newer_than=mine)
             if checkpoint is not None:
                 # Someone (a crashed run of ours, another member) got further than our actors:
                 # their checkpoint is the truth for this partition's keys.
                 self.hot.restore(checkpoint.hot)
                 if checkpoint.schema is not None:  # type undeclared columns as that run did
                     self.contract.seed(checkpoint.schema)
-                resume[name] = checkpoint.position + 1
-                self._held[name] = checkpoint.position
-            elif held is not None:
-                resume[name] = held + 1  # our actors hold its keys as of our own checkpoint
+                held = {COLD: checkpoint.cold, PATHS: checkpoint.position}
+                self._held[name] = held
+            if held is not None and len(held) == len(FEEDS):
+                # Our actors (restored, or our own) hold its keys as of the paths' position;
+                # the lake writer had staged rows up to its own, which may be lower: the
+                # source resumes after the lower, and hot and warm skip what they hold.
+                resume[name] = held[COLD] + 1
+                if held[COLD] < held[PATHS]:
+                    self._skip[name] = held[PATHS]
+                self.tracker.resume(name, held[PATHS] + 1)
             else:
                 resume[name] = default
-            self.tracker.resume(name, resume[name])
+                self.tracker.resume(name, resume[name])
+            self.cold_tracker.resume(name, resume[name])
+            self._resumed[name] = resume[name]
             self._first.setdefault(name, resume[name])
         return resume
 
@@ -817,7 +907,7 @@ class Pipeline:
             schema_changes=self.contract.changes,
             elapsed_s=elapsed,
             lake_uri=self.config.cold.lake_uri,
-            done_positions=self.tracker.done(),
+            done_positions=self.done_positions(),
             hot_latency_ms=self.hot.latency_percentiles(),
             alerts=self.alerts_written,
             outputs=self._outputs(),

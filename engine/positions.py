@@ -56,7 +56,8 @@ class PositionTracker:
         while queue and queue[0].pending == 0:
             block = queue.popleft()
             del self._by_seq[block.seq]
-            self._done[partition] = block.last_offset
+            # Never backwards: blocks a replay re-reads below a resumed position are done too.
+            self._done[partition] = max(block.last_offset, self._done.get(partition, -1))
 
     def resume(self, partition: str, position: int) -> None:
         """Everything before ``position`` is done already (restored from a checkpoint or a commit).
