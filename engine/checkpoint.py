@@ -56,12 +56,14 @@ class Checkpoint:
     hot: pa.Table
     #: The stream's schema contract when the checkpoint was taken (None in older checkpoints).
     schema: pa.Schema | None = None
-    #: The lake writer's position (at most ``position``): its rows up to it are committed.
-    cold: int = -1
+    #: The lake writer's position (at most ``position``; -1: none of the partition's rows):
+    #: its rows up to it are committed. None: the same as ``position``.
+    cold: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.cold < 0:  # an aligned checkpoint (older ones, bounded runs)
-            object.__setattr__(self, "cold", self.position)
+    @property
+    def feeds(self) -> dict[str, int]:
+        """Each feed's position (engine.lake.FEEDS)."""
+        return {COLD: self.position if self.cold is None else self.cold, PATHS: self.position}
 
 
 class Checkpoints:

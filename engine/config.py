@@ -196,11 +196,12 @@ class WarmConfig(_Frozen):
 
 
 class ColdConfig(_Frozen):
-    """Cold path: the Parquet lake."""
+    """Cold path: the lake (Delta Lake tables) and its writer."""
 
     #: The lake: a folder or an fsspec URL (``s3://bucket/lake``).
     lake_uri: str = "lake"
-    #: The lake writer flushes at this many buffered rows...
+    #: The lake writer stages a file (committed by the next checkpoint) at this many buffered
+    #: rows...
     flush_rows: int = Field(200_000, ge=1)
     #: Bytes bound of the writer's buffer (a flush fires on rows, bytes or interval).
     flush_bytes: int = Field(128 << 20, ge=1)

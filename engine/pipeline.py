@@ -806,7 +806,7 @@ class Pipeline:
                 self.hot.restore(checkpoint.hot)
                 if checkpoint.schema is not None:  # type undeclared columns as that run did
                     self.contract.seed(checkpoint.schema)
-                held = {COLD: checkpoint.cold, PATHS: checkpoint.position}
+                held = checkpoint.feeds
                 self._held[name] = held
             if held is not None and len(held) == len(FEEDS):
                 # Our actors (restored, or our own) hold its keys as of the paths' position;

@@ -303,3 +303,32 @@ def read_by_every_reader(lake: str, storage: dict[str, Any], table: str) -> dict
     ray_data = ray.data.read_delta(uri, storage_options=options, columns=["event_id"])
     seen["ray"] = [row["event_id"] for row in ray_data.iter_rows()]
     return {reader: sorted(ids) for reader, ids in seen.items()}
+
+
+def pipeline_config(
+    name: str, bootstrap: str, topic: str, lake: str, storage: dict[str, Any], **sections: Any
+) -> Any:
+    """An in-process pipeline's config reading ``topic`` (from the start, a new group, ending
+    after 3 quiet seconds) into ``lake``; ``sections`` override or extend each section."""
+    from engine.config import PipelineConfig
+
+    data: dict[str, Any] = {
+        "name": name,
+        "source": {
+            "kind": "kafka",
+            "bootstrap": bootstrap,
+            "topics": [topic],
+            "group": f"g-{name}-{os.urandom(3).hex()}",
+            "start": "earliest",
+            "idle_timeout": "3s",
+            "max_records": 5_000,
+        },
+        "policy": POLICY,
+        "hot": {"actors": 2, "key_groups": 64},
+        "cold": {"lake_uri": lake, "storage_options": storage},
+        "checkpoint_interval": "1s",
+        "progress_every_s": 0,
+    }
+    for section, values in sections.items():
+        data[section] = {**data[section], **values} if isinstance(values, dict) else values
+    return PipelineConfig.from_dict(data)

@@ -21,18 +21,17 @@ import s3fs
 from deltalake import DeltaTable
 
 from engine.commit import CRASH_ENV
-from engine.config import PipelineConfig
 from engine.delta import delta_storage_options
 from engine.lake import scope
 from engine.pipeline import Pipeline, RunSummary
 from tests.kafka_helpers import (
-    POLICY,
     end_and_committed,
     expected,
     group_shares,
     hot_state_from_checkpoints,
     ids,
     lake_table,
+    pipeline_config,
     produce,
     read_by_every_reader,
     wait_for,
@@ -167,21 +166,7 @@ def test_two_pipelines_share_one_lake_and_one_topic(
     want, malformed = expected(lines)
 
     def run(name: str) -> RunSummary:
-        config = PipelineConfig.from_dict(
-            {
-                "name": name,
-                "source": {
-                    "kind": "kafka", "bootstrap": kafka_bootstrap, "topics": [topic],
-                    "group": f"g-{name}-{uuid.uuid4().hex[:6]}", "start": "earliest",
-                    "idle_timeout": "3s", "max_records": 5_000,
-                },
-                "policy": POLICY,
-                "hot": {"actors": 2, "key_groups": 64},
-                "cold": {"lake_uri": lake, "storage_options": storage},
-                "checkpoint_interval": "1s",
-                "progress_every_s": 0,
-            }
-        )  # fmt: skip
+        config = pipeline_config(name, kafka_bootstrap, topic, lake, storage)
         pipeline = Pipeline(config, clock=lambda: NOW)
         try:
             return pipeline.run()
@@ -215,22 +200,13 @@ def test_checkpoints_do_not_cut_cold_files(
     lines = workload(20_000, seed=29)
     produce(kafka_bootstrap, topic, lines)
     want, _ = expected(lines)
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    config = PipelineConfig.from_dict(
-        {
-            "name": "quiet-lake",
-            "source": {
-                "kind": "kafka", "bootstrap": kafka_bootstrap, "topics": [topic], "group": group,
-                "start": "earliest", "idle_timeout": "3s", "max_records": 500,
-            },
-            "policy": POLICY,
-            "hot": {"actors": 2, "key_groups": 64},
-            "cold": {"lake_uri": lake, "storage_options": storage, "flush_rows": 1_000_000,
-                     "flush_interval": "1h"},
-            "checkpoint_interval": "200ms",
-            "progress_every_s": 0,
-        }
+    config = pipeline_config(
+        "quiet-lake", kafka_bootstrap, topic, lake, storage,
+        source={"max_records": 500},
+        cold={"flush_rows": 1_000_000, "flush_interval": "1h"},
+        checkpoint_interval="200ms",
     )  # fmt: skip
+    group = config.source.group
     pipeline = Pipeline(config, clock=lambda: NOW)
     try:
         summary = pipeline.run()
