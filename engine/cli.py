@@ -428,14 +428,22 @@ def _vacuum(args: argparse.Namespace) -> int:
     from engine.lake import Lake
 
     overrides = {"cold.lake_uri": args.lake} if args.lake else {}
-    config = load_config(args.config, overrides)  # a bad config fails here, by field
-    cold = config.cold
-    hours = parse_duration_ms(args.retention) / 3_600_000
+    path = args.config or (DEMO_CONFIG if DEMO_CONFIG.exists() else None)
+    try:
+        config = load_config(path, overrides)
+        hours = parse_duration_ms(args.retention) / 3_600_000
+    except (ConfigError, ValueError) as exc:
+        problems = exc.problems if isinstance(exc, ConfigError) else [f"--retention: {exc}"]
+        _problems(f"{path or '<defaults>'}: invalid config", problems)
+        return 2
     if hours < 1:
-        raise ConfigError(
-            [f"--retention: {args.retention} would delete files a running pipeline is about to"
-             " commit; use 1h or more (default 168h)"]
-        )  # fmt: skip
+        print(
+            f"thermocline: --retention {args.retention} would delete files a running pipeline"
+            " is about to commit; use 1h or more (default 168h)",
+            file=sys.stderr,
+        )
+        return 2
+    cold = config.cold
     tables = LakeTables(Lake(cold.lake_uri, dict(cold.storage_options)), config.name or "")
     total = 0
     for table in tables.tables():

@@ -130,6 +130,8 @@ class Committer:
         self.staged: list[StagedFile] = []
         #: Tables this pipeline writes, known before their first file (for claims).
         self.known = set(tables)
+        for table, spec in self.specs.items():
+            self.tables.ensure(table, spec.partition_by)
 
     def stage(self, files: list[StagedFile]) -> None:
         """Files written by a path, to commit with the next checkpoint."""

@@ -81,6 +81,10 @@ def _as_delta(schema: pa.Schema) -> pa.Schema:
     return pa.schema(Schema.from_arrow(schema).to_arrow())
 
 
+def _as_delta_type(found: pa.Field) -> pa.DataType:
+    return _as_delta(pa.schema([found])).field(0).type
+
+
 def _changed(name: str, old: pa.DataType, new: pa.DataType) -> tuple[str, str, str] | None:
     """(column path, old type, new type) of the first change other than added struct fields."""
     if pa.types.is_struct(old) and pa.types.is_struct(new):
@@ -196,6 +200,31 @@ class LakeTables:
         if found is None:
             return None
         return found.transaction_version(app_id(self.pipeline, partition, feed))
+
+    def ensure(self, table: str, partition_by: tuple[str, ...]) -> None:
+        """Create ``table`` (empty: its partition columns only) if it does not exist, so that
+        readers see an empty table, not the files staged before its first commit, and claims
+        reach it from the start. (A table without partition columns is created by its first
+        commit: Delta needs a column.)"""
+        from deltalake.exceptions import DeltaError
+        from deltalake.schema import Schema
+        from deltalake.transaction import create_table_with_add_actions
+
+        if not partition_by or self._open(table) is not None:
+            return
+        keys = pa.schema([(k, pa.string() if k == "dt" else pa.int32()) for k in partition_by])
+        try:
+            create_table_with_add_actions(
+                self.uri(table),
+                Schema.from_arrow(keys),
+                [],
+                mode="error",
+                partition_by=list(partition_by),
+                storage_options=self.options or None,
+            )
+        except DeltaError as error:
+            if "already exists" not in str(error).lower():
+                raise  # else: created meanwhile by another member
 
     def claim(self, tables: Iterable[str], partitions: Iterable[str]) -> dict[str, int]:
         """Become the owner of ``partitions`` in every existing one of ``tables``: commit a new
@@ -362,10 +391,16 @@ class LakeTables:
         keys = [pa.field("dt", pa.string()), pa.field("hour", pa.int32())]
         if found is None:
             schemas.append(pa.schema([k for k in keys if k.name in partition_by]))
-        merged = _as_delta(pa.unify_schemas(schemas, promote_options="permissive"))
-        if found is not None:
-            for old in schemas[0]:
-                changed = _changed(old.name, old.type, merged.field(old.name).type)
+        try:
+            merged = _as_delta(pa.unify_schemas(schemas, promote_options="permissive"))
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            merged = None  # types that do not even unify: name the column below
+        for old in schemas[0] if found is not None else []:
+            for schema in [merged] if merged is not None else schemas[1:]:
+                index = schema.get_field_index(old.name)
+                if index < 0:
+                    continue
+                changed = _changed(old.name, old.type, _as_delta_type(schema.field(index)))
                 if changed:
                     raise LakeSchemaError(
                         f"lake table {table}: column {changed[0]} was {changed[1]} and a file"
@@ -373,6 +408,8 @@ class LakeTables:
                         " Fix: declare the input column's type in policy.schema.columns (e.g."
                         " double) so it is one type from the start, or write to a new table."
                     )
+        if merged is None:
+            raise LakeSchemaError(f"lake table {table}: the files' schemas do not unify")
         return merged
 
     def _footer(self, staged: StagedFile) -> pa.Schema:

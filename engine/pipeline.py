@@ -523,6 +523,10 @@ class Pipeline:
         if skip is not None:  # hot and warm already hold rows up to `skip` (see _on_assign)
             good = good.append_column(_OFFSET, self._row_offsets(block, good, rows))
         parts = self.router.split(good, now=self.clock())
+        self._counts["events_in"] += lines
+        self._counts["dead_letter"] += dead.num_rows
+        for temperature, part in parts.items():  # routed (a replay's skipped rows included)
+            self._counts[temperature] += part.num_rows
         if skip is not None:
             parts = {
                 t: part.filter(pc.greater(part[_OFFSET], skip)) if t != "cold" else part
@@ -534,10 +538,6 @@ class Pipeline:
         if block.due_ms is not None:
             due = parts["hot"].column(_DUE)
             parts = {t: part.drop_columns([_DUE]) for t, part in parts.items()}
-        self._counts["events_in"] += lines
-        self._counts["dead_letter"] += dead.num_rows
-        for temperature, part in parts.items():
-            self._counts[temperature] += part.num_rows
         self.tracker.open(seq, block.partition, block.last_offset, _STATE_PATHS)
         self.cold_tracker.open(seq, block.partition, block.last_offset, 1)
         self._acked(self.hot.submit(parts["hot"], seq, due, block.partition))

@@ -1,0 +1,112 @@
+"""The lake's Delta tables (engine.delta): idempotent commits, fencing, schema growth, vacuum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from engine.cli import main
+from engine.delta import LakeSchemaError, LakeTables
+from engine.lake import COLD, EVENTS_DIR, Lake, StagedFile
+
+T0 = pa.scalar(1_764_000_000_000, pa.timestamp("ms", "UTC"))
+
+
+def events(ids: list[str], **columns: list) -> pa.Table:
+    times = pa.array([T0.as_py()] * len(ids), pa.timestamp("ms", "UTC"))
+    return pa.table({"event_id": ids, "event_time": times, **columns})
+
+
+def stage(lake: Lake, table: pa.Table, partition: str = "p") -> list[StagedFile]:
+    return lake.stage_partitioned(table, "event_time", f"t.{partition}", partition)
+
+
+def commit(tables: LakeTables, files: list[StagedFile], position: int, p: str = "p") -> list[str]:
+    return tables.commit(EVENTS_DIR, files, {p: {COLD: position}}, (COLD,), ("dt", "hour"))
+
+
+def test_staged_files_are_invisible_until_committed_and_commits_are_idempotent(
+    tmp_path: Path,
+) -> None:
+    lake = Lake(str(tmp_path))
+    tables = LakeTables(lake, "pipe")
+    tables.ensure(EVENTS_DIR, ("dt", "hour"))  # as a pipeline does when it starts
+    first = stage(lake, events(["a", "b"]))
+    assert lake.read(EVENTS_DIR).num_rows == 0  # staged, not committed
+    assert commit(tables, first, 1) == []
+    second = stage(lake, events(["c"]))
+    assert sorted(lake.read(EVENTS_DIR)["event_id"].to_pylist()) == ["a", "b"]  # c: staged
+    assert commit(tables, second, 2) == []
+    # The same position again (a crash after the commit, the checkpoint finished twice): the
+    # files are left out, nothing is doubled.
+    again = stage(lake, events(["c"]))
+    assert commit(tables, again, 2) == []
+    assert sorted(lake.read(EVENTS_DIR)["event_id"].to_pylist()) == ["a", "b", "c"]
+    assert tables.version(EVENTS_DIR, "p") == 2
+    assert LakeTables(lake, "other").version(EVENTS_DIR, "p") is None  # another pipeline's
+
+
+def test_a_claimed_partition_fences_off_its_former_owner(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    old, new = LakeTables(lake, "pipe"), LakeTables(lake, "pipe")
+    old.claim([EVENTS_DIR], ["p", "q"])
+    assert commit(old, stage(lake, events(["a"])), 1) == []  # creates the table, with its epoch
+    old.claim([EVENTS_DIR], ["p", "q"])
+    new.claim([EVENTS_DIR], ["p"])  # p given to another member
+    files = stage(lake, events(["b"]), "p") + stage(lake, events(["x"]), "q")
+    fenced = old.commit(
+        EVENTS_DIR, files, {"p": {COLD: 2}, "q": {COLD: 5}}, (COLD,), ("dt", "hour")
+    )
+    assert fenced == ["p"]  # q is still its own
+    assert sorted(lake.read(EVENTS_DIR)["event_id"].to_pylist()) == ["a", "x"]
+    assert (old.version(EVENTS_DIR, "p"), old.version(EVENTS_DIR, "q")) == (1, 5)
+    assert commit(new, stage(lake, events(["b"])), 2) == []  # the new owner commits
+    assert sorted(lake.read(EVENTS_DIR)["event_id"].to_pylist()) == ["a", "b", "x"]
+
+
+def test_columns_and_struct_fields_are_added_a_type_change_is_refused(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    tables = LakeTables(lake, "pipe")
+    commit(tables, stage(lake, events(["a"], amount=[5.0], item=[{"sku": "s1"}])), 1)
+    later = events(["b"], amount=[4.99], item=[{"sku": "s2", "qty": 2}], region=["eu"])
+    commit(tables, stage(lake, later), 2)
+    back = lake.read(EVENTS_DIR).sort_by("event_id").select(["amount", "item", "region"])
+    assert back.to_pylist() == [
+        {"amount": 5.0, "item": {"sku": "s1", "qty": None}, "region": None},
+        {"amount": 4.99, "item": {"sku": "s2", "qty": 2}, "region": "eu"},
+    ]
+    with pytest.raises(LakeSchemaError, match=r"column region was string .* declare"):
+        commit(tables, stage(lake, events(["c"], region=[7])), 3)
+    assert tables.version(EVENTS_DIR, "p") == 2  # nothing committed
+
+
+def test_vacuum_removes_files_no_version_references(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    tables = LakeTables(lake, "pipe")
+    kept = stage(lake, events(["a"]))
+    commit(tables, kept, 1)
+    orphan = stage(lake, events(["b"]))  # a crash before the commit
+    assert tables.tables() == [EVENTS_DIR]
+    assert tables.vacuum(EVENTS_DIR, retention_hours=1) == []  # too young
+    removed = tables.vacuum(EVENTS_DIR, retention_hours=0, dry_run=True)
+    assert [p.rsplit("/", 1)[-1] for p in removed] == [orphan[0].path.rsplit("/", 1)[-1]]
+    tables.vacuum(EVENTS_DIR, retention_hours=0)
+    assert not (tmp_path / EVENTS_DIR / orphan[0].path).exists()
+    assert (tmp_path / EVENTS_DIR / kept[0].path).exists()
+    assert lake.read(EVENTS_DIR)["event_id"].to_pylist() == ["a"]
+    assert len(DeltaTable(str(tmp_path / EVENTS_DIR)).file_uris()) == 1
+
+
+def test_vacuum_command_refuses_a_retention_under_an_hour(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["vacuum", "--lake", str(tmp_path), "--retention", "10m"]) == 2
+    assert "--retention" in capsys.readouterr().err
+    lake = Lake(str(tmp_path))
+    commit(LakeTables(lake, "pipe"), stage(lake, events(["a"])), 1)
+    stage(lake, events(["b"]))
+    assert main(["vacuum", "--lake", str(tmp_path), "--dry-run"]) == 0
+    assert "0 files to remove" in capsys.readouterr().out  # younger than 168 h
