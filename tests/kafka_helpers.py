@@ -184,6 +184,7 @@ def write_config(folder: Path, **source: Any) -> Path:
         "max_poll_interval_ms": 30_000,
     }
     consumer.update(source.pop("consumer", {}))
+    config["cold"].update(source.pop("cold", {}))  # type: ignore[attr-defined]
     config["source"] = {"kind": "kafka", "start": "earliest", "consumer": consumer, **source}
     path = folder / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))

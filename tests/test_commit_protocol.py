@@ -40,14 +40,13 @@ from tests.kafka_helpers import (
 from tests.test_kafka import NOW, check_hot
 from tests.test_pipeline import check_kpis
 
-#: After each step of a checkpoint that moved (the 4th: ~2 s in, of ~10 s of reading, so the lake
-#: writer, whose age trigger is 1 s, has flushed before and the run resumes from a position):
-#: hot snapshot pieces written (data files staged, nothing prepared: they stay staged for good),
-#: prepare records written (recovery finishes the checkpoint), the cold events committed but
-#: not the warm outputs and alerts (the 2nd such commit: only a lake writer's flush makes one),
-#: offsets committed to Kafka. (After the pointers, before Kafka: tests/test_kafka.py's lost
-#: commit.)
-STEPS = ["snapshot@4", "prepared@4", "committed:events@2", "kafka@4"]
+#: After each step of the second checkpoint that moved (the lake writer, flushing every 2,000
+#: rows here, has flushed before it, so the run resumes from a position): hot snapshot pieces
+#: written (data files staged, nothing prepared: they stay staged for good), prepare records
+#: written (recovery finishes the checkpoint), the cold events committed but not the warm
+#: outputs and alerts, offsets committed to Kafka. (After the pointers, before Kafka:
+#: tests/test_kafka.py's lost commit.)
+STEPS = ["snapshot@2", "prepared@2", "committed:events@2", "kafka@2"]
 
 
 def staged_not_committed(fs: s3fs.S3FileSystem, lake: str, storage: dict, table: str) -> int:
@@ -76,7 +75,7 @@ def test_a_crash_at_each_step_loses_and_doubles_nothing(
     lines = workload(24_000, seed=21)
     produce(kafka_bootstrap, topic, lines)
     want, malformed = expected(lines)
-    config, group = cli_config(idle_timeout="4s", max_records=1_000)
+    config, group = cli_config(idle_timeout="4s", max_records=1_000, cold={"flush_rows": 2_000})
     fs = s3fs.S3FileSystem(**storage)
 
     crashed = cli_runs(config, "crashed", env={CRASH_ENV: step})
