@@ -1,11 +1,14 @@
 """Checkpoints per source partition, kept in the lake's state area.
 
-A checkpoint of partition P at offset N says: every event of P up to N is in the lake and in the
-hot state snapshot saved with it, and nothing after N is. Layout::
+A checkpoint of partition P says, per feed (engine.lake.FEEDS): every row of P up to ``paths`` is
+applied to the hot state snapshot saved with it and in the warm outputs, and every row up to
+``cold`` (at most ``paths``: the lake writer stages files when its buffers fill) is in the
+lake's cold tables; nothing after either is. Layout::
 
     {lake}/_state/{pipeline}/{partition}/hot-{N:020d}-{writer}-{actor:03d}.parquet   snapshot rows
                                                  of P's keys held by one hot actor of one member
-    {lake}/_state/{pipeline}/{partition}/CURRENT.json   {"position": N, "hot": ["<path>", ...],
+    {lake}/_state/{pipeline}/{partition}/CURRENT.json   {"position": paths, "feeds": {"cold": C,
+                                                          "paths": N}, "hot": ["<path>", ...],
                                                           "schema": "<Arrow IPC, base64>"}
 
 Both names are encoded injectively (:func:`engine.lake.encode_partition_value`): pipelines with

@@ -285,7 +285,8 @@ def count(values: pa.ChunkedArray) -> int:
 def read_by_every_reader(lake: str, storage: dict[str, Any], table: str) -> dict[str, list[str]]:
     """``event_id`` of a lake table as each documented reader sees it (README, "Reading the
     lake"): deltalake's dataset, DuckDB over that dataset, Polars ``scan_delta``, Ray Data
-    ``read_delta``. Each must see the committed rows only, never a staged file."""
+    ``read_delta`` (in the Ray already running: the caller's ``ray_local``). Each must see the
+    committed rows only, never a staged file."""
     import duckdb
     import polars as pl
     import ray

@@ -66,6 +66,7 @@ def staged_not_committed(fs: s3fs.S3FileSystem, lake: str, storage: dict, table:
 @pytest.mark.parametrize("step", STEPS)
 def test_a_crash_at_each_step_loses_and_doubles_nothing(
     step: str,
+    request: pytest.FixtureRequest,
     kafka_bootstrap: str,
     topic: str,
     s3_lake: tuple[str, dict],
@@ -113,6 +114,7 @@ def test_a_crash_at_each_step_loses_and_doubles_nothing(
 
     if step.startswith("snapshot"):  # files the crash left staged are still there, unseen
         assert staged_not_committed(fs, lake, storage, "events") > 0
+        request.getfixturevalue("ray_local")  # Ray Data reads in the session's Ray
         seen = read_by_every_reader(lake, storage, "events")
         assert seen == {r: ids(want["cold"]) for r in ("deltalake", "duckdb", "polars", "ray")}
 
