@@ -310,7 +310,7 @@ def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
     assert offsets("latest", "g-late", idle_s=1.5) == []  # expects nothing: a short wait
     # A timestamp start looks its offsets up first (offsets_for_times): more time to the first
     # record (6 s once saw nothing in a full CI run).
-    assert offsets(base + 8_000, "g-time", idle_s=12.0) == [8, 9, 10, 11]
+    assert offsets(base + 8_000, "g-time", idle_s=9.0) == [8, 9, 10, 11]
     source = KafkaSource(
         kafka_bootstrap, [topic], "g-commit", start="committed", idle_timeout_s=6.0
     )  # stops itself after its first block
