@@ -780,8 +780,12 @@ class Pipeline:
         # Their keys' state is checkpointed: give the memory back (the new owner restores it).
         self.hot.release(partitions)
         for name in partitions:
+            # Not ours any more: no later checkpoint of ours may point at it (with the keys
+            # released just now, its snapshot would be empty) or commit it.
             self._held.pop(name, None)
             self._skip.pop(name, None)
+            self.tracker.forget(name)
+            self.cold_tracker.forget(name)
 
     def _on_assign(self, partitions: dict[str, int]) -> dict[str, int]:
         """Where each newly assigned partition resumes; restores state and cleans the lake.

@@ -69,6 +69,17 @@ class PositionTracker:
         if position > 0:
             self._done[partition] = position - 1
 
+    def forget(self, partition: str) -> None:
+        """Stop tracking ``partition`` (revoked: given to another member with everything done).
+
+        Raises:
+            RuntimeError: blocks of it are still open.
+        """
+        if self._open.get(partition):
+            raise RuntimeError(f"partition {partition} forgotten with blocks still open")
+        self._open.pop(partition, None)
+        self._done.pop(partition, None)
+
     def done(self) -> dict[str, int]:
         """Highest done offset per partition (partitions with none done are absent)."""
         return dict(self._done)
