@@ -143,6 +143,10 @@ class Committer:
         self.checkpoints.claim(partitions)
         self.tables.claim(sorted(self.known), partitions)
 
+    def release(self, partitions: list[str]) -> None:
+        """No longer own ``partitions`` (revoked): a later claim must not re-assert them."""
+        self.tables.release(partitions)
+
     def commit(
         self,
         positions: Mapping[str, Mapping[str, int]],

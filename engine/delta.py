@@ -229,18 +229,24 @@ class LakeTables:
     def claim(self, tables: Iterable[str], partitions: Iterable[str]) -> dict[str, int]:
         """Become the owner of ``partitions`` in every existing one of ``tables``: commit a new
         epoch per partition (one commit per table). A table created later gets ours with its
-        first commit. Returns the epochs."""
+        first commit. Returns the epochs of ``partitions``.
+
+        Only ``partitions``: an epoch of ours for any other partition is stale (we were its
+        owner before a rebalance) and re-committing it would fence off its new owner.
+
+        Raises:
+            LakeUnavailableError: a table refused the claim on every attempt (we would then
+                fence ourselves off the partitions there).
+        """
         from deltalake import CommitProperties, Transaction
 
-        for partition in partitions:
-            self.epochs[partition] = new_epoch()
-        apps = [Transaction(owner_app(self.pipeline, p), e) for p, e in self.epochs.items()]
+        claimed = {p: new_epoch() for p in partitions}
+        self.epochs.update(claimed)
+        apps = [Transaction(owner_app(self.pipeline, p), e) for p, e in claimed.items()]
         for table in tables:
-            for _ in range(_COMMIT_ATTEMPTS):
+            for attempt in range(_COMMIT_ATTEMPTS):
                 found = self._open(table)
-                if found is None:
-                    break
-                if self._try(
+                if found is None or self._try(
                     lambda found=found: found.create_write_transaction(
                         [],
                         mode="append",
@@ -250,7 +256,19 @@ class LakeTables:
                     )
                 ):
                     break
-        return dict(self.epochs)
+                time.sleep(0.05 * 2**attempt)  # a claim of the same partitions raced ours
+            else:
+                raise LakeUnavailableError(
+                    f"lake {self.lake.uri}: claiming partitions {sorted(claimed)} in table"
+                    f" {table}: {_COMMIT_ATTEMPTS} attempts lost to concurrent commits."
+                    " Operator action: check that no other writer uses this pipeline's name."
+                )
+        return claimed
+
+    def release(self, partitions: Iterable[str]) -> None:
+        """Forget our epochs of ``partitions`` (revoked: another member owns them now)."""
+        for partition in partitions:
+            self.epochs.pop(partition, None)
 
     def commit(
         self,

@@ -779,6 +779,7 @@ class Pipeline:
         assert self.hot is not None
         # Their keys' state is checkpointed: give the memory back (the new owner restores it).
         self.hot.release(partitions)
+        self.committer.release(partitions)
         for name in partitions:
             # Not ours any more: no later checkpoint of ours may point at it (with the keys
             # released just now, its snapshot would be empty) or commit it.

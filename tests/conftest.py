@@ -135,6 +135,12 @@ def cli_runs(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield start
     for run in runs:
         run.kill()
+        # Shown by pytest for a failed test only: what each run warned about (fencing,
+        # rebalances, recovery), for a failure seen in CI and nowhere else.
+        lines = run.log.read_text(errors="replace").splitlines() if run.log.exists() else []
+        notable = [line for line in lines if not line.startswith("[")]  # not progress lines
+        print(f"--- {run.log.name}: {len(lines)} lines, the last notable ones:")
+        print("\n".join(line[:300] for line in notable[-25:]))
 
 
 @pytest.fixture

@@ -67,6 +67,23 @@ def test_a_claimed_partition_fences_off_its_former_owner(tmp_path: Path) -> None
     assert sorted(lake.read(EVENTS_DIR)["event_id"].to_pylist()) == ["a", "b", "x"]
 
 
+def test_a_rebalance_claim_takes_only_the_partitions_assigned(tmp_path: Path) -> None:
+    """A owns p and q, then a second member joins: q goes to B, p back to A. Whichever claim
+    lands last, each member commits its own partition (A's claim of p once re-asserted its old
+    epoch for q too, fencing B off q: B never committed it, and its Kafka position stalled)."""
+    lake = Lake(str(tmp_path))
+    a, b = LakeTables(lake, "pipe"), LakeTables(lake, "pipe")
+    a.claim([EVENTS_DIR], ["p", "q"])
+    assert commit(a, stage(lake, events(["a"])), 1) == []  # creates the table, with its epochs
+    a.release(["p", "q"])  # the rebalance revokes both
+    b.claim([EVENTS_DIR], ["q"])
+    a.claim([EVENTS_DIR], ["p"])  # lands after B's
+    assert commit(b, stage(lake, events(["x"]), "q"), 5, "q") == []
+    assert commit(a, stage(lake, events(["b"]), "p"), 2, "p") == []
+    assert sorted(lake.read(EVENTS_DIR)["event_id"].to_pylist()) == ["a", "b", "x"]
+    assert (a.version(EVENTS_DIR, "p"), b.version(EVENTS_DIR, "q")) == (2, 5)
+
+
 def test_columns_and_struct_fields_are_added_a_type_change_is_refused(tmp_path: Path) -> None:
     lake = Lake(str(tmp_path))
     tables = LakeTables(lake, "pipe")
