@@ -117,30 +117,20 @@ class Checkpoints:
         positions: Mapping[str, int | Mapping[str, int]],
         snapshots: Mapping[str, list[str]],
         schema: pa.Schema | None = None,
-        fence: bool = False,
-    ) -> list[str]:
+    ) -> None:
         """Point each partition at its position (one, or one per feed: engine.lake.FEEDS) and
         its snapshot pieces (already written; a partition without keys has none), then remove
         the pieces of the checkpoint before.
 
         The pointer is the commit: it is one small file per partition, whatever the state's size.
-        With ``fence``, a partition another writer has claimed (see :meth:`claim`) is left as it
-        is: a check just before the write, not an atomic conditional put (a stale member whose
-        write lands within the instant of the new owner's claim is not told apart).
-
-        Returns:
-            The partitions fenced off (not written).
+        The caller leaves out partitions another writer has claimed (:meth:`fenced`, checked
+        just before: not an atomic conditional put, so a stale member whose write lands within
+        the instant of the new owner's claim is not told apart).
         """
         encoded = _encode(schema)
-        fenced = []
         for partition, position in positions.items():
             pieces = sorted(snapshots.get(partition, []))
-            if fence and self.fenced([partition]):
-                fenced.append(partition)
-                self.discard(pieces)
-                continue
             self.point(partition, _as_feeds(position), pieces, encoded)
-        return fenced
 
     def discard(self, pieces: list[str]) -> None:
         """Remove snapshot pieces written for nothing (a fenced partition's: named with our

@@ -254,12 +254,15 @@ class Lake:
         ...     "time": pa.array([t0] * 3, pa.timestamp("ms", "UTC")),
         ...     "region": [None, "", "__HIVE_DEFAULT_PARTITION__"],
         ... })
-        >>> paths = lake.write_partitioned(table, "time", "src-0-1-3", partition_by=("region",))
-        >>> for folder in sorted(p.split("/")[-2] for p in paths):
+        >>> files = lake.stage_partitioned(table, "time", "s-0-1-3", "p", partition_by=("region",))
+        >>> for folder in sorted(f.path.split("/")[-2] for f in files):
         ...     print(folder)
         region=%2D
         region=%5F%5FHIVE%5FDEFAULT%5FPARTITION%5F%5F
         region=__HIVE_DEFAULT_PARTITION__
+        >>> from engine.delta import LakeTables  # staged files are invisible until committed
+        >>> LakeTables(lake, "doc").commit("events", files, {}, (), ("dt", "hour"), fence=False)
+        []
         >>> back = lake.read("events").sort_by("id")
         >>> back["region"].to_pylist(), back["dt"][0].as_py(), back["hour"][0].as_py()
         ([None, '', '__HIVE_DEFAULT_PARTITION__'], '2024-05-01', 13)
@@ -334,33 +337,6 @@ class Lake:
         return self._write_atomically(
             relative, lambda handle: pq.write_table(table, handle, compression="zstd")
         )
-
-    def write_partitioned(
-        self,
-        table: pa.Table,
-        time_column: str,
-        stem: str,
-        directory: str = EVENTS_DIR,
-        partition_by: tuple[str, ...] = (),
-        hourly: bool = True,
-    ) -> list[str]:
-        """Write ``table`` Hive-partitioned by event date (and hour, and ``partition_by``).
-
-        Each file keeps every column of ``table``, the ``partition_by`` ones included: their
-        folder names (:func:`encode_partition_value`) only place the rows, :meth:`read` takes
-        the values from the files. ``dt``/``hour`` exist only in the path.
-
-        Returns:
-            The paths written, one per partition present in ``table``.
-
-        Raises:
-            ValueError: a ``partition_by`` name that is not a plain column name, starts with
-                ``_`` (readers skip such folders) or is ``dt``/``hour``.
-        """
-        return [
-            self.write_parquet(table.take(rows), f"{directory}/{segment}/{stem}.parquet")
-            for segment, rows in self._partitions(table, time_column, partition_by, hourly)
-        ]
 
     @staticmethod
     def _partitions(
@@ -442,8 +418,8 @@ class Lake:
         files, so a Delta reader (which takes ``dt``/``hour`` from the log) reads them exact.
 
         Raises:
-            ValueError: a ``partition_by`` name that is not a plain column name (see
-                :meth:`write_partitioned`).
+            ValueError: a ``partition_by`` name that is not a plain column name, starts with
+                ``_`` (readers skip such folders) or is ``dt``/``hour``.
         """
         staged = []
         for segment, rows in self._partitions(table, time_column, partition_by, True):
@@ -592,18 +568,27 @@ def deltable(table: pa.Table) -> pa.Table:
     return pa.table(columns, names=table.column_names)
 
 
-def _nulls_as_text(kind: pa.DataType) -> pa.DataType:
-    if kind == pa.null():
-        return pa.string()
-    if pa.types.is_struct(kind):
-        if kind.num_fields == 0:
-            return pa.struct([pa.field("_", pa.string())])
-        return pa.struct([f.with_type(_nulls_as_text(f.type)) for f in kind])
+def _map_type(kind: pa.DataType, leaf: Callable[[pa.DataType], pa.DataType]) -> pa.DataType:
+    """``kind`` with ``leaf`` applied to each type inside it that is neither a list nor a
+    struct with fields (an empty struct is a leaf), at any depth."""
+    if pa.types.is_struct(kind) and kind.num_fields:
+        return pa.struct([f.with_type(_map_type(f.type, leaf)) for f in kind])
     if pa.types.is_list(kind):
-        return pa.list_(kind.value_field.with_type(_nulls_as_text(kind.value_type)))
+        return pa.list_(kind.value_field.with_type(_map_type(kind.value_type, leaf)))
     if pa.types.is_large_list(kind):
-        return pa.large_list(kind.value_field.with_type(_nulls_as_text(kind.value_type)))
-    return kind
+        return pa.large_list(kind.value_field.with_type(_map_type(kind.value_type, leaf)))
+    return leaf(kind)
+
+
+def _nulls_as_text(kind: pa.DataType) -> pa.DataType:
+    def leaf(kind: pa.DataType) -> pa.DataType:
+        if kind == pa.null():
+            return pa.string()
+        if pa.types.is_struct(kind):  # empty
+            return pa.struct([pa.field("_", pa.string())])
+        return kind
+
+    return _map_type(kind, leaf)
 
 
 def numbers_as_double(table: pa.Table, keep: Iterable[str] = ()) -> pa.Table:
@@ -627,15 +612,7 @@ def numbers_as_double(table: pa.Table, keep: Iterable[str] = ()) -> pa.Table:
 
 
 def _ints_as_double(kind: pa.DataType) -> pa.DataType:
-    if pa.types.is_integer(kind):
-        return pa.float64()
-    if pa.types.is_struct(kind):
-        return pa.struct([f.with_type(_ints_as_double(f.type)) for f in kind])
-    if pa.types.is_list(kind):
-        return pa.list_(kind.value_field.with_type(_ints_as_double(kind.value_type)))
-    if pa.types.is_large_list(kind):
-        return pa.large_list(kind.value_field.with_type(_ints_as_double(kind.value_type)))
-    return kind
+    return _map_type(kind, lambda k: pa.float64() if pa.types.is_integer(k) else k)
 
 
 def storable(table: pa.Table) -> pa.Table:
@@ -667,15 +644,8 @@ def _has_empty_struct(kind: pa.DataType) -> bool:
 
 
 def _filled(kind: pa.DataType) -> pa.DataType:
-    if pa.types.is_struct(kind):
-        if kind.num_fields == 0:
-            return pa.struct([pa.field("_", pa.null())])
-        return pa.struct([f.with_type(_filled(f.type)) for f in kind])
-    if pa.types.is_list(kind):
-        return pa.list_(kind.value_field.with_type(_filled(kind.value_type)))
-    if pa.types.is_large_list(kind):
-        return pa.large_list(kind.value_field.with_type(_filled(kind.value_type)))
-    return kind
+    empty = pa.struct([pa.field("_", pa.null())])
+    return _map_type(kind, lambda k: empty if pa.types.is_struct(k) else k)
 
 
 def _fill(array: pa.Array) -> pa.Array:

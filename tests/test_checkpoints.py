@@ -20,20 +20,24 @@ def test_a_stalled_member_is_fenced_off_the_new_owners_partitions(tmp_path: Path
     a, b = Checkpoints(lake, "kpis"), Checkpoints(lake, "kpis")  # two members of one pipeline
     a.claim(["t-0", "t-1"])
     first = a.write_snapshot("t-0", 10, rows("from-a"))
-    assert a.save({"t-0": 10}, {"t-0": [first]}, fence=True) == []
+    assert a.fenced(["t-0"]) == []
+    a.save({"t-0": 10}, {"t-0": [first]})
 
     # A stalls; its partitions go to B, which claims them before it has checkpointed anything.
     b.claim(["t-0", "t-1"])
     assert a.fenced(["t-0", "t-1"]) == ["t-0", "t-1"] and b.fenced(["t-0", "t-1"]) == []
-    # A comes back and checkpoints what it read meanwhile: refused.
+    # A comes back to checkpoint what it read meanwhile: fenced (its committer leaves t-0 out
+    # and discards the pieces it wrote).
     late = a.write_snapshot("t-0", 15, rows("from-a-late"))
-    assert a.save({"t-0": 15}, {"t-0": [late]}, fence=True) == ["t-0"]
+    assert a.fenced(["t-0"]) == ["t-0"]
+    a.discard([late])
+    assert not (tmp_path / late).exists()
     now = b.load("t-0")
     assert now is not None and now.position == 10  # B resumes from A's last good checkpoint
 
     newer = b.write_snapshot("t-0", 20, rows("from-b"))
-    assert b.save({"t-0": 20}, {"t-0": [newer]}, fence=True) == []
-    assert a.save({"t-0": 25}, {"t-0": [late]}, fence=True) == ["t-0"]
+    assert b.fenced(["t-0"]) == []
+    b.save({"t-0": 20}, {"t-0": [newer]})
     now = a.load("t-0")
     assert now is not None and now.position == 20
     assert now.hot["player_id"].to_pylist() == ["from-b"]
