@@ -13,6 +13,13 @@ to it before it leaves the decoder:
   an int64 column, 5 to ``"5"`` for a string column); a value that cannot be cast makes its row,
   and only that row, a dead letter ``bad_type:<column>``. So the first inferred kind wins: declare
   a column's type to choose it instead of the first event that happens to carry it;
+- an **undeclared** integer beyond ±2^53 (at any depth: a field of an object, an item of a list)
+  makes its row a dead letter ``bad_type:<column>``: such a column may widen to double at any
+  later segment (and the lake stores undeclared numbers as double), where that integer has no
+  exact value. JSON itself promises no more: JavaScript reads such a number rounded, and so does
+  Arrow's JSON reader where one block mixes integers and fractions in a column (it reads them
+  all as doubles, before any contract sees them). Declare the column ``int64`` (or ``string``)
+  to keep 64-bit ids exact;
 - a column the segment lacks is added as nulls; column order is the contract's, never the
   segment's.
 
@@ -119,9 +126,26 @@ class SchemaContract:
         n = table.num_rows
         reasons: pa.Array | None = None
         columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+
+        def flag(name: str, bad: pa.Array) -> None:
+            nonlocal reasons
+            reason = pc.if_else(bad, pa.scalar(f"bad_type:{name}"), pa.scalar(None, pa.string()))
+            reasons = reason if reasons is None else pc.coalesce(reasons, reason)
+
+        def exact(name: str, column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+            """An undeclared column without integers beyond 2^53 (their rows flagged)."""
+            if name in self.fixed or name in self.declared:
+                return column
+            inexact = _inexact_rows(combined(column))
+            if inexact is None:
+                return column
+            flag(name, inexact)
+            return pc.if_else(inexact, pa.scalar(None, column.type), combined(column))
+
         for name, column in zip(table.column_names, table.columns, strict=True):
             if name in columns:
                 continue  # a duplicate name: Arrow never produces one from JSON objects
+            column = exact(name, column)
             current = self._types.get(name)
             if current is None:
                 self._types[name] = column.type
@@ -139,12 +163,9 @@ class SchemaContract:
                     columns[name] = column.cast(wider) if column.type != wider else column
                     continue
             values, bad = cast_rows(column, self._types[name])
-            columns[name] = values
             if bad is not None:
-                reason = pc.if_else(
-                    bad, pa.scalar(f"bad_type:{name}"), pa.scalar(None, pa.string())
-                )
-                reasons = reason if reasons is None else pc.coalesce(reasons, reason)
+                flag(name, bad)
+            columns[name] = exact(name, values)  # e.g. quoted digits cast to an int64 column
         arrays = [
             columns[name] if name in columns else pa.nulls(n, kind)
             for name, kind in self._types.items()
@@ -181,6 +202,54 @@ class SchemaContract:
             inner = SchemaContract._widen(current.value_type, new.value_type)
             return pa.list_(inner) if inner is not None else None
         return None
+
+
+#: The largest integer a double holds exactly, with every integer below it.
+_EXACT_IN_DOUBLE: Final[int] = 2**53
+
+
+def _inexact_rows(array: pa.Array) -> pa.Array | None:
+    """Per row, whether it holds an integer beyond ±2^53 at any depth (None: no row does).
+
+    Example:
+        >>> _inexact_rows(pa.array([1, 2**53 + 1, None])).to_pylist()
+        [False, True, False]
+        >>> _inexact_rows(pa.array([{"a": [1]}, {"a": [2, -(2**60)]}])).to_pylist()
+        [False, True]
+        >>> _inexact_rows(pa.array([1.5])) is None
+        True
+    """
+    kind = array.type
+    if pa.types.is_integer(kind):
+        if kind.bit_width < 54 or not len(array):
+            return None
+        beyond = pc.fill_null(
+            pc.greater_equal(pc.abs(pc.cast(array, pa.float64(), safe=False)), 2.0**53), False
+        )
+        if not pc.any(beyond).as_py():
+            return None
+        # Exact check on the few candidates the rounded one found (2^53 + 1 rounds to 2^53).
+        big = pc.or_(
+            pc.greater(array, pa.scalar(_EXACT_IN_DOUBLE, kind)),
+            pc.less(array, pa.scalar(-_EXACT_IN_DOUBLE, kind)),
+        )
+        return pc.fill_null(big, False)
+    found: pa.Array | None = None
+    if pa.types.is_struct(kind):
+        for i in range(kind.num_fields):
+            child = _inexact_rows(array.field(i))
+            if child is not None:
+                found = child if found is None else pc.or_(found, child)
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        values = array.flatten()
+        inner = _inexact_rows(values)
+        if inner is not None:
+            parents = pc.list_parent_indices(array)
+            rows = pc.unique(pc.filter(parents, inner))
+            found = pc.is_in(pa.array(np.arange(len(array))), value_set=rows)
+    if found is None or not pc.any(found).as_py():
+        return None
+    return pc.and_(found, array.is_valid())
 
 
 def _children_widen(old: pa.DataType, new: pa.DataType) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routers import TIME_TYPE, EventSchema, Router, decode_ndjson
+from routers import TIME_TYPE, EventSchema, Router, decode_ndjson, new_contract
 
 
 def event(i: int, **overrides: object) -> bytes:
@@ -180,3 +180,33 @@ def check_every_line_accounted_for(kinds: list) -> None:
     assert out.dead.column("raw").to_pylist() == dead_lines
     assert out.lines == len(good_ids) + len(dead)
     assert isinstance(out.good, pa.RecordBatch)
+
+
+def test_undeclared_integers_beyond_2_53_are_dead_letters_never_a_crash() -> None:
+    """An undeclared number column widens to double (a later 4.99); a 64-bit integer has no
+    exact double, at the top level or nested. It used to raise ArrowInvalid in the driver once
+    the column had widened, stopping the pipeline on every restart."""
+    schema = EventSchema()
+    contract = new_contract(schema)
+    big = 2**53 + 3
+
+    def line(event_id: str, **fields: object) -> bytes:
+        base = {"event_id": event_id, "player_id": "p", "event_time": 1_764_000_000_000}
+        return json.dumps({**base, "event_type": "x", **fields}).encode()
+
+    def decode(*lines: bytes) -> tuple[list, list]:
+        out = decode_ndjson(b"\n".join(lines), schema, contract=contract)
+        return out.good["event_id"].to_pylist(), out.dead["reason"].to_pylist()
+
+    assert decode(line("a", ref=big), line("b", ref=12)) == (["b"], ["bad_type:ref"])
+    assert decode(line("c", ref=4.99)) == (["c"], [])  # widened to double
+    assert decode(line("d", ref=big), line("e", ref=-big), line("f", ref=2**53)) == (
+        ["f"],
+        ["bad_type:ref", "bad_type:ref"],
+    )
+    assert contract.schema.field("ref").type == pa.float64()
+    nested = decode(line("g", stats={"ids": [1, big]}), line("h", stats={"ids": [2]}))
+    assert nested == (["h"], ["bad_type:stats"])
+    declared = EventSchema(columns=(("ref", "int64"),))
+    out = decode_ndjson(line("i", ref=big), declared, contract=new_contract(declared))
+    assert out.good["ref"].to_pylist() == [big]  # declared: exact

@@ -117,6 +117,19 @@ def hostile_lines() -> list[Line]:
             fields["player_id"] = BIG_ID
             fields["event_id"] = "big-player"
         event("cold", fields)
+    # An undeclared integer column (it may widen to double; the lake stores it as double): an
+    # integer beyond 2^53 has no exact double, so its row is a dead letter, the others go on.
+    refs = [12, 2**53 + 3, 7, -(2**60), 2**53, 9]
+    for i, ref in enumerate(refs):
+        fields = {
+            "event_id": f"ref-{i}",
+            "player_id": f"p{i}",
+            "event_time": event_time(T_OLD + timedelta(hours=1, minutes=i), i),
+            "event_type": "social",
+            "region": "eu",
+            "account_ref": ref,
+        }
+        event("bad_type:account_ref" if abs(ref) > 2**53 else "cold", fields)
     for i in range(40):
         fields = {
             "event_id": f"buy-{i}",
