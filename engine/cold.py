@@ -1,19 +1,37 @@
 """Cold path: a lake writer actor buffers cold rows and dead letters, and stages them as files.
 
-A flush writes, per source partition, the buffered rows of a contiguous range of blocks as data
+A flush of a source partition writes the buffered rows of its contiguous range of blocks as data
 files of the ``events`` Delta table (``dt=/hour=/``, see :mod:`engine.lake`), named after that
 range's first and last offsets plus a random suffix, and the dead letters of the same range as
 files of the ``_dead_letter`` table. The files are *staged*: the flush reports them, and the
 pipeline commits them with the source positions at its next checkpoint (:mod:`engine.delta`);
-until then no reader sees them. A flush fires at ``flush_rows``, ``flush_bytes`` or
-``flush_interval`` (checked on each call) and at the end. Only after its flush returns are the
-blocks reported done, so a position is never committed before its rows are durable.
+until then no reader sees them. Only after its flush returns are the blocks reported done, so a
+position is never committed before its rows are durable.
+
+Triggers, checked on each call (and once a second on a quiet stream):
+
+- **size**, per source partition: its buffer is flushed when the file it would make reaches
+  ``target_file_size``. A file's size is estimated from the buffer's Arrow bytes and the ratio
+  the writer measured on its own earlier flushes (the largest file of a flush against the
+  buffer it came from: Parquet with zstd holds game telemetry in ~1/8 of its Arrow bytes), so
+  the bulk of a partition's rows (the current hour's) lands in files of about the target, not in
+  one small file per checkpoint;
+- **age**, per source partition: its oldest buffered row waited ``flush_interval``; this bounds
+  how far the lake, and the source position the pipeline commits, lag behind the stream;
+- **memory**, for the whole writer: ``flush_rows`` rows or ``flush_bytes`` Arrow bytes buffered
+  flush everything (files smaller than the target: raise the bounds, or lower the target, when
+  many partitions share one writer);
+- and the end of a run, and a checkpoint before partitions are revoked, flush everything.
+
+Rows far behind the stream (hours late) go to their own hour's folder, so each flush also writes
+small files for them; compaction merges those later.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +44,12 @@ from engine.wire import unpack
 from routers import EventSchema, concat_conformed
 
 __all__ = ["ColdWriter", "FlushReport", "with_origin"]
+
+#: The lake writer's first guess of a file's Parquet bytes per Arrow byte buffered: below what
+#: it measures on game telemetry (~0.13), so its first size-triggered file is not oversized.
+_FIRST_RATIO = 0.1
+#: Flushes smaller than this do not teach the ratio (their fixed Parquet overhead dominates).
+_MEASURE_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,7 @@ class _ColdWriter:
         flush_bytes: int,
         flush_interval_s: float,
         exact: tuple[str, ...] = (),
+        target_file_size: int = 32 << 20,
     ) -> None:
         # Throughput path: on a shared node, latency-bound hot actors win the CPU (an actor's
         # calls run on the thread that builds it; see engine.priority).
@@ -75,13 +100,17 @@ class _ColdWriter:
         self.flush_rows = flush_rows
         self.flush_bytes = flush_bytes
         self.flush_interval_s = flush_interval_s
+        self.target_file_size = target_file_size
+        #: Parquet bytes of a flush's largest file per Arrow byte of its buffer (measured on
+        #: each flush; the first guess is low, so the first file is not oversized).
+        self.file_ratio = _FIRST_RATIO
         #: Columns stored with their own integer types; other integers are stored as double
         #: (engine.lake.numbers_as_double): the roles, declared columns, source columns.
         self.exact = (*schema.required, schema.arrival, *schema.declared, *exact)
         self._pending: dict[str, list[_Pending]] = defaultdict(list)
+        self._bytes: dict[str, int] = defaultdict(int)  # Arrow bytes buffered, per partition
+        self._oldest: dict[str, float] = {}  # when its oldest buffered row came, per partition
         self._rows = 0
-        self._bytes = 0
-        self._oldest: float | None = None
 
     def write(
         self,
@@ -93,39 +122,46 @@ class _ColdWriter:
         dead: pa.Table | pa.Buffer,
     ) -> FlushReport:
         """Buffer one block's cold rows and dead letters (as batches, or packed by
-        :func:`engine.wire.pack`); flush if a trigger fires."""
+        :func:`engine.wire.pack`); flush what a trigger says (see the module docs)."""
         cold = unpack(cold)
         if not isinstance(dead, pa.Table):
             dead = pa.Table.from_batches([unpack(dead)])
         self._pending[partition].append(_Pending(seq, first, last, cold, dead))
         self._rows += cold.num_rows + dead.num_rows
-        self._bytes += cold.nbytes + dead.nbytes
-        self._oldest = self._oldest or time.monotonic()
+        self._bytes[partition] += cold.nbytes + dead.nbytes
+        self._oldest.setdefault(partition, time.monotonic())
         return self.tick()
 
     def tick(self) -> FlushReport:
-        """Flush if a trigger fires: rows, bytes, or the oldest buffered row's age (the
-        pipeline calls this while no block comes, so a quiet stream's rows still go out)."""
-        if self._oldest is not None and (
-            self._rows >= self.flush_rows
-            or self._bytes >= self.flush_bytes
-            or time.monotonic() - self._oldest >= self.flush_interval_s
-        ):
+        """Flush the partitions whose size or age trigger fires, or everything when the
+        buffers reach their memory bounds (the pipeline calls this while no block comes, so a
+        quiet stream's rows still go out)."""
+        if self._rows >= self.flush_rows or sum(self._bytes.values()) >= self.flush_bytes:
             return self.flush()
-        return FlushReport([], 0, 0, [])
+        now = time.monotonic()
+        due = [
+            p
+            for p in self._pending
+            if self._bytes[p] * self.file_ratio >= self.target_file_size
+            or now - self._oldest[p] >= self.flush_interval_s
+        ]
+        return self.flush(due) if due else FlushReport([], 0, 0, [])
 
-    def flush(self) -> FlushReport:
-        """Write everything buffered; return the blocks that are now durable."""
+    def flush(self, partitions: Iterable[str] | None = None) -> FlushReport:
+        """Write the buffers of ``partitions`` (default: all); return the blocks now durable."""
         seqs: list[int] = []
         staged: list[StagedFile] = []
         cold_rows = dead_rows = 0
-        for partition, blocks in self._pending.items():
+        for partition in list(self._pending if partitions is None else partitions):
+            blocks = self._pending.pop(partition)
+            buffered = self._bytes.pop(partition)
+            del self._oldest[partition]
             stem = file_stem(self.pipeline, partition, blocks[0].first, blocks[-1].last)
             batches = [b.cold for b in blocks if b.cold.num_rows]
             # One stream contract, but taken at different times: cast to its latest schema.
             cold = concat_conformed(batches) if batches else pa.table({})
             if cold.num_rows:
-                staged += self.lake.stage_partitioned(
+                files = self.lake.stage_partitioned(
                     numbers_as_double(cold, self.exact),
                     self.schema.time,
                     stem,
@@ -133,6 +169,8 @@ class _ColdWriter:
                     EVENTS_DIR,
                     self.partition_by,
                 )
+                staged += files
+                self._measure(max(f.size for f in files), buffered)
             dead = pa.concat_tables(
                 [with_origin(b.dead, self.source_name, partition) for b in blocks]
             )
@@ -140,11 +178,15 @@ class _ColdWriter:
                 staged.append(self.lake.stage_parquet(dead, DEAD_LETTER_DIR, stem, partition))
             cold_rows += cold.num_rows
             dead_rows += dead.num_rows
+            self._rows -= cold.num_rows + dead.num_rows
             seqs += [b.seq for b in blocks]
-        self._pending.clear()
-        self._rows = self._bytes = 0
-        self._oldest = None
         return FlushReport(sorted(seqs), cold_rows, dead_rows, staged)
+
+    def _measure(self, largest_file: int, buffered: int) -> None:
+        """Learn the file-to-buffer ratio from a flush big enough to say (a small one's
+        Parquet overhead would inflate it)."""
+        if buffered >= _MEASURE_MIN_BYTES:
+            self.file_ratio = (self.file_ratio + largest_file / buffered) / 2
 
     def ready(self) -> bool:
         return True

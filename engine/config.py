@@ -200,13 +200,18 @@ class ColdConfig(_Frozen):
 
     #: The lake: a folder or an fsspec URL (``s3://bucket/lake``).
     lake_uri: str = "lake"
-    #: The lake writer stages a file (committed by the next checkpoint) at this many buffered
-    #: rows...
-    flush_rows: int = Field(200_000, ge=1)
-    #: Bytes bound of the writer's buffer (a flush fires on rows, bytes or interval).
-    flush_bytes: int = Field(128 << 20, ge=1)
-    #: ...or when its oldest buffered row has waited this long.
-    flush_interval: Duration = "10s"
+    #: Parquet bytes each cold file aims at: a source partition's buffer is staged as files
+    #: (committed by the next checkpoint) when the file it makes would be this large (estimated
+    #: from the writer's own earlier files; see engine.cold)...
+    target_file_size: int = Field(32 << 20, ge=1 << 10)
+    #: ...or when its oldest buffered row has waited this long (how far the lake, and the source
+    #: position committed, lag behind the stream).
+    flush_interval: Duration = "2m"
+    #: Memory bound of the writer's buffers, in rows: everything is flushed at this many.
+    flush_rows: int = Field(10_000_000, ge=1)
+    #: Memory bound of the writer's buffers, in Arrow bytes (about 8x the Parquet size of game
+    #: telemetry: each source partition needs ~8x ``target_file_size`` to reach its target).
+    flush_bytes: int = Field(1 << 30, ge=1)
     #: Extra Hive partition columns after dt/hour (values are percent-encoded, never raw paths).
     partition_by: tuple[str, ...] = ()
     #: fsspec storage options (e.g. S3 endpoint); kept out of reprs and logs.

@@ -69,11 +69,13 @@ __all__ = [
     "source_from_config",
 ]
 
-#: Lake-writer calls in flight at most (each one block's cold rows and dead letters); the rows
-#: in them are bounded by ``cold.flush_rows`` too. Calls, not rows, used to be the only bound:
-#: with small blocks 8 calls filled within a flush (~1 s for 250K rows), and the driver stalled,
+#: Lake-writer calls in flight at most (each one block's cold rows and dead letters), and the
+#: rows in them (or ``cold.flush_rows``, if lower). Enough for the blocks that come while the
+#: writer stages a target-size file (seconds): calls, not rows, used to be the only bound, and
+#: with small blocks 8 calls filled within a flush (~1 s for 250K rows) and the driver stalled,
 #: every hot event with it (hot p99 1.1 s at half throughput).
 _COLD_IN_FLIGHT = 256
+_COLD_IN_FLIGHT_ROWS = 1_000_000
 #: Acknowledgements a block needs in ``Pipeline.tracker``: hot and warm. The lake writer's are
 #: tracked apart (``cold_tracker``): it stages files when its buffers fill, not at each
 #: checkpoint, so its position lags the paths' (see ``Pipeline.checkpoint``).
@@ -385,6 +387,7 @@ class Pipeline:
             cfg.cold.flush_bytes,
             cfg.cold.flush_interval_s,
             tuple(KAFKA_META_TYPES),
+            cfg.cold.target_file_size,
         )
         self.checkpoints = Checkpoints(self.lake, self.name)
         # Cold events hold the lake writer's rows; dead letters both feeds' (decoding's and
@@ -545,7 +548,8 @@ class Pipeline:
         rows = parts["cold"].num_rows + dead.num_rows
         while self._cold_inflight and (
             len(self._cold_inflight) >= _COLD_IN_FLIGHT
-            or sum(self._cold_inflight.values()) + rows > self.config.cold.flush_rows
+            or sum(self._cold_inflight.values()) + rows
+            > min(self.config.cold.flush_rows, _COLD_IN_FLIGHT_ROWS)
         ):
             self._collect_cold(timeout=None, num_returns=1)
         ref = self.cold.write.remote(
