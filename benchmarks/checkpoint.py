@@ -11,11 +11,12 @@ every ``--interval``:
    snapshot step (actors writing their pieces, then the pointers), and the largest snapshot's
    keys and bytes, and the longest commit step;
 2. lake size: 10K players into a lake whose ``events`` Delta table already holds
-   ``--lake-files`` committed files of another pipeline (committed 1,000 per Delta commit); the
-   checkpoint must not grow with them (it lists nothing: a commit reads the log's tail, and
-   Delta's own checkpoint every 100 commits keeps that short). Beside it, the recovery of one
-   partition (``Committer.recover``, run when a partition is assigned: its pointer, its prepare
-   record and its position in each table, read from the Delta log).
+   ``--lake-files`` committed files of another pipeline (committed 1,000 per Delta commit),
+   every event cold, so each checkpoint commits new files to that table. Nothing is listed, but
+   delta-rs 1.6 loads a table's whole file list to commit to it (it has no log-only load,
+   delta-rs#4114), so the commit step grows with the table's active files: this measures by how
+   much. Beside it, what a member does when assigned a partition (``Committer.claim`` and
+   ``Committer.recover``: an epoch committed to each table, the pointer, the prepare record).
 
     python -m benchmarks.checkpoint                                   # make bench-checkpoint
     python -m benchmarks.checkpoint --keys 2000 --lake-files 10,100 --events 20000 --no-plot
@@ -47,8 +48,10 @@ from engine.lake import COLD, DEAD_LETTER_DIR, EVENTS_DIR, Lake, StagedFile, fil
 from engine.pipeline import Pipeline, init_local_ray
 from engine.sources import MemorySource, SourceBlock, SyntheticSource
 
-#: Every event hot (the state grows by one key per player), the rest of the demo as is.
-POLICY: dict[str, Any] = {"default": "hot", "rules": []}
+#: Every event hot (the state grows by one key per player).
+ALL_HOT: dict[str, Any] = {"default": "hot", "rules": []}
+#: Every event cold: each checkpoint commits new files to the large ``events`` table.
+ALL_COLD: dict[str, Any] = {"default": "cold", "rules": []}
 
 
 class _Checkpointed(MemorySource):
@@ -71,16 +74,19 @@ class _Checkpointed(MemorySource):
             yield None
 
 
-def run(lake: str, keys: int, events: int, interval: str, pause_s: float) -> dict[str, Any]:
+def run(
+    lake: str, keys: int, events: int, interval: str, pause_s: float, policy: dict[str, Any]
+) -> dict[str, Any]:
     blocks = SyntheticSource(
         events=max(events, 3 * keys), players=keys, block_rows=50_000, seed=9, malformed_share=0
     ).blocks()
     config = PipelineConfig.from_dict(
         {
             "name": "bench",
-            "policy": POLICY,
+            "policy": policy,
             "hot": {"actors": 2, "key_groups": 64},
-            "cold": {"lake_uri": lake},
+            # Cold files staged as often as checkpoints come: each commits some to `events`.
+            "cold": {"lake_uri": lake, "flush_interval": interval},
             "checkpoint_interval": interval,
             "progress_every_s": 0,
         }
@@ -116,12 +122,14 @@ def fill_lake(lake: str, files: int) -> float:
 
 
 def recovery_s(lake: str) -> float:
-    started = time.perf_counter()
+    """What a member does in the rebalance callback when assigned a partition: claim it (an
+    epoch committed to each table) and recover it (pointer, prepare record)."""
     spec = TableSpec(("dt", "hour"), (COLD,))
-    committer = Committer(Checkpoints(Lake(lake), "bench"), {EVENTS_DIR: spec})
-    committer.recover("0")  # pointer, prepare record, positions from the Delta log
-    for table in (EVENTS_DIR, DEAD_LETTER_DIR):
-        committer.tables.version(table, "0")
+    committer = Committer(Checkpoints(Lake(lake), "bench"), {EVENTS_DIR: spec})  # at start-up
+    committer.known.add(DEAD_LETTER_DIR)
+    started = time.perf_counter()
+    committer.claim(["0"])
+    committer.recover("0")
     return time.perf_counter() - started
 
 
@@ -138,21 +146,20 @@ def main() -> None:
     keys = [int(k) for k in args.keys.split(",")]
     sizes = [int(n) for n in args.lake_files.split(",")]
 
+    timing = (args.events, args.interval, args.pause)
     init_local_ray()
     by_keys, by_files = [], []
     for count in keys:
         lake = tempfile.mkdtemp(prefix="tc-bench-ckpt-")
         try:
-            by_keys.append(
-                {"keys": count, **run(lake, count, args.events, args.interval, args.pause)}
-            )
+            by_keys.append({"keys": count, **run(lake, count, *timing, ALL_HOT)})
         finally:
             shutil.rmtree(lake, ignore_errors=True)
     for files in sizes:
         lake = tempfile.mkdtemp(prefix="tc-bench-ckpt-")
         try:
             fill_s = fill_lake(lake, files)
-            point = run(lake, 10_000, args.events, args.interval, args.pause)
+            point = run(lake, 10_000, *timing, ALL_COLD)
             by_files.append(
                 {
                     "lake_files": files,
