@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import ray
 
 from engine import preflight
+from engine.base import Handoff
 from engine.config import HotConfig
 from engine.keys import actor_of_groups, key_groups
 from engine.lake import Lake
@@ -218,18 +219,15 @@ class HotPath:
     def calls_in_flight(self) -> int:
         return sum(len(calls) for calls in self.inflight)
 
-    def submit(
-        self, batch: pa.RecordBatch, seq: int, due_ms: float | pa.Array, partition: str = ""
-    ) -> list[int]:
-        """Send the rows of block ``seq`` to their actors.
-
-        Args:
-            due_ms: when the rows were due (ms since the epoch), for their latency: one time for
-                all, or one per row.
+    def submit(self, batch: pa.RecordBatch, handoff: Handoff) -> list[int]:
+        """Send the hot rows of a block to their actors (``handoff.due_ms``: when they were
+        due, for their latency).
 
         Returns:
-            Blocks that became done on this path meanwhile (``seq`` itself when it has no rows).
+            Blocks that became done on this path meanwhile (the block itself when it has no
+            rows).
         """
+        seq, due_ms, partition = handoff.seq, handoff.due_ms, handoff.partition
         if batch.num_rows == 0:
             return [seq]
         actor_ids = self.owner[key_groups(batch.column(self.schema.key), self.config.key_groups)]
@@ -255,6 +253,10 @@ class HotPath:
             )
             self.inflight[actor][ref] = (seq, partition)
         return done
+
+    def drain(self) -> list[int]:
+        """Wait for every call in flight; the blocks done."""
+        return self.poll(timeout=None)
 
     def poll(self, timeout: float | None = 0) -> list[int]:
         """Blocks done on this path, waiting up to ``timeout`` s (None: until all calls return)."""

@@ -23,20 +23,20 @@ import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
 from engine import preflight
+from engine.base import Handoff
 from engine.checkpoint import Checkpoints
-from engine.cold import ColdWriter, FlushReport, with_origin
-from engine.commit import COLD, FEEDS, PATHS, Committer, TableSpec, crash_point
+from engine.cold import ColdPath, with_origin
+from engine.commit import COLD, FEEDS, PATHS, Committer, TableSpec
 from engine.config import PipelineConfig
+from engine.coordinator import CheckpointCoordinator
 from engine.hot import HotPath
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, HOT_DIR, STATE_DIR, Lake, file_stem
-from engine.positions import PositionTracker
 from engine.preflight import PlacementError
 from engine.priority import WORKER_NICENESS
 from engine.processors import import_modules
@@ -44,9 +44,8 @@ from engine.sinks import KafkaSink
 from engine.sources import BackgroundSource, FileSource, Source, SourceBlock, SyntheticSource
 from engine.sources.kafka import META_TYPES as KAFKA_META_TYPES
 from engine.sources.kafka import KafkaSource
-from engine.summary import CheckpointStats, Progress, RunSummary
+from engine.summary import Progress, RunSummary
 from engine.warm import WarmPath
-from engine.wire import pack
 from routers import (
     TIME_TYPE,
     ConfigError,
@@ -69,16 +68,9 @@ __all__ = [
     "source_from_config",
 ]
 
-#: Lake-writer calls in flight at most (each one block's cold rows and dead letters), and the
-#: rows in them (or ``cold.flush_rows``, if lower). Enough for the blocks that come while the
-#: writer stages a target-size file (seconds): calls, not rows, used to be the only bound, and
-#: with small blocks 8 calls filled within a flush (~1 s for 250K rows) and the driver stalled,
-#: every hot event with it (hot p99 1.1 s at half throughput).
-_COLD_IN_FLIGHT = 256
-_COLD_IN_FLIGHT_ROWS = 1_000_000
-#: Acknowledgements a block needs in ``Pipeline.tracker``: hot and warm. The lake writer's are
-#: tracked apart (``cold_tracker``): it stages files when its buffers fill, not at each
-#: checkpoint, so its position lags the paths' (see ``Pipeline.checkpoint``).
+#: Acknowledgements a block needs in the coordinator's ``tracker``: hot and warm. The lake
+#: writer's are tracked apart (``cold_tracker``): it stages files when its buffers fill, not at
+#: each checkpoint, so its position lags the paths' (see engine.coordinator).
 _STATE_PATHS = 2
 #: Each row's source offset, when a replay must skip rows the hot and warm paths already have.
 _OFFSET = "__thermocline_offset"
@@ -181,34 +173,20 @@ class Pipeline:
         self.router = Router(config.policy)
         self._source = source
         self.clock = clock or (lambda: datetime.now(timezone.utc))
-        #: Done positions of the hot and warm paths (``paths``), and of the lake writer
-        #: (``cold``): see :meth:`checkpoint`.
-        self.tracker = PositionTracker()
-        self.cold_tracker = PositionTracker()
-        #: Per source partition, the offset up to which a replay skips hot and warm rows.
-        self._skip: dict[str, int] = {}
-        #: Where each source partition resumed (the lake writer's position before it flushes).
-        self._resumed: dict[str, int] = {}
-        self._cold_ticked = 0.0
         self._hints: dict[str, DecodeHints] = {}  # per source partition
         #: One schema contract for the whole stream, every partition (routers.contract).
         self.contract = new_contract(config.policy.schema)
+        #: Positions, checkpoints, recovery and the rebalance hooks (engine.coordinator).
+        self.coordinator = CheckpointCoordinator(self.contract)
+        self.tracker = self.coordinator.tracker  # hot and warm acknowledgements
+        self.cold_tracker = self.coordinator.cold_tracker  # the lake writer's
+        self._skip = self.coordinator.skip
         self.hot: HotPath | None = None
         self.warm: WarmPath | None = None
-        self.cold: Any = None  # the ColdWriter actor handle once running
-        #: Lake-writer calls in flight -> the rows each carries.
-        self._cold_inflight: dict[ray.ObjectRef, int] = {}
+        self.cold: ColdPath | None = None
         self._counts = {"events_in": 0, "hot": 0, "warm": 0, "cold": 0, "dead_letter": 0}
         self._first: dict[str, int] = {}  # first offset of each partition in this run
         self._seq = 0
-        #: Our own last checkpoint per partition (each feed's position): our actors hold its
-        #: keys' state as of then.
-        self._held: dict[str, dict[str, int]] = {}
-        #: Partitions another member has claimed since we did (fenced off until assigned to us
-        #: again).
-        self.fenced: set[str] = set()
-        self.checkpoints_taken = 0
-        self.checkpoint_stats = CheckpointStats()
         self.alerts_written = 0
         self._alerts_sink: KafkaSink | None = None
         self._first_block_at: float | None = None  # monotonic time of the first block
@@ -222,11 +200,7 @@ class Pipeline:
 
     def done_positions(self) -> dict[str, int]:
         """Highest offset per source partition that every path has finished."""
-        return {
-            p: min(feeds.values())
-            for p, feeds in self._positions().items()
-            if min(feeds.values()) >= 0
-        }
+        return self.coordinator.done_positions()
 
     def hot_state(self) -> pa.Table:
         """The hot processor's state of every key (after :meth:`run`)."""
@@ -239,13 +213,12 @@ class Pipeline:
         :meth:`run` keeps them after it returns, for :meth:`hot_state`; it closes them itself
         when it fails. Idempotent.
         """
-        actors = [*(self.hot.actors if self.hot is not None else []), self.cold]
-        for actor in actors:
-            if actor is not None:
-                ray.kill(actor)
+        for actor in self.hot.actors if self.hot is not None else []:
+            ray.kill(actor)
         if self.hot is not None:
             self.hot.actors = []
-        self.cold = None
+        if self.cold is not None:
+            self.cold.close()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -257,21 +230,13 @@ class Pipeline:
         self.warm = WarmPath(
             cfg.warm, cfg.policy.schema, cfg.cold.lake_uri, storage, self.source.name, self.name
         )
-        options: dict[str, Any] = {"num_cpus": cfg.cold.num_cpus}
-        if cfg.cold.resources:
-            options["resources"] = dict(cfg.cold.resources)
-        self.cold = ColdWriter.options(**options).remote(
-            cfg.cold.lake_uri,
+        self.cold = ColdPath(
+            cfg.cold,
             storage,
             self.source.name,
             self.name,
             cfg.policy.schema,
-            cfg.cold.partition_by,
-            cfg.cold.flush_rows,
-            cfg.cold.flush_bytes,
-            cfg.cold.flush_interval_s,
             tuple(KAFKA_META_TYPES),
-            cfg.cold.target_file_size,
         )
         self.checkpoints = Checkpoints(self.lake, self.name)
         # Cold events hold the lake writer's rows; dead letters both feeds' (decoding's and
@@ -284,6 +249,14 @@ class Pipeline:
         }
         replay = None if self.source.checkpointed else self.source.replay_id
         self.committer = Committer(self.checkpoints, tables, replay)
+        self.coordinator.start(
+            self.committer,
+            self.hot,
+            self.source,
+            (cfg.cold.lake_uri, storage),
+            lambda flush_cold: self.drain(flush_cold=flush_cold),
+            self._stage_outputs,
+        )
         if cfg.alerts_topic:
             bootstrap = cfg.source.bootstrap
             if not bootstrap:
@@ -292,10 +265,11 @@ class Pipeline:
         # Deploy before consuming: the first events must not wait for worker processes to boot.
         # A path Ray cannot place (resources no node has) fails here, after a while, by name.
         timeout = preflight.PLACEMENT_TIMEOUT_S
+        cold = self.cold
         for name, ready in (
             ("hot", self.hot.wait_ready),
             ("warm", self.warm.wait_ready),
-            ("cold", lambda: ray.get(self.cold.ready.remote(), timeout=timeout)),
+            ("cold", lambda: cold.wait_ready(timeout)),
         ):
             try:
                 ready()
@@ -393,7 +367,7 @@ class Pipeline:
 
     def _ingest(self, block: SourceBlock) -> None:
         """Decode, route and hand one block to the three paths."""
-        assert self.hot is not None and self.warm is not None
+        assert self.hot is not None and self.warm is not None and self.cold is not None
         seq, self._seq = self._seq, self._seq + 1
         if self._first_block_at is None:
             self._first_block_at = time.monotonic()
@@ -427,24 +401,10 @@ class Pipeline:
             parts = {t: part.drop_columns([_DUE]) for t, part in parts.items()}
         self.tracker.open(seq, block.partition, block.last_offset, _STATE_PATHS)
         self.cold_tracker.open(seq, block.partition, block.last_offset, 1)
-        self._acked(self.hot.submit(parts["hot"], seq, due, block.partition))
-        self._acked(self.warm.add(parts["warm"], seq, block.partition, block.first_offset))
-        rows = parts["cold"].num_rows + dead.num_rows
-        while self._cold_inflight and (
-            len(self._cold_inflight) >= _COLD_IN_FLIGHT
-            or sum(self._cold_inflight.values()) + rows
-            > min(self.config.cold.flush_rows, _COLD_IN_FLIGHT_ROWS)
-        ):
-            self._collect_cold(timeout=None, num_returns=1)
-        ref = self.cold.write.remote(
-            seq,
-            block.partition,
-            block.first_offset,
-            block.last_offset,
-            pack(parts["cold"]),
-            pack(dead),
-        )
-        self._cold_inflight[ref] = rows
+        handoff = Handoff(seq, block.partition, block.first_offset, block.last_offset, due, dead)
+        self._acked(self.hot.submit(parts["hot"], handoff))
+        self._acked(self.warm.submit(parts["warm"], handoff))
+        self._acked_cold(self.cold.submit(parts["cold"], handoff))
 
     def _acked(self, seqs: list[int]) -> None:
         for seq in seqs:
@@ -463,132 +423,28 @@ class Pipeline:
 
     def _collect(self) -> None:
         """Take whatever acknowledgements are ready, without waiting."""
-        assert self.hot is not None and self.warm is not None
+        assert self.hot is not None and self.warm is not None and self.cold is not None
         self._acked(self.hot.poll())
-        self._acked(self.warm.tick())
-        self._collect_cold(timeout=0, num_returns=len(self._cold_inflight))
-        now = time.monotonic()
-        if not self._cold_inflight and now - self._cold_ticked >= 1.0:
-            # The lake writer's age trigger, while no block comes to check it (a quiet stream).
-            self._cold_ticked = now
-            self._cold_inflight[self.cold.tick.remote()] = 0
-
-    def _collect_cold(self, timeout: float | None, num_returns: int) -> None:
-        if not self._cold_inflight:
-            return
-        ready, _ = ray.wait(
-            list(self._cold_inflight),
-            num_returns=min(max(num_returns, 1), len(self._cold_inflight)),
-            timeout=timeout,
-        )
-        for ref in ready:
-            del self._cold_inflight[ref]
-            report: FlushReport = ray.get(ref)
-            self.committer.stage(report.staged)
-            self._acked_cold(report.seqs)
+        self._acked(self.warm.poll())
+        self._acked_cold(self.cold.poll())
 
     def drain(self, flush_cold: bool = True) -> None:
         """Finish everything read so far: last micro-batch, every call, and (``flush_cold``) a
         lake flush; without it, the lake writer keeps the rows its buffers hold (see
-        :meth:`checkpoint`)."""
-        assert self.hot is not None and self.warm is not None
-        self._acked(self.warm.flush())
-        self._acked(self.hot.poll(timeout=None))
-        self._acked(self.warm.poll(timeout=None))
-        self._collect_cold(timeout=None, num_returns=len(self._cold_inflight))
-        if flush_cold:
-            final: FlushReport = ray.get(self.cold.flush.remote())
-            self.committer.stage(final.staged)
-            self._acked_cold(final.seqs)
-        self.committer.stage(self.warm.staged)
-        self.warm.staged = []
+        :meth:`checkpoint`). Every file staged is handed to the committer."""
+        assert self.hot is not None and self.warm is not None and self.cold is not None
+        self._acked(self.warm.drain())
+        self._acked(self.hot.drain())
+        self._acked_cold(self.cold.drain(flush=flush_cold))
+        self.committer.stage(self.cold.staged + self.warm.staged)
+        self.cold.staged, self.warm.staged = [], []
         if self.tracker.open_blocks or (flush_cold and self.cold_tracker.open_blocks):
             raise RuntimeError(f"{self.tracker.open_blocks} blocks still open after a drain")
 
     def checkpoint(self, flush_cold: bool = False) -> dict[str, int]:
-        """Take a checkpoint, in this order (a crash at any step leaves the last one valid, and
-        recovery finishes or forgets this one: see :mod:`engine.commit`):
-
-        1. drain the hot and warm paths: every block read so far is applied to hot state and
-           in a staged warm output; alerts and hot dead letters staged too, alerts delivered
-           to Kafka. The lake writer is not flushed (unless ``flush_cold``: before partitions
-           are revoked, at the end): it stages files when its buffers fill or age, so cold
-           files have the size its triggers give them, not one per checkpoint; its own
-           position (``cold``, every row up to it in a staged file) lags the paths' (``paths``);
-        2. snapshot hot state, per source partition: each hot actor writes its own keys' rows
-           to the lake, in parallel (nothing goes through the driver);
-        3-5. prepare, commit each table (one Delta transaction with its feed's positions),
-           point each partition at its snapshot (:class:`engine.commit.Committer`);
-        6. commit to the source (Kafka) what every path has: the lower of the two positions. A
-           restart resumes there, and the hot and warm paths skip the rows they already hold.
-
-        Returns:
-            The positions committed to the source (last offset per partition).
-        """
-        assert self.hot is not None
-        started = time.monotonic()
-        self.drain(flush_cold=flush_cold)
-        self._stage_outputs()
-        positions = self._positions()
-        # Only partitions that moved since our last checkpoint of them: rewriting the others
-        # would cost a snapshot each time, and would overwrite a newer checkpoint written by
-        # the member that took such a partition over after a rebalance.
-        moved = {p: n for p, n in positions.items() if self._held.get(p) != n}
-        snapshot_s, rows, size = 0.0, 0, 0
-        pieces: dict[str, list[str]] = {}
-        if moved:
-            saving = time.monotonic()
-            cold = self.config.cold
-            pieces, rows, size = self.hot.save(
-                cold.lake_uri,
-                dict(cold.storage_options),
-                lambda p, i: self.checkpoints.snapshot_path(p, moved[p][PATHS], i),
-                list(moved),
-            )
-            snapshot_s = time.monotonic() - saving
-            crash_point("snapshot")
-        # Steps 3-5: prepare, commit the tables, point (engine.commit). Fencing: a partition
-        # another member has claimed was given to it while we stalled (past the group's
-        # timeouts): we lost it, and must not commit it over theirs.
-        committing = time.monotonic()
-        result = self.committer.commit(moved, pieces, self.contract.schema)
-        commit_s = time.monotonic() - committing
-        for partition in result.fenced:
-            self._fence(partition)
-            moved.pop(partition, None)
-        self._held.update(moved)
-        # All of them but the fenced: a commit the last run missed (a crash between steps 5 and
-        # 6) happens now.
-        done = {
-            p: min(feeds.values())
-            for p, feeds in positions.items()
-            if p not in self.fenced and min(feeds.values()) >= 0
-        }
-        self.source.commit(done)
-        crash_point("kafka")
-        self.checkpoints_taken += 1
-        self.checkpoint_stats.record(
-            time.monotonic() - started, snapshot_s, rows, size, commit_s, result.files
-        )
-        return done
-
-    def _positions(self) -> dict[str, dict[str, int]]:
-        """Per source partition the paths have done some of, each feed's done position; the
-        lake writer's, before its first flush of the partition, is where the partition
-        resumed, less one (-1: nothing)."""
-        state, cold = self.tracker.done(), self.cold_tracker.done()
-        return {
-            p: {COLD: cold.get(p, self._resumed.get(p, 0) - 1), PATHS: n} for p, n in state.items()
-        }
-
-    def _fence(self, partition: str) -> None:
-        if partition not in self.fenced:
-            _log.warning(
-                "checkpoint: partition %s was given to another member (we stalled and lost it):"
-                " not saved or committed by us",
-                partition,
-            )
-        self.fenced.add(partition)
+        """Take a checkpoint (see :meth:`engine.coordinator.CheckpointCoordinator.checkpoint`);
+        returns the positions committed to the source."""
+        return self.coordinator.checkpoint(flush_cold)
 
     @property
     def name(self) -> str:
@@ -612,14 +468,14 @@ class Pipeline:
         """Stage the hot path's outputs: its processor's rows (e.g. alerts) in ``hot/<name>/``
         (and to the alerts topic, delivery confirmed), the rows it raised on in
         ``_dead_letter``; per source partition, committed with the paths' position."""
-        assert self.hot is not None
+        assert self.hot is not None and self.cold is not None
         if self.hot.dead:
             dead: dict[str, list[pa.Table]] = {}
             for partition, rows in self.hot.dead:
                 dead.setdefault(partition, []).append(rows)
             self.hot.dead.clear()
             refs = [
-                self.cold.stage_output.remote(
+                self.cold.stage_output(
                     with_origin(concat_conformed(tables), self.source.name, partition),
                     DEAD_LETTER_DIR,
                     f"{file_stem(self.name, partition, self._first.get(partition, 0), 0)}-hot",
@@ -640,7 +496,7 @@ class Pipeline:
             rows = concat_conformed(batches)
             rows = rows.sort_by([(c, "ascending") for c in rows.column_names])
             stem = file_stem(self.name, partition, self._first.get(partition, 0), 0)
-            staged.append(self.cold.stage_output.remote(rows, table, stem, partition))
+            staged.append(self.cold.stage_output(rows, table, stem, partition))
             parts.append(rows)
         self.committer.stage(ray.get(staged))
         alerts = concat_conformed(parts)
@@ -652,69 +508,21 @@ class Pipeline:
     def _write_hot_state(self) -> None:
         """At the end of a bounded run, the hot state (one row per key) to ``state/<name>/``, to
         query like any table (a checkpointed source keeps it in its checkpoints instead)."""
-        assert self.hot is not None
+        assert self.hot is not None and self.cold is not None
         state = self.hot.state()
         if state.num_rows:
             table, stem = f"{STATE_DIR}/{self.hot_name}", f"state-{self._ranges_stem()}"
-            self.committer.stage([ray.get(self.cold.stage_output.remote(state, table, stem, ""))])
+            self.committer.stage([ray.get(self.cold.stage_output(state, table, stem, ""))])
 
     # -- rebalance hooks (called by the source from inside blocks(), in this thread) ---------
 
     def _on_revoke(self, partitions: list[str]) -> None:
-        # Everything read so far, from every partition, is done and committed, the lake
-        # writer's buffers included: the new owner resumes where every path is.
-        self.checkpoint(flush_cold=True)
-        assert self.hot is not None
-        # Their keys' state is checkpointed: give the memory back (the new owner restores it).
-        self.hot.release(partitions)
-        self.committer.release(partitions)
-        for name in partitions:
-            # Not ours any more: no later checkpoint of ours may point at it (with the keys
-            # released just now, its snapshot would be empty) or commit it.
-            self._held.pop(name, None)
-            self._skip.pop(name, None)
-            self.tracker.forget(name)
-            self.cold_tracker.forget(name)
+        self.coordinator.on_revoke(partitions)
 
     def _on_assign(self, partitions: dict[str, int]) -> dict[str, int]:
-        """Where each newly assigned partition resumes; restores state and cleans the lake.
-
-        Args:
-            partitions: name -> the source's own resume offset (committed, else its start).
-        """
-        assert self.hot is not None
-        # Ours now, before their checkpoints are read: a stale former owner is fenced from here
-        # (its pointer writes by the claim file, its table commits by our epoch in each table).
-        self.committer.claim(list(partitions))
-        resume: dict[str, int] = {}
-        for name, default in partitions.items():
-            self.fenced.discard(name)  # ours again: its checkpoint is read afresh below
-            held = self._held.get(name)  # our own last checkpoint of it, if any
-            # A checkpoint a crash interrupted after its prepare step is finished first.
-            mine = held.get(PATHS) if held is not None else None
-            checkpoint = self.committer.recover(name, newer_than=mine)
-            if checkpoint is not None:
-                # Someone (a crashed run of ours, another member) got further than our actors:
-                # their checkpoint is the truth for this partition's keys.
-                self.hot.restore(checkpoint.hot)
-                if checkpoint.schema is not None:  # type undeclared columns as that run did
-                    self.contract.seed(checkpoint.schema)
-                held = checkpoint.feeds
-                self._held[name] = held
-            if held is not None and len(held) == len(FEEDS):
-                # Our actors (restored, or our own) hold its keys as of the paths' position;
-                # the lake writer had staged rows up to its own, which may be lower: the
-                # source resumes after the lower, and hot and warm skip what they hold.
-                resume[name] = held[COLD] + 1
-                if held[COLD] < held[PATHS]:
-                    self._skip[name] = held[PATHS]
-                self.tracker.resume(name, held[PATHS] + 1)
-            else:
-                resume[name] = default
-                self.tracker.resume(name, resume[name])
-            self.cold_tracker.resume(name, resume[name])
-            self._resumed[name] = resume[name]
-            self._first.setdefault(name, resume[name])
+        resume = self.coordinator.on_assign(partitions)
+        for name, offset in resume.items():
+            self._first.setdefault(name, offset)  # file stems of this run start there
         return resume
 
     # -- helpers ------------------------------------------------------------------------------
@@ -780,7 +588,7 @@ class Pipeline:
             hot_calls_in_flight=self.hot.calls_in_flight,
             warm_buffered_rows=self.warm.buffered_rows,
             warm_tasks_in_flight=self.warm.tasks_in_flight,
-            cold_calls_in_flight=len(self._cold_inflight),
+            cold_calls_in_flight=self.cold.calls_in_flight if self.cold else 0,
             open_blocks=self.tracker.open_blocks,
         )
 
@@ -808,8 +616,8 @@ class Pipeline:
                 "warm_max_tasks_in_flight_seen": self.warm.max_in_flight_seen,
                 "warm_max_buffered_rows_seen": self.warm.max_buffered_rows_seen,
             },
-            checkpoints=self.checkpoints_taken,
-            checkpoint=self.checkpoint_stats.to_json() if self.checkpoints_taken else {},
+            checkpoints=self.coordinator.taken,
+            checkpoint=self.coordinator.stats.to_json() if self.coordinator.taken else {},
             first_block_s=None if self._first_block_at is None else self._first_block_at - started,
             stopped=self._stopped,
         )

@@ -22,6 +22,7 @@ import pyarrow as pa
 import ray
 
 from engine import preflight
+from engine.base import Handoff
 from engine.cold import with_origin
 from engine.config import WarmConfig
 from engine.lake import DEAD_LETTER_DIR, Lake, StagedFile, file_stem
@@ -173,12 +174,13 @@ class WarmPath:
     def tasks_in_flight(self) -> int:
         return len(self._inflight)
 
-    def add(self, batch: pa.RecordBatch, seq: int, partition: str, first_offset: int) -> list[int]:
-        """Buffer the warm rows of block ``seq``; cut and submit micro-batches as they fill.
+    def submit(self, batch: pa.RecordBatch, handoff: Handoff) -> list[int]:
+        """Buffer the warm rows of a block; cut and submit micro-batches as they fill.
 
         Returns:
             Blocks that became done on this path meanwhile.
         """
+        seq, partition, first_offset = handoff.seq, handoff.partition, handoff.first_offset
         if batch.num_rows == 0:
             return [seq] if self._tasks_left.get(seq, 0) == 0 else []
         done: list[int] = []
@@ -204,8 +206,8 @@ class WarmPath:
                 done += self._cut(max(self._buffers, key=lambda p: self._buffers[p].rows))
         return done
 
-    def tick(self) -> list[int]:
-        """Apply the time trigger; returns blocks done meanwhile."""
+    def poll(self) -> list[int]:
+        """Apply the time trigger (``max_delay``); returns blocks done meanwhile."""
         now = time.monotonic()
         late = [
             partition
@@ -213,12 +215,13 @@ class WarmPath:
             if buffer.oldest is not None and now - buffer.oldest >= self.config.max_delay_s
         ]
         if not late:
-            return self.poll()
+            return self._finished(timeout=0)
         return [seq for partition in late for seq in self._cut(partition)]
 
-    def flush(self) -> list[int]:
-        """Submit whatever is buffered (end of input)."""
-        return [seq for partition in list(self._buffers) for seq in self._cut(partition)]
+    def drain(self) -> list[int]:
+        """Submit whatever is buffered, wait for every task; the blocks done."""
+        done = [seq for partition in list(self._buffers) for seq in self._cut(partition)]
+        return done + self._finished(timeout=None)
 
     def _cut(self, partition: str) -> list[int]:
         """Submit ``partition``'s buffer as one micro-batch; returns blocks done meanwhile."""
@@ -254,8 +257,9 @@ class WarmPath:
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self._inflight))
         return done
 
-    def poll(self, timeout: float | None = 0) -> list[int]:
-        """Blocks done on this path (all their tasks finished and nothing left in the buffer)."""
+    def _finished(self, timeout: float | None) -> list[int]:
+        """Blocks done on this path (all their tasks finished and nothing left in the buffer),
+        waiting up to ``timeout`` s for tasks in flight (None: all of them)."""
         if not self._inflight:
             return []
         return self._wait(num_returns=len(self._inflight), timeout=timeout)
