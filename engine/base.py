@@ -17,7 +17,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-__all__ = ["Handoff", "Path"]
+__all__ = ["Handoff", "Path", "Sink"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +56,28 @@ class Path(Protocol):
 
     def drain(self) -> list[int]:
         """Finish everything submitted (buffers cut, every call returned); the blocks done."""
+
+
+class Sink(Protocol):
+    """Where a path's output rows go besides the lake (e.g. alerts to a Kafka topic), with a
+    lifecycle like Ray Data's ``Datasink``: :meth:`start` once, :meth:`write` batches,
+    :meth:`commit` at each checkpoint, :meth:`abort` when the run fails.
+
+    The pipeline commits a sink before the checkpoint that covers the rows written to it: a
+    crash after the commit replays those rows (at least once), never loses them.
+    """
+
+    def start(self) -> None:
+        """Connect (before the first write)."""
+
+    def write(self, rows: pa.Table) -> None:
+        """Queue ``rows`` (nothing is promised until :meth:`commit`)."""
+
+    def commit(self) -> int:
+        """Deliver everything written so far, or raise; returns the rows delivered."""
+
+    def abort(self) -> None:
+        """Drop what was not delivered and disconnect (the run failed)."""
+
+    def close(self) -> None:
+        """Disconnect after the last commit."""

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import ray
 
 from engine import preflight
-from engine.base import Handoff
+from engine.base import Handoff, Sink
 from engine.checkpoint import Checkpoints
 from engine.cold import ColdPath, with_origin
 from engine.commit import COLD, FEEDS, PATHS, Committer, TableSpec
@@ -188,7 +188,7 @@ class Pipeline:
         self._first: dict[str, int] = {}  # first offset of each partition in this run
         self._seq = 0
         self.alerts_written = 0
-        self._alerts_sink: KafkaSink | None = None
+        self._alerts_sink: Sink | None = None
         self._first_block_at: float | None = None  # monotonic time of the first block
         self._stopped = False  # the source ended because it was asked to stop
 
@@ -262,6 +262,7 @@ class Pipeline:
             if not bootstrap:
                 raise ConfigError(["alerts_topic: needs a Kafka source.bootstrap to produce to"])
             self._alerts_sink = KafkaSink(bootstrap, cfg.alerts_topic, key_column="player_id")
+            self._alerts_sink.start()
         # Deploy before consuming: the first events must not wait for worker processes to boot.
         # A path Ray cannot place (resources no node has) fails here, after a while, by name.
         timeout = preflight.PLACEMENT_TIMEOUT_S
@@ -333,6 +334,8 @@ class Pipeline:
                         if partition in done:
                             self.checkpoints.mark_read(partition, done[partition])
         except BaseException:
+            if self._alerts_sink is not None:
+                self._alerts_sink.abort()  # what it did not deliver is replayed from the source
             # A failed run's actors would hold their CPUs for as long as anything (a traceback)
             # refers to this pipeline.
             self.close()
@@ -501,8 +504,8 @@ class Pipeline:
         self.committer.stage(ray.get(staged))
         alerts = concat_conformed(parts)
         if self._alerts_sink is not None:
-            self._alerts_sink.send(alerts)
-            self._alerts_sink.flush()
+            self._alerts_sink.write(alerts)
+            self._alerts_sink.commit()  # before the checkpoint that covers these rows
         self.alerts_written += alerts.num_rows
 
     def _write_hot_state(self) -> None:

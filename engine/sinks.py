@@ -1,4 +1,5 @@
-"""Kafka sink for path outputs (e.g. hot alerts to a ``processed_events`` topic)."""
+"""Kafka sink for path outputs (e.g. hot alerts to a ``processed_events`` topic): an
+:class:`engine.base.Sink`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ __all__ = ["KafkaSink"]
 
 
 class KafkaSink:
-    """Produce rows as JSON messages, batched by the producer; :meth:`flush` checks delivery.
+    """Produce rows as JSON messages, batched by the producer; :meth:`commit` checks delivery.
 
     Args:
         bootstrap: ``host:port``.
@@ -31,20 +32,28 @@ class KafkaSink:
     ) -> None:
         self.topic = topic
         self.key_column = key_column
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            linger_ms=20,  # batch messages of one checkpoint together
-            retries=5,
-            **(config or {}),
-        )
+        self.bootstrap = bootstrap
+        self.config = dict(config or {})
+        self.producer: KafkaProducer | None = None
         self._pending: list[Any] = []
         self.delivered = 0
 
-    def send(self, rows: pa.Table) -> None:
+    def start(self) -> None:
+        """Connect the producer."""
+        self.producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            linger_ms=20,  # batch messages of one checkpoint together
+            retries=5,
+            **self.config,
+        )
+
+    def write(self, rows: pa.Table) -> None:
         """Queue every row of ``rows`` (one message per output row; outputs are small)."""
         if rows.num_rows == 0:
             return
+        if self.producer is None:
+            raise RuntimeError("KafkaSink.start() first")
         for column in rows.column_names:  # JSON needs plain types: times as ISO-8601
             if pa.types.is_timestamp(rows.schema.field(column).type):
                 iso = pc.strftime(rows[column], format="%Y-%m-%dT%H:%M:%S.%fZ")
@@ -60,12 +69,14 @@ class KafkaSink:
                 )
             )
 
-    def flush(self, timeout: float = 30) -> int:
+    def commit(self, timeout: float = 30) -> int:
         """Wait until every queued message is acknowledged; raise if any was not.
 
         Returns:
-            Messages delivered by this flush.
+            Messages delivered by this commit.
         """
+        if self.producer is None:
+            return 0
         self.producer.flush(timeout)
         pending, self._pending = self._pending, []
         for future in pending:
@@ -73,5 +84,15 @@ class KafkaSink:
         self.delivered += len(pending)
         return len(pending)
 
+    def abort(self) -> None:
+        """Drop the messages not yet delivered and disconnect at once."""
+        self._pending = []
+        if self.producer is not None:
+            self.producer.close(timeout=0)
+            self.producer = None
+
     def close(self) -> None:
-        self.producer.close()
+        """Disconnect (after the last :meth:`commit`). Idempotent."""
+        if self.producer is not None:
+            self.producer.close()
+            self.producer = None
