@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.installed
 
-.PHONY: setup setup-run run test lint typecheck bench bench-router bench-kafka bench-checkpoint kafka-jars clean
+.PHONY: setup setup-run run test lint typecheck bench bench-router bench-kafka bench-checkpoint bench-files kafka-jars clean
 
 setup: $(STAMP) $(KAFKA_STAMP)
 
@@ -58,6 +58,9 @@ bench-kafka: setup
 
 bench-checkpoint: setup-run
 	$(BIN)/python -m benchmarks.checkpoint
+
+bench-files: setup-run  # ~12 minutes: a 10-minute paced run
+	$(BIN)/python -m benchmarks.cold_files
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache lake

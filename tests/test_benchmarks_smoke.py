@@ -94,3 +94,15 @@ def test_checkpoint_smoke(tmp_path: Path) -> None:
     assert 0 < state["snapshot_rows"] <= 500 and state["snapshot_max_ms"] > 0
     assert [p["lake_files"] for p in record["by_lake_files"]] == [5, 50]
     assert all(p["recovery_ms"] >= 0 for p in record["by_lake_files"])
+
+
+def test_cold_files_smoke(tmp_path: Path) -> None:
+    record = run_benchmark(
+        "benchmarks.cold_files", "--minutes", "0.1", "--rate", "20000", "--target", "200KiB",
+        results=tmp_path,
+    )  # fmt: skip
+    files = record["cold_files"]
+    assert record["target_file_size"] == 200 << 10 and record["events"] == 120_000
+    assert files["rows"] == record["cold_events"] > 0  # every cold row in a committed file
+    assert files["files_at_target"] >= 1 and files["largest_bytes"] >= 200 << 10
+    assert 0 < files["share_of_rows_in_files_at_target"] <= 1
