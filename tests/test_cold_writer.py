@@ -6,7 +6,9 @@ The writer's class is used in this process (its actor runs the same code), on a 
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -36,10 +38,14 @@ def writer(
     flush_interval_s: float = 3600.0,
     flush_rows: int = 10_000_000,
 ) -> _ColdWriter:
-    return _ColdWriter(
-        str(lake), {}, "src", "pipe", SCHEMA, (), flush_rows, 1 << 30, flush_interval_s,
-        target_file_size=target,
-    )  # fmt: skip
+    # Built on a thread of its own: the writer lowers the CPU priority of the thread that builds
+    # it (engine.priority), and on the test's main thread that would lower every process the
+    # test session starts later (a local Ray's workers included) for good.
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(
+            _ColdWriter, str(lake), {}, "src", "pipe", SCHEMA, (), flush_rows, 1 << 30,
+            flush_interval_s, target_file_size=target,
+        ).result()  # fmt: skip
 
 
 def test_a_partition_is_staged_at_the_target_size_the_others_wait(tmp_path: Path) -> None:
@@ -75,6 +81,12 @@ def test_age_flushes_only_the_partition_that_waited(tmp_path: Path) -> None:
     assert cold.tick().seqs == []
     time.sleep(0.35)
     assert cold.tick().seqs == [1]  # a quiet stream: the pipeline's once-a-second tick
+
+
+def test_the_writer_leaves_the_callers_priority_alone(tmp_path: Path) -> None:
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    writer(tmp_path)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
 def test_the_memory_bound_flushes_everything(tmp_path: Path) -> None:
