@@ -223,12 +223,13 @@ def _inexact_rows(array: pa.Array) -> pa.Array | None:
     if pa.types.is_integer(kind):
         if kind.bit_width < 54 or not len(array):
             return None
-        beyond = pc.fill_null(
-            pc.greater_equal(pc.abs(pc.cast(array, pa.float64(), safe=False)), 2.0**53), False
-        )
-        if not pc.any(beyond).as_py():
+        # One pass, no allocation: the decode path pays this for every integer column.
+        low, high = pc.min_max(array).values()
+        if (
+            low.as_py() is None
+            or -_EXACT_IN_DOUBLE <= low.as_py() <= high.as_py() <= _EXACT_IN_DOUBLE
+        ):
             return None
-        # Exact check on the few candidates the rounded one found (2^53 + 1 rounds to 2^53).
         big = pc.or_(
             pc.greater(array, pa.scalar(_EXACT_IN_DOUBLE, kind)),
             pc.less(array, pa.scalar(-_EXACT_IN_DOUBLE, kind)),
