@@ -178,9 +178,6 @@ class Pipeline:
         self.contract = new_contract(config.policy.schema)
         #: Positions, checkpoints, recovery and the rebalance hooks (engine.coordinator).
         self.coordinator = CheckpointCoordinator(self.contract)
-        self.tracker = self.coordinator.tracker  # hot and warm acknowledgements
-        self.cold_tracker = self.coordinator.cold_tracker  # the lake writer's
-        self._skip = self.coordinator.skip
         self.hot: HotPath | None = None
         self.warm: WarmPath | None = None
         self.cold: ColdPath | None = None
@@ -383,7 +380,7 @@ class Pipeline:
         if block.due_ms is not None:
             due_rows = pc.fill_null(pc.take(block.due_ms, rows), read_ms)
             good = good.append_column(_DUE, due_rows)  # travels with the rows through the split
-        skip = self._skip.get(block.partition)
+        skip = self.coordinator.skip.get(block.partition)
         if skip is not None:  # hot and warm already hold rows up to `skip` (see _on_assign)
             good = good.append_column(_OFFSET, self._row_offsets(block, good, rows))
         parts = self.router.split(good, now=self.clock())
@@ -398,12 +395,12 @@ class Pipeline:
             }
             parts = {t: part.drop_columns([_OFFSET]) for t, part in parts.items()}
             if block.last_offset > skip:
-                del self._skip[block.partition]
+                del self.coordinator.skip[block.partition]
         if block.due_ms is not None:
             due = parts["hot"].column(_DUE)
             parts = {t: part.drop_columns([_DUE]) for t, part in parts.items()}
-        self.tracker.open(seq, block.partition, block.last_offset, _STATE_PATHS)
-        self.cold_tracker.open(seq, block.partition, block.last_offset, 1)
+        self.coordinator.tracker.open(seq, block.partition, block.last_offset, _STATE_PATHS)
+        self.coordinator.cold_tracker.open(seq, block.partition, block.last_offset, 1)
         handoff = Handoff(seq, block.partition, block.first_offset, block.last_offset, due, dead)
         self._acked(self.hot.submit(parts["hot"], handoff))
         self._acked(self.warm.submit(parts["warm"], handoff))
@@ -411,11 +408,11 @@ class Pipeline:
 
     def _acked(self, seqs: list[int]) -> None:
         for seq in seqs:
-            self.tracker.ack(seq)
+            self.coordinator.tracker.ack(seq)
 
     def _acked_cold(self, seqs: list[int]) -> None:
         for seq in seqs:
-            self.cold_tracker.ack(seq)
+            self.coordinator.cold_tracker.ack(seq)
 
     @staticmethod
     def _row_offsets(block: SourceBlock, good: pa.RecordBatch, rows: pa.Array) -> pa.Array:
@@ -441,8 +438,12 @@ class Pipeline:
         self._acked_cold(self.cold.drain(flush=flush_cold))
         self.committer.stage(self.cold.staged + self.warm.staged)
         self.cold.staged, self.warm.staged = [], []
-        if self.tracker.open_blocks or (flush_cold and self.cold_tracker.open_blocks):
-            raise RuntimeError(f"{self.tracker.open_blocks} blocks still open after a drain")
+        if self.coordinator.tracker.open_blocks or (
+            flush_cold and self.coordinator.cold_tracker.open_blocks
+        ):
+            raise RuntimeError(
+                f"{self.coordinator.tracker.open_blocks} blocks still open after a drain"
+            )
 
     def checkpoint(self, flush_cold: bool = False) -> dict[str, int]:
         """Take a checkpoint (see :meth:`engine.coordinator.CheckpointCoordinator.checkpoint`);
@@ -463,7 +464,9 @@ class Pipeline:
 
     def _ranges_stem(self) -> str:
         """The source ranges covered so far, as a file name: a rerun of them overwrites."""
-        ranges = sorted((p, self._first[p], last) for p, last in self.tracker.done().items())
+        ranges = sorted(
+            (p, self._first[p], last) for p, last in self.coordinator.tracker.done().items()
+        )
         stem = "_".join(file_stem(self.name, p, a, b) for p, a, b in ranges)
         return hashlib.sha1(stem.encode()).hexdigest() if len(stem) > 120 else stem
 
@@ -587,12 +590,12 @@ class Pipeline:
             events_in=counts["events_in"],
             routed={t: counts[t] for t in ("hot", "warm", "cold")},
             dead_letter=counts["dead_letter"],
-            done=self.tracker.done(),
+            done=self.coordinator.tracker.done(),
             hot_calls_in_flight=self.hot.calls_in_flight,
             warm_buffered_rows=self.warm.buffered_rows,
             warm_tasks_in_flight=self.warm.tasks_in_flight,
             cold_calls_in_flight=self.cold.calls_in_flight if self.cold else 0,
-            open_blocks=self.tracker.open_blocks,
+            open_blocks=self.coordinator.tracker.open_blocks,
         )
 
     def _summary(self, elapsed: float, started: float) -> RunSummary:

@@ -134,13 +134,14 @@ class SchemaContract:
 
         def exact(name: str, column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
             """An undeclared column without integers beyond 2^53 (their rows flagged)."""
-            if name in self.fixed or name in self.declared:
+            if name in self.fixed or name in self.declared or not _wide_ints(column.type):
                 return column
-            inexact = _inexact_rows(combined(column))
+            array = combined(column)
+            inexact = _inexact_rows(array)
             if inexact is None:
                 return column
             flag(name, inexact)
-            return pc.if_else(inexact, pa.scalar(None, column.type), combined(column))
+            return pc.if_else(inexact, pa.scalar(None, column.type), array)
 
         for name, column in zip(table.column_names, table.columns, strict=True):
             if name in columns:
@@ -206,6 +207,17 @@ class SchemaContract:
 
 #: The largest integer a double holds exactly, with every integer below it.
 _EXACT_IN_DOUBLE: Final[int] = 2**53
+
+
+def _wide_ints(kind: pa.DataType) -> bool:
+    """Whether ``kind`` holds integers wider than a double's 53 bits, at any depth."""
+    if pa.types.is_integer(kind):
+        return bool(kind.bit_width > 53)
+    if pa.types.is_struct(kind):
+        return any(_wide_ints(f.type) for f in kind)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _wide_ints(kind.value_type)
+    return False
 
 
 def _inexact_rows(array: pa.Array) -> pa.Array | None:
