@@ -311,9 +311,11 @@ def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
     # A timestamp start looks its offsets up first (offsets_for_times): more time to the first
     # record (6 s once saw nothing in a full CI run).
     assert offsets(base + 8_000, "g-time", idle_s=9.0) == [8, 9, 10, 11]
+    # It stops itself after its first block, so a long idle timeout costs nothing when records
+    # come; 6 s once saw none in a full CI run (joining the group and the first fetch).
     source = KafkaSource(
-        kafka_bootstrap, [topic], "g-commit", start="committed", idle_timeout_s=6.0
-    )  # stops itself after its first block
+        kafka_bootstrap, [topic], "g-commit", start="committed", idle_timeout_s=30.0
+    )
     seen = []
     for block in source.blocks():
         if block is None:
