@@ -297,24 +297,38 @@ def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
         producer.send(topic, value=b'{"n":%d}' % i, partition=0, timestamp_ms=base + 1_000 * i)
     producer.flush()
 
-    # The idle timeout also covers the first fetch after joining the group, which can take
-    # seconds on a loaded 2-core CI machine: 1.5 s once made the committed read see nothing.
-    def offsets(start, group: str, idle_s: float = 6.0) -> list[int]:
-        source = KafkaSource(kafka_bootstrap, [topic], group, start=start, idle_timeout_s=idle_s)
+    # Each read stops at the count it expects, so the idle timeout is only a bound for a read
+    # that goes wrong: joining the group and the first fetch took over 9 s in full CI runs on a
+    # loaded 2-core machine, and a short idle timeout then saw nothing.
+    def offsets(start, group: str, expect: int) -> list[int]:
+        source = KafkaSource(
+            kafka_bootstrap, [topic], group, start=start, idle_timeout_s=60.0, max_events=expect
+        )
         try:
             return [o for b in source.blocks() if b for o in b.meta["kafka_offset"].to_pylist()]
         finally:
             source.close()  # leave the group
 
-    assert offsets("earliest", "g-early") == list(range(12))
-    assert offsets("latest", "g-late", idle_s=1.5) == []  # expects nothing: a short wait
-    # A timestamp start looks its offsets up first (offsets_for_times): more time to the first
-    # record (6 s once saw nothing in a full CI run).
-    assert offsets(base + 8_000, "g-time", idle_s=9.0) == [8, 9, 10, 11]
-    # It stops itself after its first block, so a long idle timeout costs nothing when records
-    # come; 6 s once saw none in a full CI run (joining the group and the first fetch).
+    assert offsets("earliest", "g-early", 12) == list(range(12))
+    # A timestamp start looks its offsets up (offsets_for_times); a wrong start would show as
+    # other offsets first (too early) or nothing within the bound (too late).
+    assert offsets(base + 8_000, "g-time", 4) == [8, 9, 10, 11]
+    # "latest" starts at the end: a record produced once the group owns the partition is the
+    # first one read, and nothing before it.
+    late = KafkaSource(kafka_bootstrap, [topic], "g-late", start="latest", idle_timeout_s=60.0)
+
+    def produce_once_owned(positions: dict[str, int]) -> dict[str, int]:
+        producer.send(topic, value=b'{"n":12}', partition=0).get(timeout=30)
+        return positions  # where "latest" put each partition, before this record
+
+    late.on_assign = produce_once_owned
+    try:
+        seen_late = next(b for b in late.blocks() if b).meta["kafka_offset"].to_pylist()
+    finally:
+        late.close()
+    assert seen_late == [12]
     source = KafkaSource(
-        kafka_bootstrap, [topic], "g-commit", start="committed", idle_timeout_s=30.0
+        kafka_bootstrap, [topic], "g-commit", start="committed", idle_timeout_s=60.0
     )
     seen = []
     for block in source.blocks():
@@ -325,7 +339,7 @@ def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
         source.stop()
     source.close()
     assert seen[0] == 0
-    assert offsets("committed", "g-commit") == list(range(5, 12))
+    assert offsets("committed", "g-commit", 8) == list(range(5, 13))
 
 
 @pytest.mark.timeout(90)

@@ -475,6 +475,10 @@ class _Reader:
                 elif s.idle_timeout_s is not None and time.monotonic() - self.active_at > (
                     s.idle_timeout_s
                 ):
+                    log.info(
+                        "no records for %.1f s while owning %d partitions (%d read): stopping",
+                        s.idle_timeout_s, len(consumer.assignment()), self.records_read,
+                    )  # fmt: skip
                     return
                 continue
             for tp, records in polled.items():
@@ -564,6 +568,7 @@ class _Reader:
             return
         for tp in assigned:
             consumer.seek(tp, resume.get(partition_name(tp.topic, tp.partition), 0))
+        log.debug("assigned; resuming at %s", resume)
         self.owned.update(partition_name(tp.topic, tp.partition) for tp in assigned)
         self.active_at = time.monotonic()
 
