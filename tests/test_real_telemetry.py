@@ -422,7 +422,7 @@ class TestKafka(SourceConformance):
         producer.close()
         source = KafkaSource(
             self.bootstrap, [topic], f"g-{topic}", start="earliest", max_records=50,
-            idle_timeout_s=3, max_events=len(lines),
+            idle_timeout_s=60, max_events=len(lines),
         )  # fmt: skip
         return file_case(lines, source, lines)
 
