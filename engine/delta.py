@@ -36,6 +36,7 @@ stores a payload number the policy did not declare as ``double`` from the start
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import time
 from collections import defaultdict
@@ -44,6 +45,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 
+from engine.delta_log import CommitConflict, DeltaLog, Snapshot, add_action
 from engine.lake import COLD, FEEDS, PATHS, Lake, LakeUnavailableError, StagedFile, scope
 from routers.errors import ThermoclineError
 
@@ -66,8 +68,10 @@ __all__ = [
 #: could delete a file a running pipeline is about to commit, or that a crashed one's prepare
 #: record names).
 DEFAULT_RETENTION_HOURS: Final[int] = 168
-#: Commit attempts while other writers' commits race ours (each attempt reloads the table).
-_COMMIT_ATTEMPTS: Final[int] = 8
+#: Commit attempts while other writers' commits race ours (each attempt follows the log to the
+#: winner's commit): any commit between our read and our write takes our version, not only one
+#: for the same partition, so members sharing a table lose a race now and then.
+_COMMIT_ATTEMPTS: Final[int] = 16
 
 
 class LakeSchemaError(ThermoclineError):
@@ -175,6 +179,9 @@ class LakeTables:
         self.options = delta_storage_options(lake.uri, lake.storage_options)
         #: Our epoch per source partition (set by :meth:`claim`).
         self.epochs: dict[str, int] = {}
+        self._logs: dict[str, DeltaLog] = {}
+        #: Each table's snapshot as of our last read or commit, followed forward before use.
+        self._snapshots: dict[str, Snapshot] = {}
 
     def uri(self, table: str) -> str:
         return f"{self.lake.uri}/{table}"
@@ -194,12 +201,32 @@ class LakeTables:
                 " that the storage is reachable."
             ) from error
 
+    def _log(self, table: str) -> DeltaLog:
+        if table not in self._logs:
+            self._logs[table] = DeltaLog(
+                self.lake.fs, self.lake.path(table), self.uri(table), self.options
+            )
+        return self._logs[table]
+
+    def _snapshot(self, table: str) -> Snapshot | None:
+        """``table``'s latest snapshot (None: no table yet), followed from our last one."""
+        delta_log = self._log(table)
+        try:
+            known = self._snapshots.get(table)
+            found = delta_log.read() if known is None else delta_log.refresh(known)
+        except OSError as error:
+            raise LakeUnavailableError(
+                f"lake {self.lake.uri}: reading table {table}'s log: {error}. Operator action:"
+                " check that the storage is reachable."
+            ) from error
+        if found is not None:
+            self._snapshots[table] = found
+        return found
+
     def version(self, table: str, partition: str, feed: str = COLD) -> int | None:
         """The last source offset of ``partition`` committed to ``table`` (None: none yet)."""
-        found = self._open(table)
-        if found is None:
-            return None
-        return found.transaction_version(app_id(self.pipeline, partition, feed))
+        found = self._snapshot(table)
+        return None if found is None else found.txns.get(app_id(self.pipeline, partition, feed))
 
     def ensure(self, table: str, partition_by: tuple[str, ...]) -> None:
         """Create ``table`` (empty: its partition columns only) if it does not exist, so that
@@ -210,7 +237,7 @@ class LakeTables:
         from deltalake.schema import Schema
         from deltalake.transaction import create_table_with_add_actions
 
-        if not partition_by or self._open(table) is not None:
+        if not partition_by or self._snapshot(table) is not None:
             return
         keys = pa.schema([(k, pa.string() if k == "dt" else pa.int32()) for k in partition_by])
         try:
@@ -238,25 +265,20 @@ class LakeTables:
             LakeUnavailableError: a table refused the claim on every attempt (we would then
                 fence ourselves off the partitions there).
         """
-        from deltalake import CommitProperties, Transaction
-
         claimed = {p: new_epoch() for p in partitions}
         self.epochs.update(claimed)
-        apps = [Transaction(owner_app(self.pipeline, p), e) for p, e in claimed.items()]
+        now = int(time.time() * 1000)
+        apps = [_txn(owner_app(self.pipeline, p), e, now) for p, e in claimed.items()]
         for table in tables:
             for attempt in range(_COMMIT_ATTEMPTS):
-                found = self._open(table)
-                if found is None or self._try(
-                    lambda found=found: found.create_write_transaction(
-                        [],
-                        mode="append",
-                        schema=found.schema(),
-                        partition_by=found.metadata().partition_columns or None,
-                        commit_properties=CommitProperties(app_transactions=apps),
-                    )
-                ):
+                found = self._snapshot(table)
+                if found is None:
                     break
-                time.sleep(0.05 * 2**attempt)  # a claim of the same partitions raced ours
+                try:
+                    self._snapshots[table] = self._log(table).append(found, apps)
+                    break
+                except CommitConflict:
+                    _back_off(attempt)  # another commit took the version: follow it, retry
             else:
                 raise LakeUnavailableError(
                     f"lake {self.lake.uri}: claiming partitions {sorted(claimed)} in table"
@@ -295,37 +317,29 @@ class LakeTables:
             The partitions fenced off (their files not committed).
         """
         from deltalake import CommitProperties, Transaction
-        from deltalake.exceptions import CommitFailedError, DeltaError
+        from deltalake.exceptions import DeltaError
         from deltalake.schema import Schema
         from deltalake.transaction import AddAction, create_table_with_add_actions
 
         by_partition: dict[str, list[StagedFile]] = defaultdict(list)
         for staged in files:
             by_partition[staged.partition].append(staged)
+        targets = {
+            p: {f: n for f, n in feeds_at.items() if f in feeds}
+            for p, feeds_at in positions.items()
+        }
         for attempt in range(_COMMIT_ATTEMPTS):
-            found = self._open(table)
+            found = self._snapshot(table)
+            txns = {} if found is None else found.txns
             fenced, done = [], []
-            targets = {
-                p: {f: n for f, n in feeds_at.items() if f in feeds}
-                for p, feeds_at in positions.items()
-            }
             for partition in set(targets) | set(by_partition):
                 target = targets.get(partition, {})
-                owner = (
-                    None
-                    if found is None
-                    else found.transaction_version(owner_app(self.pipeline, partition))
-                )
-                mine = self.epochs.get(partition)
-                if fence and owner is not None and owner != mine:
+                owner = txns.get(owner_app(self.pipeline, partition))
+                if fence and owner is not None and owner != self.epochs.get(partition):
                     fenced.append(partition)
-                elif (
-                    target
-                    and found is not None
-                    and all(
-                        (found.transaction_version(app_id(self.pipeline, partition, f)) or -1) >= n
-                        for f, n in target.items()
-                    )
+                elif target and all(
+                    txns.get(app_id(self.pipeline, partition, f), -1) >= n
+                    for f, n in target.items()
                 ):
                     done.append(partition)  # committed before (a crash, a finished prepare)
             left_out = set(fenced) | set(done)
@@ -333,52 +347,44 @@ class LakeTables:
             chosen = [f for p, fs in by_partition.items() if p not in left_out for f in fs]
             if not keep and not chosen:
                 return sorted(fenced)
-            apps = [
-                Transaction(app_id(self.pipeline, p, f), n)
-                for p in keep
-                for f, n in targets[p].items()
-            ]
+            now = int(time.time() * 1000)
+            apps = [(app_id(self.pipeline, p, f), n) for p in keep for f, n in targets[p].items()]
             apps += [
-                Transaction(owner_app(self.pipeline, p), self.epochs[p])
-                for p in keep
-                if p in self.epochs
-            ]
-            adds = [
-                AddAction(
-                    f.path,
-                    f.size,
-                    dict(f.partition_values),
-                    int(time.time() * 1000),
-                    True,
-                    json.dumps({"numRecords": f.rows}),
-                )
-                for f in chosen
+                (owner_app(self.pipeline, p), self.epochs[p]) for p in keep if p in self.epochs
             ]
             schema = self._schema(table, chosen, found, partition_by)
-            properties = CommitProperties(app_transactions=apps)
             try:
-                if found is None:
+                if found is None:  # its first commit creates it (delta-rs: protocol, metadata)
                     create_table_with_add_actions(
                         self.uri(table),
                         Schema.from_arrow(schema),
-                        adds,
+                        [
+                            AddAction(
+                                f.path, f.size, dict(f.partition_values), now, True, _stats(f)
+                            )
+                            for f in chosen
+                        ],
                         mode="error",
                         partition_by=list(partition_by) or None,
-                        commit_properties=properties,
+                        commit_properties=CommitProperties(
+                            app_transactions=[Transaction(a, n) for a, n in apps]
+                        ),
                         storage_options=self.options or None,
                     )
-                else:
-                    found = self._evolve(table, found, schema)
-                    found.create_write_transaction(
-                        adds,
-                        mode="append",
-                        schema=found.schema(),
-                        partition_by=found.metadata().partition_columns or None,
-                        commit_properties=properties,
-                    )
+                    return sorted(fenced)
+                if Schema.from_arrow(schema) != Schema.from_json(found.schema_string):
+                    self._evolve(table, schema)  # its own commit; then decide again
+                    continue
+                actions = [
+                    add_action(f.path, f.size, f.partition_values, json.loads(_stats(f)), now)
+                    for f in chosen
+                ]
+                actions += [_txn(a, n, now) for a, n in apps]
+                self._snapshots[table] = self._log(table).append(found, actions)
                 return sorted(fenced)
-            except CommitFailedError:
-                continue  # another writer committed first: reload, check again
+            except CommitConflict:
+                _back_off(attempt)  # another writer committed first: follow its commit, retry
+                continue
             except DeltaError as error:
                 if found is None and "already exists" in str(error).lower():
                     continue  # created meanwhile by another writer
@@ -398,12 +404,16 @@ class LakeTables:
         )
 
     def _schema(
-        self, table: str, files: list[StagedFile], found: Any, partition_by: tuple[str, ...]
+        self,
+        table: str,
+        files: list[StagedFile],
+        found: Snapshot | None,
+        partition_by: tuple[str, ...],
     ) -> pa.Schema:
         """The table's schema grown by the files' schemas (partition columns last)."""
         schemas = []
         if found is not None:
-            schemas.append(pa.schema(found.schema().to_arrow()))
+            schemas.append(found.schema)
         for staged in files:
             schemas.append(staged.schema if staged.schema is not None else self._footer(staged))
         keys = [pa.field("dt", pa.string()), pa.field("hour", pa.int32())]
@@ -436,14 +446,12 @@ class LakeTables:
         with self.lake.fs.open(self.lake.path(staged.table, staged.path), "rb") as handle:
             return pq.read_schema(handle)
 
-    def _evolve(self, table: str, found: Any, schema: pa.Schema) -> Any:
-        """``found`` with every column and struct field of ``schema`` (a merge commit when it
-        lacked some), reloaded."""
+    def _evolve(self, table: str, schema: pa.Schema) -> None:
+        """Give ``table`` every column and struct field of ``schema`` (a delta-rs merge commit:
+        rare, and the one commit here that loads the table's file list)."""
         from deltalake import write_deltalake
-        from deltalake.schema import Schema
 
-        if Schema.from_arrow(schema) == found.schema():
-            return found
+        found = self._open(table)
         write_deltalake(
             found,
             schema.empty_table(),
@@ -451,18 +459,6 @@ class LakeTables:
             schema_mode="merge",
             partition_by=found.metadata().partition_columns or None,
         )
-        found.update_incremental()
-        return found
-
-    @staticmethod
-    def _try(call: Any) -> bool:
-        from deltalake.exceptions import CommitFailedError
-
-        try:
-            call()
-        except CommitFailedError:
-            return False
-        return True
 
     def read(self, table: str) -> pa.Table:
         """Every committed row of ``table`` (empty when it does not exist)."""
@@ -494,3 +490,17 @@ class LakeTables:
             full=True,  # also files never committed: the log does not know them
         )
         return list(removed)
+
+
+def _txn(app: str, version: int, now_ms: int) -> dict[str, Any]:
+    return {"txn": {"appId": app, "version": version, "lastUpdated": now_ms}}
+
+
+def _stats(staged: StagedFile) -> str:
+    return json.dumps({"numRecords": staged.rows})
+
+
+def _back_off(attempt: int) -> None:
+    """A random pause after a lost commit race, growing with the losses: members that lost to
+    each other do not collide again in lockstep."""
+    time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))

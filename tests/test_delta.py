@@ -9,7 +9,7 @@ import pytest
 from deltalake import DeltaTable
 
 from engine.cli import main
-from engine.delta import LakeSchemaError, LakeTables
+from engine.delta import LakeSchemaError, LakeTables, app_id
 from engine.lake import COLD, EVENTS_DIR, Lake, StagedFile
 
 T0 = pa.scalar(1_764_000_000_000, pa.timestamp("ms", "UTC"))
@@ -127,3 +127,62 @@ def test_vacuum_command_refuses_a_retention_under_an_hour(
     stage(lake, events(["b"]))
     assert main(["vacuum", "--lake", str(tmp_path), "--dry-run"]) == 0
     assert "0 files to remove" in capsys.readouterr().out  # younger than 168 h
+
+
+def test_members_racing_on_one_table_each_commit_once_and_delta_rs_reads_it_all(
+    tmp_path: Path,
+) -> None:
+    """Four members commit to one table at once (each from its own stale snapshot): every
+    commit lands once, app transactions and files as delta-rs reads them, and readers open the
+    table from the checkpoints written along the way (every 100 versions by default)."""
+    import threading
+
+    lake = Lake(str(tmp_path))
+    LakeTables(lake, "pipe").ensure(EVENTS_DIR, ("dt", "hour"))
+    members = {p: LakeTables(lake, "pipe") for p in ("p0", "p1", "p2", "p3")}
+    staged = {p: [stage(lake, events([f"{p}-{i}"]), p) for i in range(30)] for p in members}
+    for p, member in members.items():
+        member.claim([EVENTS_DIR], [p])
+        commit(member, staged[p][0], 0, p)  # each member's snapshot is now stale for the others
+    errors: list[BaseException] = []
+
+    def run(p: str) -> None:
+        try:
+            for i in range(1, 30):
+                assert commit(members[p], staged[p][i], i, p) == []
+        except BaseException as error:  # the test thread raises it below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in members]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    table = DeltaTable(lake.path(EVENTS_DIR))
+    assert table.version() == 1 + 4 + 4 * 30  # create, claims, commits: none lost or doubled
+    ids = table.to_pyarrow_table()["event_id"].to_pylist()
+    assert sorted(ids) == sorted(f"{p}-{i}" for p in members for i in range(30))
+    for p in members:
+        assert table.transaction_version(app_id("pipe", p)) == 29  # as delta-rs reads it
+        assert members["p0"].version(EVENTS_DIR, p) == 29  # followed from another's commits
+    assert (tmp_path / EVENTS_DIR / "_delta_log" / f"{100:020d}.checkpoint.parquet").exists()
+    fresh = LakeTables(lake, "pipe")  # reads the checkpoint's txn column, then the commits after
+    assert [fresh.version(EVENTS_DIR, p) for p in members] == [29] * 4
+    leftovers = list((tmp_path / EVENTS_DIR / "_delta_log").glob("_commit_*"))
+    assert leftovers == []  # the losers' temporary commit files are removed
+
+
+def test_a_table_needing_a_newer_writer_protocol_is_refused_by_name(tmp_path: Path) -> None:
+    from deltalake import TableFeatures
+
+    from engine.delta_log import UnsupportedTableError
+
+    lake = Lake(str(tmp_path))
+    tables = LakeTables(lake, "pipe")
+    assert commit(tables, stage(lake, events(["a"])), 1) == []
+    table = DeltaTable(lake.path(EVENTS_DIR))
+    table.alter.add_feature(TableFeatures.ChangeDataFeed, allow_protocol_versions_increase=True)
+    with pytest.raises(UnsupportedTableError, match=r"writer version 7 \(features .*changeData"):
+        commit(tables, stage(lake, events(["b"])), 2)
+    assert table.to_pyarrow_table()["event_id"].to_pylist() == ["a"]
