@@ -497,6 +497,10 @@ def _txn(app: str, version: int, now_ms: int) -> dict[str, Any]:
 
 
 def _stats(staged: StagedFile) -> str:
+    # The row count only, on purpose: delta-rs 1.6.6's dataset reads a column without bounds in
+    # a file that has other bounds as `column >= null` and skips the file for any filter on it
+    # (a column added after the file was written, filtered with is_null, returned no rows).
+    # tests/test_delta_stats.py holds filtered reads to full ones.
     return json.dumps({"numRecords": staged.rows})
 
 

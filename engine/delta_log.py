@@ -296,7 +296,9 @@ class DeltaLog:
             finally:
                 self._checkpointing.release()
 
-        threading.Thread(target=write, name="thermocline-delta-checkpoint", daemon=True).start()
+        # Not a daemon: interpreter exit waits for it (delta-rs aborts the process when a thread is
+        # stopped inside it).
+        threading.Thread(target=write, name="thermocline-delta-checkpoint").start()
 
 
 def _commit_name(version: int) -> str:
