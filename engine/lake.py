@@ -38,6 +38,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Final, TypeVar
@@ -104,6 +105,22 @@ _ATTEMPTS: Final[int] = 5
 _FIRST_DELAY_S: Final[float] = 0.2
 #: OSErrors that retrying cannot fix: the lake is misconfigured (wrong path, no access).
 _PERMANENT: Final = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+#: Files of one flush written at once: Parquet encoding and compression release the GIL, and
+#: the files of a flush (one per hour folder: late rows reach dozens) were a serial tail at the
+#: end of a bounded run.
+_STAGERS: Final[int] = 4
+_stager_pool: ThreadPoolExecutor | None = None
+
+
+def _stagers() -> ThreadPoolExecutor:
+    """This process's staging threads (created by the first flush: on a lake writer's thread,
+    whose lowered CPU priority they inherit, engine.priority)."""
+    global _stager_pool
+    if _stager_pool is None:
+        _stager_pool = ThreadPoolExecutor(_STAGERS, thread_name_prefix="thermocline-stage")
+    return _stager_pool
 
 
 class LakeUnavailableError(ThermoclineError):
@@ -421,20 +438,23 @@ class Lake:
             ValueError: a ``partition_by`` name that is not a plain column name, starts with
                 ``_`` (readers skip such folders) or is ``dt``/``hour``.
         """
-        staged = []
-        for segment, rows in self._partitions(table, time_column, partition_by, True):
+
+        def stage(segment_rows: tuple[str, pa.Array]) -> StagedFile:
+            segment, rows = segment_rows
             values = dict(part.split("=", 1) for part in segment.split("/")[:2])
-            staged.append(
-                self.stage_parquet(
-                    table.take(rows),
-                    directory,
-                    stem,
-                    partition,
-                    folder=segment,
-                    partition_values={"dt": values["dt"], "hour": str(int(values["hour"]))},
-                )
+            return self.stage_parquet(
+                table.take(rows),
+                directory,
+                stem,
+                partition,
+                folder=segment,
+                partition_values={"dt": values["dt"], "hour": str(int(values["hour"]))},
             )
-        return staged
+
+        segments = list(self._partitions(table, time_column, partition_by, True))
+        if len(segments) <= 1:
+            return [stage(s) for s in segments]
+        return list(_stagers().map(stage, segments))
 
     def write_text(self, text: str, relative: str) -> str:
         """Write a small text file atomically (see :meth:`_write_atomically`)."""
