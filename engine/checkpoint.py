@@ -7,9 +7,17 @@ lake's cold tables; nothing after either is. Layout::
 
     {lake}/_state/{pipeline}/{partition}/hot-{N:020d}-{writer}-{actor:03d}.parquet   snapshot rows
                                                  of P's keys held by one hot actor of one member
-    {lake}/_state/{pipeline}/{partition}/CURRENT.json   {"position": paths, "feeds": {"cold": C,
-                                                          "paths": N}, "hot": ["<path>", ...],
-                                                          "schema": "<Arrow IPC, base64>"}
+    {lake}/_state/{pipeline}/{partition}/epoch-{E}/CURRENT.json   {"position": paths, "feeds":
+                                     {"cold": C, "paths": N}, "hot": ["<path>", ...],
+                                     "schema": "<Arrow IPC, base64>"}
+    {lake}/_state/{pipeline}/{partition}/epoch-{E}/PREPARED.json
+    {lake}/_state/{pipeline}/{partition}/OWNER.json    {"epoch": E, ...}: a hint for tools
+
+``E`` is the owner epoch the member committed to the lake's tables when it was assigned the
+partition (engine.delta): each owner writes only its own epoch's folder, and the next owner
+carries the records of the epoch the tables name forward into its own (:meth:`Checkpoints.
+adopt`), so a member that lost the partition can never overwrite the records of the member that
+took it over (the fence is the tables' atomic claim, not a check before a write here).
 
 Both names are encoded injectively (:func:`engine.lake.encode_partition_value`): pipelines with
 different names keep apart checkpoints in one lake, and topics ``a.b`` and ``a_b`` do not meet.
@@ -17,7 +25,7 @@ different names keep apart checkpoints in one lake, and topics ``a.b`` and ``a_b
 ``schema`` is the stream's schema contract at the checkpoint (routers.contract): a resumed run
 seeds its contract with it, so it types undeclared columns as the uninterrupted run did.
 
-``PREPARED.json`` in the same folder is step 3 of the commit protocol (engine.commit): the next
+``PREPARED.json`` is step 3 of the commit protocol (engine.commit): the next
 checkpoint's position, pieces, schema and staged lake files, written before any table commit, so
 that recovery can finish a checkpoint a crash interrupted.
 
@@ -35,7 +43,7 @@ import base64
 import contextlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -47,6 +55,9 @@ from engine.lake import COLD, FEEDS, PATHS, Lake, encode_partition_value
 from routers import concat_conformed
 
 __all__ = ["Checkpoint", "Checkpoints", "feeds_of"]
+
+#: A partition's records carried from one owner to the next (:meth:`Checkpoints.adopt`).
+_RECORDS = ("CURRENT.json", "PREPARED.json")
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,8 @@ class Checkpoints:
         self.pipeline = pipeline
         #: In snapshot piece names: two members never write the same file, even at one position.
         self.writer = uuid.uuid4().hex[:8]
+        #: Our owner epoch per adopted partition (:meth:`adopt`).
+        self.epochs: dict[str, int] = {}
 
     def _folder(self, partition: str) -> str:
         names = (encode_partition_value(self.pipeline), encode_partition_value(partition))
@@ -93,24 +106,37 @@ class Checkpoints:
         self.lake.write_parquet(rows, path)
         return path
 
-    def claim(self, partitions: list[str]) -> None:
-        """Record this writer as the owner of ``partitions`` (on assignment):
-        ``_state/{pipeline}/{partition}/OWNER.json``. A member that lost them (it stalled past
-        the group's timeouts, and they were given to another) finds the new owner's claim and is
-        fenced off (:meth:`fenced`), whether or not the new owner has checkpointed yet."""
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for partition in partitions:
-            text = json.dumps({"writer": self.writer, "at": stamp})
-            self.lake.write_text(text, f"{self._folder(partition)}/OWNER.json")
+    def _records(self, partition: str, epoch: int | None = None) -> str:
+        """Where ``partition``'s pointer and prepare record go: its owner epoch's folder (ours
+        unless ``epoch`` is given), or the partition's folder for a writer that has not adopted
+        it (tools, tests, bounded runs, checkpoints written before epochs)."""
+        epoch = self.epochs.get(partition) if epoch is None else epoch
+        folder = self._folder(partition)
+        return folder if epoch is None else f"{folder}/epoch-{epoch}"
 
-    def fenced(self, partitions: list[str]) -> list[str]:
-        """Those of ``partitions`` another writer has claimed since this one did."""
-        out = []
-        for partition in partitions:
-            text = self.lake.read_text(f"{self._folder(partition)}/OWNER.json")
-            if text is not None and json.loads(text)["writer"] != self.writer:
-                out.append(partition)
-        return out
+    def adopt(self, partition: str, epoch: int, previous: Sequence[int] = ()) -> None:
+        """Own ``partition`` under ``epoch`` (on assignment, after the tables' claim): from now on
+        its pointer and prepare record are written to ``epoch-{epoch}/``, where no other member
+        writes, so a member that lost the partition (it stalled past the group's timeouts) can
+        still write its own records but never overwrite the new owner's.
+
+        The previous owner's records are carried forward into ours first: those of the first of
+        ``previous`` (the owner epochs the tables held before our claim: atomic there, unlike
+        any file here) that has any, else the partition's folder (checkpoints written before
+        epochs). What that member writes after this is never read.
+        """
+        self.epochs[partition] = epoch
+        sources = [self._records(partition, e) for e in previous] + [self._folder(partition)]
+        for source in sources:
+            found = {name: self.lake.read_text(f"{source}/{name}") for name in _RECORDS}
+            if any(text is not None for text in found.values()):
+                for name, text in found.items():
+                    if text is not None:
+                        self.lake.write_text(text, f"{self._records(partition)}/{name}")
+                break
+        # For people and tools (which epoch folder is current); recovery never reads it.
+        text = json.dumps({"epoch": epoch, "writer": self.writer, "at": _now()})
+        self.lake.write_text(text, f"{self._folder(partition)}/OWNER.json")
 
     def save(
         self,
@@ -122,10 +148,9 @@ class Checkpoints:
         its snapshot pieces (already written; a partition without keys has none), then remove
         the pieces of the checkpoint before.
 
-        The pointer is the commit: it is one small file per partition, whatever the state's size.
-        The caller leaves out partitions another writer has claimed (:meth:`fenced`, checked
-        just before: not an atomic conditional put, so a stale member whose write lands within
-        the instant of the new owner's claim is not told apart).
+        The pointer is the commit: it is one small file per partition, whatever the state's size,
+        in our epoch's folder (:meth:`adopt`). The caller leaves out partitions the tables fenced
+        off (engine.delta).
         """
         encoded = _encode(schema)
         for partition, position in positions.items():
@@ -147,7 +172,7 @@ class Checkpoints:
         previous = self._pointer(partition)
         record = {"position": feeds[PATHS], "feeds": dict(feeds), "hot": sorted(pieces)}
         self.lake.write_text(
-            json.dumps({**record, "schema": schema}), f"{self._folder(partition)}/CURRENT.json"
+            json.dumps({**record, "schema": schema}), f"{self._records(partition)}/CURRENT.json"
         )
         for old in _pieces(previous) if previous else []:
             if old not in pieces:
@@ -171,11 +196,11 @@ class Checkpoints:
             "schema": _encode(schema),
             "files": files,
         }
-        self.lake.write_text(json.dumps(record), f"{self._folder(partition)}/PREPARED.json")
+        self.lake.write_text(json.dumps(record), f"{self._records(partition)}/PREPARED.json")
 
     def prepared(self, partition: str) -> dict[str, Any] | None:
         """The partition's last prepare record, or None."""
-        text = self.lake.read_text(f"{self._folder(partition)}/PREPARED.json")
+        text = self.lake.read_text(f"{self._records(partition)}/PREPARED.json")
         return json.loads(text) if text else None
 
     def feeds(self, partition: str) -> dict[str, int] | None:
@@ -184,7 +209,7 @@ class Checkpoints:
         return None if pointer is None else feeds_of(pointer)
 
     def _pointer(self, partition: str) -> dict | None:
-        text = self.lake.read_text(f"{self._folder(partition)}/CURRENT.json")
+        text = self.lake.read_text(f"{self._records(partition)}/CURRENT.json")
         return json.loads(text) if text else None
 
     def load(self, partition: str, newer_than: int | None = None) -> Checkpoint | None:
@@ -206,14 +231,17 @@ class Checkpoints:
     def mark_read(self, partition: str, position: int) -> None:
         """Record that a bounded partition (a file) was read whole, through ``position``, and
         is in the lake: ``_state/{pipeline}/{partition}/READ.json``."""
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        text = json.dumps({"position": position, "at": stamp})
+        text = json.dumps({"position": position, "at": _now()})
         self.lake.write_text(text, f"{self._folder(partition)}/READ.json")
 
     def read_whole(self, partition: str) -> str | None:
         """When an earlier run read ``partition`` whole (see :meth:`mark_read`), else None."""
         text = self.lake.read_text(f"{self._folder(partition)}/READ.json")
         return json.loads(text)["at"] if text else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def feeds_of(record: Mapping[str, Any]) -> dict[str, int]:

@@ -6,19 +6,21 @@ forgets the checkpoint (:meth:`Committer.recover`):
 
 1. (the pipeline) drain the paths: every row read so far is in a staged file or in hot state;
 2. (the pipeline) hot actors write their snapshot pieces for each P at N;
-3. **prepare**: per P, ``_state/{pipeline}/{P}/PREPARED.json`` records N, the snapshot pieces,
-   the contract's schema and every staged file of P, per table. From here the checkpoint can
-   be finished by anyone;
+3. **prepare**: per P, ``_state/{pipeline}/{P}/epoch-{E}/PREPARED.json`` (E: our owner epoch)
+   records N, the snapshot pieces, the contract's schema and every staged file of P, per
+   table. From here the checkpoint can be finished by anyone;
 4. **commit the tables**: per table, one Delta transaction with its staged files and, as app
    transactions, each P's position and our owner epoch (engine.delta; partitions another member
    owns now are fenced off and left out);
-5. **point**: per P, ``CURRENT.json`` points at N and its pieces (engine.checkpoint);
+5. **point**: per P, ``epoch-{E}/CURRENT.json`` points at N and its pieces (engine.checkpoint);
 6. (the pipeline) commit the positions to the source (Kafka).
 
-Recovery of P (on assignment): the pointer says M; a prepared checkpoint N > M is finished (steps
-4 and 5, each table only if its app transaction for P is below N, so nothing is committed twice),
-and P resumes after N; else after M. A table never holds rows past its app transaction version,
-and every such version has a prepare record, so the replay after N adds each row once.
+Recovery of P (on assignment, after the claim has carried the previous owner's records into
+our epoch's folder: engine.checkpoint): the pointer says M; a prepared checkpoint N > M is
+finished (steps 4 and 5, each table only if its app transaction for P is below N, so nothing is
+committed twice), and P resumes after N; else after M. A table never holds rows past its app
+transaction version, and every such version has a prepare record, so the replay after N adds
+each row once.
 
 A prepare record lists a checkpoint's files, so it grows with the files one checkpoint stages,
 not with the lake.
@@ -139,9 +141,13 @@ class Committer:
         self.known.update(f.table for f in files)
 
     def claim(self, partitions: list[str]) -> None:
-        """Own ``partitions`` (on assignment): the pointer claim, then an epoch per table."""
-        self.checkpoints.claim(partitions)
-        self.tables.claim(sorted(self.known), partitions)
+        """Own ``partitions`` (on assignment): an epoch committed to each table, then the
+        checkpoint records of the owner the tables named before carried into our epoch's."""
+        previous = self.tables.claim(sorted(self.known), partitions)
+        for partition in partitions:
+            self.checkpoints.adopt(
+                partition, self.tables.epochs[partition], previous.get(partition, [])
+            )
 
     def release(self, partitions: list[str]) -> None:
         """No longer own ``partitions`` (revoked): a later claim must not re-assert them."""
@@ -171,16 +177,11 @@ class Committer:
         if not positions and not files:
             return CommitResult([], 0, 0)  # nothing moved: nothing to prepare or commit
         pieces = dict(pieces or {})
+        # A partition claimed by another member since we did is fenced off at step 4, by the
+        # tables' owner epochs (atomic); what we prepare before that goes to our own epoch's
+        # folder, which its new owner never reads (engine.checkpoint). Our snapshot pieces then
+        # stay: its new owner may have taken over our prepare record, which names them.
         fenced: set[str] = set()
-        if checkpointed:
-            # Claimed by another member since we did: neither prepared, committed nor pointed
-            # (one read per partition; a claim racing this check is caught by the tables'
-            # epochs at step 4, not by the pointer: see engine.checkpoint).
-            fenced.update(self.checkpoints.fenced(list(positions)))
-            for partition in fenced:
-                self.checkpoints.discard(pieces.pop(partition, []))
-            positions = {p: n for p, n in positions.items() if p not in fenced}
-            files = [f for f in files if f.partition not in fenced]
         by_partition: dict[str, list[StagedFile]] = defaultdict(list)
         for staged in files:
             by_partition[staged.partition].append(staged)

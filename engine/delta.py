@@ -253,13 +253,18 @@ class LakeTables:
             if "already exists" not in str(error).lower():
                 raise  # else: created meanwhile by another member
 
-    def claim(self, tables: Iterable[str], partitions: Iterable[str]) -> dict[str, int]:
+    def claim(self, tables: Iterable[str], partitions: Iterable[str]) -> dict[str, list[int]]:
         """Become the owner of ``partitions`` in every existing one of ``tables``: commit a new
-        epoch per partition (one commit per table). A table created later gets ours with its
-        first commit. Returns the epochs of ``partitions``.
+        epoch per partition (one commit per table; ours in :attr:`epochs`). A table created
+        later gets ours with its first commit.
 
         Only ``partitions``: an epoch of ours for any other partition is stale (we were its
         owner before a rebalance) and re-committing it would fence off its new owner.
+
+        Returns:
+            Per partition, the owner epochs the tables held just before our claim (the previous
+            owners, whose checkpoint records we take over: engine.checkpoint), in the order of
+            ``tables``; empty for a partition never owned.
 
         Raises:
             LakeUnavailableError: a table refused the claim on every attempt (we would then
@@ -267,6 +272,7 @@ class LakeTables:
         """
         claimed = {p: new_epoch() for p in partitions}
         self.epochs.update(claimed)
+        previous: dict[str, list[int]] = {p: [] for p in claimed}
         now = int(time.time() * 1000)
         apps = [_txn(owner_app(self.pipeline, p), e, now) for p, e in claimed.items()]
         for table in tables:
@@ -276,16 +282,21 @@ class LakeTables:
                     break
                 try:
                     self._snapshots[table] = self._log(table).append(found, apps)
-                    break
                 except CommitConflict:
                     _back_off(attempt)  # another commit took the version: follow it, retry
+                    continue
+                for partition, owners in previous.items():
+                    before = found.txns.get(owner_app(self.pipeline, partition))
+                    if before is not None and before not in owners:
+                        owners.append(before)  # as of the version our claim followed
+                break
             else:
                 raise LakeUnavailableError(
                     f"lake {self.lake.uri}: claiming partitions {sorted(claimed)} in table"
                     f" {table}: {_COMMIT_ATTEMPTS} attempts lost to concurrent commits."
                     " Operator action: check that no other writer uses this pipeline's name."
                 )
-        return claimed
+        return previous
 
     def release(self, partitions: Iterable[str]) -> None:
         """Forget our epochs of ``partitions`` (revoked: another member owns them now)."""

@@ -145,13 +145,25 @@ def lake_table(fs: Any, lake: str, directory: str) -> pa.Table:
     return Lake(lake, fs.storage_options).read(directory)
 
 
+def current_pointers(fs: Any, state: str, pipeline: str = "*") -> list[str]:
+    """Each partition's pointer in its current owner's epoch folder
+    (``_state/{pipeline}/{partition}/epoch-{E}/CURRENT.json``, E from ``OWNER.json``)."""
+    found = []
+    for owner in fs.glob(f"{state}/{pipeline}/*/OWNER.json"):
+        folder = owner.rsplit("/", 1)[0]
+        pointer = f"{folder}/epoch-{json.loads(fs.cat(owner))['epoch']}/CURRENT.json"
+        if fs.exists(pointer):
+            found.append(pointer)
+    return found
+
+
 def hot_state_from_checkpoints(fs: Any, lake: str, pipeline: str = "*") -> pa.Table:
     """Rebuild the hot state from the last checkpoint of every partition (of one pipeline, or
     of every one), as a restore would."""
     processor = PlayerFeatures(EventSchema())
     root = f"{lake}/_state".removeprefix("s3://")
     fs.invalidate_cache()
-    for pointer in fs.glob(f"{root}/{pipeline}/*/CURRENT.json"):  # _state/{pipeline}/{partition}/
+    for pointer in current_pointers(fs, root, pipeline):
         for piece in json.loads(fs.cat(pointer))["hot"]:  # one per hot actor holding keys
             rows = pq.read_table(f"{lake.removeprefix('s3://')}/{piece}", filesystem=fs)
             processor.restore(rows.drop_columns(["__partition"]))

@@ -1,8 +1,10 @@
-"""Checkpoint pointers: a member that lost its partitions cannot checkpoint them over the new
-owner's (fencing), and two members never write the same snapshot file."""
+"""Checkpoint pointers: a member that lost its partitions cannot write over the new owner's
+records (each owner writes its own epoch's folder), and two members never write the same
+snapshot file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,37 +17,47 @@ def rows(player: str) -> pa.Table:
     return pa.table({"player_id": [player], "__partition": ["t-0"]})
 
 
-def test_a_stalled_member_is_fenced_off_the_new_owners_partitions(tmp_path: Path) -> None:
+def test_a_stalled_member_cannot_write_over_the_new_owners_records(tmp_path: Path) -> None:
     lake = Lake(str(tmp_path))
     a, b = Checkpoints(lake, "kpis"), Checkpoints(lake, "kpis")  # two members of one pipeline
-    a.claim(["t-0", "t-1"])
+    a.adopt("t-0", 1)
     first = a.write_snapshot("t-0", 10, rows("from-a"))
-    assert a.fenced(["t-0"]) == []
     a.save({"t-0": 10}, {"t-0": [first]})
 
-    # A stalls; its partitions go to B, which claims them before it has checkpointed anything.
-    b.claim(["t-0", "t-1"])
-    assert a.fenced(["t-0", "t-1"]) == ["t-0", "t-1"] and b.fenced(["t-0", "t-1"]) == []
-    # A comes back to checkpoint what it read meanwhile: fenced (its committer leaves t-0 out
-    # and discards the pieces it wrote).
-    late = a.write_snapshot("t-0", 15, rows("from-a-late"))
-    assert a.fenced(["t-0"]) == ["t-0"]
-    a.discard([late])
-    assert not (tmp_path / late).exists()
+    # A stalls; t-0 goes to B, whose claim in the tables says A (epoch 1) owned it before.
+    b.adopt("t-0", 2, previous=[1])
     now = b.load("t-0")
-    assert now is not None and now.position == 10  # B resumes from A's last good checkpoint
+    assert now is not None and now.position == 10  # B resumes from A's last checkpoint
+    # A comes back and prepares what it read meanwhile, before its table commit is fenced off
+    # (it then points nowhere): the record lands in A's own folder, B's are untouched.
+    late = a.write_snapshot("t-0", 15, rows("from-a-late"))
+    a.prepare("t-0", 15, [late], None, [])
+    assert a.prepared("t-0") is not None and b.prepared("t-0") is None
+    now = b.load("t-0")
+    assert now is not None and now.position == 10
 
     newer = b.write_snapshot("t-0", 20, rows("from-b"))
-    assert b.fenced(["t-0"]) == []
     b.save({"t-0": 20}, {"t-0": [newer]})
-    now = a.load("t-0")
+    # Given to C later (the tables name B's epoch): C continues from B's records, not A's.
+    c = Checkpoints(lake, "kpis")
+    c.adopt("t-0", 3, previous=[2])
+    now = c.load("t-0")
     assert now is not None and now.position == 20
     assert now.hot["player_id"].to_pylist() == ["from-b"]
-    assert (tmp_path / newer).exists()  # B's piece was not removed by A
+    owner = json.loads((tmp_path / "_state/kpis/t-0/OWNER.json").read_text())
+    assert owner["epoch"] == 3  # the hint for tools
 
-    # Given back to A later, A checkpoints it again.
-    a.claim(["t-0"])
-    assert a.fenced(["t-0"]) == [] and b.fenced(["t-0"]) == ["t-0"]
+
+def test_a_previous_owner_without_records_falls_back_to_the_one_before(tmp_path: Path) -> None:
+    """An owner that crashed before its first checkpoint (no records in its folder), and a lake
+    checkpointed before epochs (records in the partition's folder): both carried forward."""
+    lake = Lake(str(tmp_path))
+    old = Checkpoints(lake, "kpis")  # never adopted: the partition's own folder
+    old.save({"t-0": 5}, {"t-0": [old.write_snapshot("t-0", 5, rows("old"))]})
+    b = Checkpoints(lake, "kpis")
+    b.adopt("t-0", 2, previous=[9])  # epoch 9 never wrote anything
+    now = b.load("t-0")
+    assert now is not None and now.position == 5
 
 
 def test_two_members_never_write_one_snapshot_file(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def test_a_crash_at_each_step_loses_and_doubles_nothing(
     finished = "PREPARED" if step.startswith(("prepared", "committed")) else "CURRENT"
     resume = sum(
         json.loads(fs.cat(path))["feeds"]["cold"] + 1
-        for path in fs.glob(f"{state}/*/{finished}.json")
+        for path in fs.glob(f"{state}/*/epoch-*/{finished}.json")  # one run: one epoch each
     )
     resumed = cli_runs(config, "resumed").result(timeout=240)
     assert resumed["events_in"] == 16_000 - resume  # from the checkpoint, not from the start

@@ -27,6 +27,7 @@ from routers import decode_ndjson
 from tests.kafka_helpers import (
     POLICY,
     CliRun,
+    current_pointers,
     end_and_committed,
     expected,
     group_shares,
@@ -109,7 +110,7 @@ def test_kafka_to_s3_lake(kafka_bootstrap: str, topic: str, s3_lake: tuple[str, 
     check_hot(pipeline.hot_state(), want["hot"])
     # Each hot actor wrote its own snapshot pieces (2 actors: at most 2 per partition), and the
     # checkpoints equal the live state; the summary says what the last one cost.
-    pointers = fs.glob(f"{lake.removeprefix('s3://')}/_state/kafka-test/*/CURRENT.json")
+    pointers = current_pointers(fs, f"{lake.removeprefix('s3://')}/_state", "kafka-test")
     assert len(pointers) == 6
     assert all(1 <= len(json.loads(fs.cat(p))["hot"]) <= 2 for p in pointers)
     check_hot(hot_state_from_checkpoints(fs, lake), want["hot"])
@@ -191,7 +192,7 @@ def test_a_commit_lost_in_a_crash_is_made_on_resume(
 
 def checkpoints(fs: s3fs.S3FileSystem, state: str) -> int:
     fs.invalidate_cache()  # s3fs caches listings; the pipeline writes from other processes
-    return len(fs.glob(f"{state}/*/*/CURRENT.json"))  # _state/{pipeline}/{partition}/
+    return len(current_pointers(fs, state))
 
 
 def test_sigkill_mid_stream_then_resume(
