@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Iterator, Sequence
@@ -43,9 +44,10 @@ class MemorySource(Source):
         self.rate = rate
         self.max_rows = max_rows
 
-    @property
+    @functools.cached_property
     def replay_id(self) -> str:
-        """A digest of the blocks: the same blocks are the same content."""
+        """A digest of the blocks: the same blocks are the same content (computed once: it
+        reads every byte, ~0.3 s for 2M events, and the pipeline asks at its start and end)."""
         digest = hashlib.sha1()
         for block in self._blocks:
             digest.update(f"{block.partition}|{block.first_offset}|{block.last_offset}|".encode())
