@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
-from engine.lake import LakeUnavailableError
+from engine.lake import LakeUnavailableError, is_local
 from routers.errors import ThermoclineError
 
 __all__ = ["CommitConflict", "DeltaLog", "Snapshot", "UnsupportedTableError", "add_action"]
@@ -133,7 +133,7 @@ class DeltaLog:
 
     def __init__(self, fs: Any, root: str, uri: str, storage_options: Mapping[str, str]) -> None:
         protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-        self.local = "file" in protocols or "local" in protocols
+        self.local = is_local(fs)
         if not self.local and not {"s3", "s3a"} & set(protocols):
             raise UnsupportedTableError(
                 f"lake on {protocols[0]}://: Thermocline commits to Delta tables in a local"

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import re
 import time
@@ -64,6 +65,7 @@ __all__ = [
     "StagedFile",
     "LakeUnavailableError",
     "deltable",
+    "is_local",
     "encode_partition_value",
     "numbers_as_double",
     "file_stem",
@@ -112,6 +114,12 @@ _PERMANENT: Final = (FileNotFoundError, NotADirectoryError, IsADirectoryError, P
 #: end of a bounded run.
 _STAGERS: Final[int] = 4
 _stager_pool: ThreadPoolExecutor | None = None
+
+
+def is_local(fs: Any) -> bool:
+    """Whether ``fs`` is the local filesystem (renames are atomic there; objects are not)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols or "local" in protocols
 
 
 def _stagers() -> ThreadPoolExecutor:
@@ -319,7 +327,9 @@ class Lake:
         raise AssertionError("unreachable")
 
     def _write_atomically(self, relative: str, write: Callable[[Any], object]) -> str:
-        """Call ``write(handle)`` on a hidden temporary file, then rename it to ``relative``.
+        """Call ``write(handle)`` and make the result ``relative`` at once: on an object store
+        one PUT (atomic there: no rename, which S3 does as a copy and a delete), locally a hidden
+        temporary file renamed.
 
         Readers (pyarrow datasets skip names starting with ``.``) never see a half-written file,
         and writing the same content to the same name again replaces the file. Retried as a
@@ -329,6 +339,11 @@ class Lake:
         folder, name = final.rsplit("/", 1)
 
         def attempt() -> str:
+            if not is_local(self.fs):
+                buffer = io.BytesIO()
+                write(buffer)
+                self.fs.pipe_file(final, buffer.getvalue())
+                return final
             self.fs.makedirs(folder, exist_ok=True)
             temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
             try:
