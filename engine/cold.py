@@ -305,6 +305,12 @@ class ColdPath:
             self._inflight[self.writer.tick.remote()] = 0
         return done
 
+    def flush_soon(self) -> None:
+        """Have the writer stage everything it buffers once the calls sent before are done,
+        without waiting: its report is collected like a write's (:meth:`poll`, :meth:`drain`),
+        so the flush runs while the other paths drain."""
+        self._inflight[self.writer.flush.remote()] = 0
+
     def drain(self, flush: bool = True) -> list[int]:
         """Wait for every call; with ``flush``, have the writer stage everything it buffers
         (else it keeps its buffers: see engine.coordinator)."""

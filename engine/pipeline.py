@@ -433,9 +433,11 @@ class Pipeline:
         lake flush; without it, the lake writer keeps the rows its buffers hold (see
         :meth:`checkpoint`). Every file staged is handed to the committer."""
         assert self.hot is not None and self.warm is not None and self.cold is not None
+        if flush_cold:  # the lake writer stages its buffers while the paths below drain
+            self.cold.flush_soon()
         self._acked(self.warm.drain())
         self._acked(self.hot.drain())
-        self._acked_cold(self.cold.drain(flush=flush_cold))
+        self._acked_cold(self.cold.drain(flush=False))
         self.committer.stage(self.cold.staged + self.warm.staged)
         self.cold.staged, self.warm.staged = [], []
         if self.coordinator.tracker.open_blocks or (
