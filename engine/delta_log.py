@@ -265,13 +265,18 @@ class DeltaLog:
         for name in names:
             with self.fs.open(self._path(name), "rb") as handle:
                 # Three columns of the checkpoint: its add actions (one row per file) are skipped.
-                found = pq.read_table(handle, columns=["txn", "metaData", "protocol"])
-            for txn in found.column("txn").drop_null().to_pylist():
+                # A part without any action of a kind may lack its column.
+                parquet = pq.ParquetFile(handle)
+                wanted = [
+                    c for c in ("txn", "metaData", "protocol") if c in parquet.schema_arrow.names
+                ]
+                found = parquet.read(columns=wanted)
+            for txn in _present(found, "txn"):
                 txns[txn["appId"]] = int(txn["version"])
-            for meta in found.column("metaData").drop_null().to_pylist():
+            for meta in _present(found, "metaData"):
                 meta["configuration"] = dict(meta.get("configuration") or [])
                 schema, columns, interval = _metadata(meta)
-            for protocol in found.column("protocol").drop_null().to_pylist():
+            for protocol in _present(found, "protocol"):
                 _check_protocol(protocol, self.uri)
         return Snapshot(version, txns, schema, columns, interval)
 
@@ -299,6 +304,13 @@ class DeltaLog:
         # Not a daemon: interpreter exit waits for it (delta-rs aborts the process when a thread is
         # stopped inside it).
         threading.Thread(target=write, name="thermocline-delta-checkpoint").start()
+
+
+def _present(table: pa.Table, column: str) -> list[dict[str, Any]]:
+    """The non-null rows of a checkpoint's ``column`` (none when the column is absent)."""
+    if column not in table.column_names:
+        return []
+    return table.column(column).drop_null().to_pylist()
 
 
 def _commit_name(version: int) -> str:
