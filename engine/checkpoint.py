@@ -157,13 +157,6 @@ class Checkpoints:
             pieces = sorted(snapshots.get(partition, []))
             self.point(partition, _as_feeds(position), pieces, encoded)
 
-    def discard(self, pieces: list[str]) -> None:
-        """Remove snapshot pieces written for nothing (a fenced partition's: named with our
-        token, so ours alone)."""
-        for piece in pieces:
-            with contextlib.suppress(FileNotFoundError):
-                self.lake.fs.rm(self.lake.path(piece))
-
     def point(
         self, partition: str, feeds: Mapping[str, int], pieces: list[str], schema: str | None
     ) -> None:

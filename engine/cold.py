@@ -311,15 +311,10 @@ class ColdPath:
         so the flush runs while the other paths drain."""
         self._inflight[self.writer.flush.remote()] = 0
 
-    def drain(self, flush: bool = True) -> list[int]:
-        """Wait for every call; with ``flush``, have the writer stage everything it buffers
-        (else it keeps its buffers: see engine.coordinator)."""
-        done = self._collect(timeout=None, num_returns=len(self._inflight))
-        if flush:
-            final: FlushReport = ray.get(self.writer.flush.remote())
-            self.staged += final.staged
-            done += final.seqs
-        return done
+    def drain(self) -> list[int]:
+        """Wait for every call (a flush asked for with :meth:`flush_soon` included); the writer
+        keeps the buffers nothing asked it to stage (see engine.coordinator)."""
+        return self._collect(timeout=None, num_returns=len(self._inflight))
 
     def _collect(self, timeout: float | None, num_returns: int) -> list[int]:
         if not self._inflight:

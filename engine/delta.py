@@ -45,7 +45,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from engine.delta_log import CommitConflict, DeltaLog, Snapshot, add_action
+from engine.delta_log import CommitConflict, DeltaLog, Snapshot, add_action, txn_action
 from engine.lake import COLD, FEEDS, PATHS, Lake, LakeUnavailableError, StagedFile, scope
 from routers.errors import ThermoclineError
 
@@ -274,7 +274,7 @@ class LakeTables:
         self.epochs.update(claimed)
         previous: dict[str, list[int]] = {p: [] for p in claimed}
         now = int(time.time() * 1000)
-        apps = [_txn(owner_app(self.pipeline, p), e, now) for p, e in claimed.items()]
+        apps = [txn_action(owner_app(self.pipeline, p), e, now) for p, e in claimed.items()]
         for table in tables:
             for attempt in range(_COMMIT_ATTEMPTS):
                 found = self._snapshot(table)
@@ -371,7 +371,12 @@ class LakeTables:
                         Schema.from_arrow(schema),
                         [
                             AddAction(
-                                f.path, f.size, dict(f.partition_values), now, True, _stats(f)
+                                f.path,
+                                f.size,
+                                dict(f.partition_values),
+                                now,
+                                True,
+                                json.dumps(_stats(f)),
                             )
                             for f in chosen
                         ],
@@ -387,10 +392,9 @@ class LakeTables:
                     self._evolve(table, schema)  # its own commit; then decide again
                     continue
                 actions = [
-                    add_action(f.path, f.size, f.partition_values, json.loads(_stats(f)), now)
-                    for f in chosen
+                    add_action(f.path, f.size, f.partition_values, _stats(f), now) for f in chosen
                 ]
-                actions += [_txn(a, n, now) for a, n in apps]
+                actions += [txn_action(a, n, now) for a, n in apps]
                 self._snapshots[table] = self._log(table).append(found, actions)
                 return sorted(fenced)
             except CommitConflict:
@@ -503,16 +507,12 @@ class LakeTables:
         return list(removed)
 
 
-def _txn(app: str, version: int, now_ms: int) -> dict[str, Any]:
-    return {"txn": {"appId": app, "version": version, "lastUpdated": now_ms}}
-
-
-def _stats(staged: StagedFile) -> str:
+def _stats(staged: StagedFile) -> dict[str, int]:
     # The row count only, on purpose: delta-rs 1.6.6's dataset reads a column without bounds in
     # a file that has other bounds as `column >= null` and skips the file for any filter on it
     # (a column added after the file was written, filtered with is_null, returned no rows).
     # tests/test_delta_stats.py holds filtered reads to full ones.
-    return json.dumps({"numRecords": staged.rows})
+    return {"numRecords": staged.rows}
 
 
 def _back_off(attempt: int) -> None:

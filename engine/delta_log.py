@@ -37,7 +37,14 @@ import pyarrow as pa
 from engine.lake import LakeUnavailableError, is_local
 from routers.errors import ThermoclineError
 
-__all__ = ["CommitConflict", "DeltaLog", "Snapshot", "UnsupportedTableError", "add_action"]
+__all__ = [
+    "CommitConflict",
+    "DeltaLog",
+    "Snapshot",
+    "UnsupportedTableError",
+    "add_action",
+    "txn_action",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +122,16 @@ def add_action(
     }
 
 
+def txn_action(app_id: str, version: int, now_ms: int) -> dict[str, Any]:
+    """A Delta ``txn`` action: ``app_id``'s last version included (e.g. a source offset).
+
+    Example:
+        >>> txn_action("pipe.t-0", 41, 0)
+        {'txn': {'appId': 'pipe.t-0', 'version': 41, 'lastUpdated': 0}}
+    """
+    return {"txn": {"appId": app_id, "version": version, "lastUpdated": now_ms}}
+
+
 class DeltaLog:
     """One table's ``_delta_log``: read what appends need, append, checkpoint now and then.
 
@@ -171,9 +188,7 @@ class DeltaLog:
             return found
         return self._follow(snapshot)
 
-    def append(
-        self, snapshot: Snapshot, actions: list[dict[str, Any]], operation: str = "WRITE"
-    ) -> Snapshot:
+    def append(self, snapshot: Snapshot, actions: list[dict[str, Any]]) -> Snapshot:
         """Commit ``actions`` as version ``snapshot.version + 1``.
 
         Returns:
@@ -189,7 +204,7 @@ class DeltaLog:
         info = {
             "commitInfo": {
                 "timestamp": int(time.time() * 1000),
-                "operation": operation,
+                "operation": "WRITE",
                 "operationParameters": {"mode": "Append"},
                 "isBlindAppend": True,
                 "engineInfo": "thermocline",
@@ -200,7 +215,7 @@ class DeltaLog:
             raise CommitConflict(f"version {version} of {self.uri} was committed by another writer")
         txns = dict(snapshot.txns)
         txns.update((a["txn"]["appId"], int(a["txn"]["version"])) for a in actions if "txn" in a)
-        after = replace(snapshot, version=version, txns=txns, read_at=snapshot.read_at)
+        after = replace(snapshot, version=version, txns=txns)
         if version % max(1, snapshot.checkpoint_interval) == 0:
             self._checkpoint_soon(version)
         return after

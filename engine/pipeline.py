@@ -437,7 +437,7 @@ class Pipeline:
             self.cold.flush_soon()
         self._acked(self.warm.drain())
         self._acked(self.hot.drain())
-        self._acked_cold(self.cold.drain(flush=False))
+        self._acked_cold(self.cold.drain())
         self.committer.stage(self.cold.staged + self.warm.staged)
         self.cold.staged, self.warm.staged = [], []
         if self.coordinator.tracker.open_blocks or (
