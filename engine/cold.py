@@ -1,39 +1,38 @@
-"""Cold path: a lake writer actor buffers cold rows and dead letters, and stages them as files.
+"""Cold path: a lake writer actor encodes cold rows into open files, and stages them.
 
-A flush of a source partition writes the buffered rows of its contiguous range of blocks as data
-files of the ``events`` Delta table (``dt=/hour=/``, see :mod:`engine.lake`), named after that
-range's first and last offsets plus a random suffix, and the dead letters of the same range as
-files of the ``_dead_letter`` table. The files are *staged*: the flush reports them, and the
+The writer keeps, per source partition, one open Parquet file per lake folder (``dt=/hour=/``,
+then ``partition_by``; see :mod:`engine.lake`) of the ``events`` Delta table: rows are encoded
+into it a row group at a time as they come (:class:`engine.rolling.RollingFile`), so a file's
+size is known and the encoding keeps pace with the stream. A flush of a source partition
+closes its files and stores each in one PUT, named after the partition's contiguous range of
+blocks (first and last offsets) plus a random suffix, and the dead letters of the same range as
+a file of the ``_dead_letter`` table. The files are *staged*: the flush reports them, and the
 pipeline commits them with the source positions at its next checkpoint (:mod:`engine.delta`);
 until then no reader sees them. Only after its flush returns are the blocks reported done, so a
 position is never committed before its rows are durable.
 
 Triggers, checked on each call (and once a second on a quiet stream):
 
-- **size**, per source partition: its buffer is flushed when the file it would make reaches
-  ``target_file_size`` (aiming 10% past it, so an estimate a little low still reaches it). A
-  file's size is estimated from the buffer's Arrow bytes and the ratio the writer measured on
-  its own earlier flushes (the largest file of a flush against the buffer it came from: Parquet
-  with zstd holds game telemetry in ~1/8 of its Arrow bytes), so the bulk of a partition's rows
-  (the current hour's) lands in files of about the target, not in one small file per
-  checkpoint;
-- **age**, per source partition: its oldest buffered row waited ``flush_interval``; this bounds
-  how far the lake, and the source position the pipeline commits, lag behind the stream;
-- **memory**, for the whole writer: ``flush_rows`` rows or ``flush_bytes`` Arrow bytes buffered
-  flush everything (files smaller than the target: raise the bounds, or lower the target, when
-  many partitions share one writer);
+- **size**, per source partition: one of its files reached ``target_file_size`` (encoded
+  bytes; the file ends at most one row group past it), so the bulk of a partition's rows (the
+  current hour's) lands in files of the target, not in one small file per checkpoint;
+- **age**, per source partition: its oldest held row waited ``flush_interval``; this bounds how
+  far the lake, and the source position the pipeline commits, lag behind the stream;
+- **memory**, for the whole writer: ``flush_rows`` rows or ``flush_bytes`` bytes held (encoded
+  Parquet plus rows waiting for their row group) flush everything (files smaller than the
+  target: raise the bounds, or lower the target, when many partitions share one writer);
 - and the end of a run, and a checkpoint before partitions are revoked, flush everything.
 
 Rows far behind the stream (hours late) go to their own hour's folder, so each flush also writes
-small files for them; compaction merges those later.
+small files for them; compaction merges those later. A file also ends early when the stream's
+schema grows (a new column, a wider type) while it is open: its rows keep their schema.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -41,21 +40,27 @@ import ray
 
 from engine.base import Handoff
 from engine.config import ColdConfig
-from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake, StagedFile, file_stem, numbers_as_double
+from engine.lake import (
+    DEAD_LETTER_DIR,
+    EVENTS_DIR,
+    Lake,
+    StagedFile,
+    deltable,
+    file_stem,
+    numbers_as_double,
+    stage_threads,
+)
 from engine.priority import lower_this_thread
+from engine.rolling import RollingFile
 from engine.wire import pack, unpack
-from routers import EventSchema, concat_conformed
+from routers import EventSchema
 
 __all__ = ["ColdPath", "ColdWriter", "FlushReport", "with_origin"]
 
-#: The lake writer's first guess of a file's Parquet bytes per Arrow byte buffered: below what
-#: it measures on game telemetry (~0.13), so its first size-triggered file is not oversized.
-_FIRST_RATIO = 0.1
-#: The size trigger aims this much past the target: the estimate is a ratio learned from earlier
-#: files, and aiming at the target itself left the files of a 10-minute run at 99.8% of it.
-_HEADROOM = 1.1
-#: Flushes smaller than this do not teach the ratio (their fixed Parquet overhead dominates).
-_MEASURE_MIN_BYTES = 1 << 20
+#: A row group is encoded once its Arrow bytes reach this share of ``target_file_size`` (or
+#: ROW_GROUP_ROWS rows come first): Parquet with zstd holds game telemetry in ~1/8 of its Arrow
+#: bytes, so a file of the target holds ~16 groups and ends at most ~1/16 past it.
+_GROUP_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -69,12 +74,38 @@ class FlushReport:
 
 
 @dataclass
-class _Pending:
+class _Block:
     seq: int
     first: int
     last: int
-    cold: pa.RecordBatch
     dead: pa.Table
+
+
+@dataclass
+class _Open:
+    """A file being written, and where it goes."""
+
+    folder: str
+    partition_values: dict[str, str]
+    file: RollingFile
+
+
+@dataclass
+class _Partition:
+    """What the writer holds of one source partition since its last flush."""
+
+    since: float  # when its oldest held row came (monotonic)
+    blocks: list[_Block] = field(default_factory=list)
+    files: dict[str, _Open] = field(default_factory=dict)  # folder -> its open file
+    ended: list[_Open] = field(default_factory=list)  # files a schema change ended early
+    rows: int = 0
+    dead_bytes: int = 0
+
+    def largest(self) -> int:
+        return max((o.file.size for o in self.files.values()), default=0)
+
+    def held_bytes(self) -> int:
+        return self.dead_bytes + sum(o.file.held_bytes for o in [*self.files.values(), *self.ended])
 
 
 class _ColdWriter:
@@ -107,15 +138,10 @@ class _ColdWriter:
         self.flush_bytes = flush_bytes
         self.flush_interval_s = flush_interval_s
         self.target_file_size = target_file_size
-        #: Parquet bytes of a flush's largest file per Arrow byte of its buffer (measured on
-        #: each flush; the first guess is low, so the first file is not oversized).
-        self.file_ratio = _FIRST_RATIO
         #: Columns stored with their own integer types; other integers are stored as double
         #: (engine.lake.numbers_as_double): the roles, declared columns, source columns.
         self.exact = (*schema.required, schema.arrival, *schema.declared, *exact)
-        self._pending: dict[str, list[_Pending]] = defaultdict(list)
-        self._bytes: dict[str, int] = defaultdict(int)  # Arrow bytes buffered, per partition
-        self._oldest: dict[str, float] = {}  # when its oldest buffered row came, per partition
+        self._held: dict[str, _Partition] = {}
         self._rows = 0
 
     def write(
@@ -127,72 +153,96 @@ class _ColdWriter:
         cold: pa.RecordBatch | pa.Buffer,
         dead: pa.Table | pa.Buffer,
     ) -> FlushReport:
-        """Buffer one block's cold rows and dead letters (as batches, or packed by
-        :func:`engine.wire.pack`); flush what a trigger says (see the module docs)."""
+        """Take one block's cold rows into the partition's open files and hold its dead letters
+        (as batches, or packed by :func:`engine.wire.pack`); flush what a trigger says (see the
+        module docs)."""
         cold = unpack(cold)
         if not isinstance(dead, pa.Table):
             dead = pa.Table.from_batches([unpack(dead)])
-        self._pending[partition].append(_Pending(seq, first, last, cold, dead))
+        held = self._held.get(partition)
+        if held is None:
+            held = self._held[partition] = _Partition(time.monotonic())
+        held.blocks.append(_Block(seq, first, last, dead))
+        held.rows += cold.num_rows + dead.num_rows
+        held.dead_bytes += dead.nbytes
         self._rows += cold.num_rows + dead.num_rows
-        self._bytes[partition] += cold.nbytes + dead.nbytes
-        self._oldest.setdefault(partition, time.monotonic())
+        if cold.num_rows:
+            rows = numbers_as_double(pa.Table.from_batches([cold]), self.exact)
+            for folder, values, segment in self.lake.segments(
+                rows, self.schema.time, self.partition_by
+            ):
+                self._add(held, folder, values, deltable(segment))
         return self.tick()
 
+    def _add(self, held: _Partition, folder: str, values: dict[str, str], rows: pa.Table) -> None:
+        """Add a folder's rows to its open file; a new file when there is none, or when the
+        stream's schema grew past the open file's (a new column or a wider type)."""
+        open_ = held.files.get(folder)
+        if open_ is not None and not open_.file.fits(rows.schema):
+            held.ended.append(held.files.pop(folder))
+            open_ = None
+        if open_ is None:
+            group_bytes = max(int(self.target_file_size * _GROUP_SHARE), 1)
+            open_ = held.files[folder] = _Open(
+                folder, values, RollingFile(rows.schema, group_bytes)
+            )
+        open_.file.add(rows)
+
     def tick(self) -> FlushReport:
-        """Flush the partitions whose size or age trigger fires, or everything when the
-        buffers reach their memory bounds (the pipeline calls this while no block comes, so a
-        quiet stream's rows still go out)."""
-        if self._rows >= self.flush_rows or sum(self._bytes.values()) >= self.flush_bytes:
+        """Flush the partitions whose size or age trigger fires, or everything when what the
+        writer holds reaches its memory bounds (the pipeline calls this while no block comes,
+        so a quiet stream's rows still go out)."""
+        if self._rows >= self.flush_rows or (
+            sum(h.held_bytes() for h in self._held.values()) >= self.flush_bytes
+        ):
             return self.flush()
         now = time.monotonic()
         due = [
             p
-            for p in self._pending
-            if self._bytes[p] * self.file_ratio >= self.target_file_size * _HEADROOM
-            or now - self._oldest[p] >= self.flush_interval_s
+            for p, held in self._held.items()
+            if held.largest() >= self.target_file_size or now - held.since >= self.flush_interval_s
         ]
         return self.flush(due) if due else FlushReport([], 0, 0, [])
 
     def flush(self, partitions: Iterable[str] | None = None) -> FlushReport:
-        """Write the buffers of ``partitions`` (default: all); return the blocks now durable."""
+        """Close and store the files of ``partitions`` (default: all), and their dead letters,
+        on the staging threads; return the blocks now durable."""
         seqs: list[int] = []
-        staged: list[StagedFile] = []
+        jobs: list[tuple[str, str, _Open | pa.Table]] = []  # (stem, partition, what)
         cold_rows = dead_rows = 0
-        for partition in list(self._pending if partitions is None else partitions):
-            blocks = self._pending.pop(partition)
-            buffered = self._bytes.pop(partition)
-            del self._oldest[partition]
-            stem = file_stem(self.pipeline, partition, blocks[0].first, blocks[-1].last)
-            batches = [b.cold for b in blocks if b.cold.num_rows]
-            # One stream contract, but taken at different times: cast to its latest schema.
-            cold = concat_conformed(batches) if batches else pa.table({})
-            if cold.num_rows:
-                files = self.lake.stage_partitioned(
-                    numbers_as_double(cold, self.exact),
-                    self.schema.time,
-                    stem,
-                    partition,
-                    EVENTS_DIR,
-                    self.partition_by,
-                )
-                staged += files
-                self._measure(max(f.size for f in files), buffered)
+        for partition in list(self._held if partitions is None else partitions):
+            held = self._held.pop(partition)
+            stem = file_stem(self.pipeline, partition, held.blocks[0].first, held.blocks[-1].last)
+            jobs += [(stem, partition, o) for o in [*held.ended, *held.files.values()]]
             dead = pa.concat_tables(
-                [with_origin(b.dead, self.source_name, partition) for b in blocks]
+                [with_origin(b.dead, self.source_name, partition) for b in held.blocks]
             )
             if dead.num_rows:
-                staged.append(self.lake.stage_parquet(dead, DEAD_LETTER_DIR, stem, partition))
-            cold_rows += cold.num_rows
+                jobs.append((stem, partition, dead))
             dead_rows += dead.num_rows
-            self._rows -= cold.num_rows + dead.num_rows
-            seqs += [b.seq for b in blocks]
+            cold_rows += held.rows - dead.num_rows
+            self._rows -= held.rows
+            seqs += [b.seq for b in held.blocks]
+        staged = list(stage_threads().map(self._store, jobs)) if len(jobs) > 1 else [
+            self._store(job) for job in jobs
+        ]  # fmt: skip
         return FlushReport(sorted(seqs), cold_rows, dead_rows, staged)
 
-    def _measure(self, largest_file: int, buffered: int) -> None:
-        """Learn the file-to-buffer ratio from a flush big enough to say (a small one's
-        Parquet overhead would inflate it)."""
-        if buffered >= _MEASURE_MIN_BYTES:
-            self.file_ratio = (self.file_ratio + largest_file / buffered) / 2
+    def _store(self, job: tuple[str, str, _Open | pa.Table]) -> StagedFile:
+        stem, partition, what = job
+        if isinstance(what, pa.Table):
+            return self.lake.stage_parquet(what, DEAD_LETTER_DIR, stem, partition)
+        data = what.file.close()
+        return self.lake.stage_file(
+            lambda handle: handle.write(data),
+            what.file.rows,
+            what.file.schema,
+            EVENTS_DIR,
+            stem,
+            partition,
+            what.folder,
+            what.partition_values,
+        )
 
     def ready(self) -> bool:
         return True

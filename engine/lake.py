@@ -71,6 +71,7 @@ __all__ = [
     "file_stem",
     "scope",
     "storable",
+    "stage_threads",
 ]
 
 EVENTS_DIR: Final[str] = "events"
@@ -122,7 +123,7 @@ def is_local(fs: Any) -> bool:
     return "file" in protocols or "local" in protocols
 
 
-def _stagers() -> ThreadPoolExecutor:
+def stage_threads() -> ThreadPoolExecutor:
     """This process's staging threads (created by the first flush: on a lake writer's thread,
     whose lowered CPU priority they inherit, engine.priority)."""
     global _stager_pool
@@ -370,11 +371,21 @@ class Lake:
             relative, lambda handle: pq.write_table(table, handle, compression="zstd")
         )
 
-    @staticmethod
-    def _partitions(
-        table: pa.Table, time_column: str, partition_by: tuple[str, ...], hourly: bool
-    ) -> Iterator[tuple[str, pa.Array]]:
-        """(folder ``dt=.../hour=.../col=...``, row indices) per partition of ``table``."""
+    def segments(
+        self, table: pa.Table, time_column: str, partition_by: tuple[str, ...] = ()
+    ) -> list[tuple[str, dict[str, str], pa.Table]]:
+        """``table`` cut into the lake's folders: (folder ``dt=.../hour=.../col=...``, its
+        Delta partition values ``dt`` and ``hour``, its rows) per folder, in first-seen order.
+
+        ``dt``/``hour`` are the event time's date and hour (UTC); then a folder per
+        ``partition_by`` value (:func:`encode_partition_value`) that only places the rows: the
+        values stay in the files, so a Delta reader (which takes ``dt``/``hour`` from the log)
+        reads them exact.
+
+        Raises:
+            ValueError: a ``partition_by`` name that is not a plain column name, starts with
+                ``_`` (readers skip such folders) or is ``dt``/``hour``.
+        """
         for column in partition_by:
             if column in _PATH_KEYS or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", column):
                 raise ValueError(
@@ -382,20 +393,24 @@ class Lake:
                     f" starting with '_' and other than dt/hour, got {column!r}"
                 )
         if table.num_rows == 0:
-            return
-        # Integer hour (or day) buckets: formatting dates once per partition, not once per row.
-        bucket_ms = 3_600_000 if hourly else 86_400_000
+            return []
+        # Integer hour buckets: formatting dates once per folder, not once per row.
+        bucket_ms = 3_600_000
         millis = pc.cast(table[time_column], pa.int64()).to_numpy(zero_copy_only=False)
         keys = {"__bucket": pa.array(np.floor_divide(millis, bucket_ms))}
         for column in partition_by:
             values = table[column] if column in table.column_names else pa.nulls(table.num_rows)
             keys[column] = _as_text(values)
         groups = pa.table(keys).append_column("__row", pa.array(range(table.num_rows)))
+        found = []
         for names, rows in _group_rows(groups, list(keys)):
             start = datetime.fromtimestamp(names.pop("__bucket") * bucket_ms / 1000, timezone.utc)
-            parts = [f"dt={start:%Y-%m-%d}"] + ([f"hour={start:%H}"] if hourly else [])
+            parts = [f"dt={start:%Y-%m-%d}", f"hour={start:%H}"]
             parts += [f"{k}={encode_partition_value(v)}" for k, v in names.items()]
-            yield "/".join(parts), rows
+            values = {"dt": f"{start:%Y-%m-%d}", "hour": str(start.hour)}
+            whole = len(rows) == table.num_rows  # one folder: no copy
+            found.append(("/".join(parts), values, table if whole else table.take(rows)))
+        return found
 
     def stage_parquet(
         self,
@@ -406,14 +421,38 @@ class Lake:
         folder: str = "",
         partition_values: Mapping[str, str | None] | None = None,
     ) -> StagedFile:
-        """Write a data file of the Delta table at ``directory``, to be committed later
-        (engine.delta): ``{folder}/{stem}-{random}.parquet``, a single PUT under a name no
-        one else uses (no temporary file, no rename: an uncommitted file is invisible to
-        Delta readers, and a crashed write leaves only such a file, for ``vacuum``).
-
-        Empty structs and null-typed columns are made storable first (:func:`deltable`).
-        """
+        """Write ``table`` as a data file of the Delta table at ``directory``, to be committed
+        later (see :meth:`stage_file`). Empty structs and null-typed columns are made storable
+        first (:func:`deltable`)."""
         table = deltable(table)
+        return self.stage_file(
+            lambda handle: pq.write_table(table, handle, compression="zstd"),
+            table.num_rows,
+            table.schema,
+            directory,
+            stem,
+            partition,
+            folder,
+            partition_values,
+        )
+
+    def stage_file(
+        self,
+        write: Callable[[Any], object],
+        rows: int,
+        schema: pa.Schema,
+        directory: str,
+        stem: str,
+        partition: str,
+        folder: str = "",
+        partition_values: Mapping[str, str | None] | None = None,
+    ) -> StagedFile:
+        """Write a data file of the Delta table at ``directory`` with ``write(handle)``, to be
+        committed later (engine.delta): ``{folder}/{stem}-{random}.parquet``, a single PUT
+        under a name no one else uses (no temporary file, no rename: an uncommitted file is
+        invisible to Delta readers, and a crashed write leaves only such a file, for
+        ``vacuum``). ``rows`` and ``schema`` describe what ``write`` writes.
+        """
         name = f"{stem}-{uuid.uuid4().hex[:12]}.parquet"
         inner = f"{folder}/{name}" if folder else name
         target = self.path(directory, inner)
@@ -421,18 +460,12 @@ class Lake:
         def attempt() -> int:
             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             with self.fs.open(target, "wb") as handle:
-                pq.write_table(table, handle, compression="zstd")
+                write(handle)
             return int(self.fs.size(target))
 
         size = self._retrying("writing", f"{directory}/{inner}", attempt)
         return StagedFile(
-            directory,
-            inner,
-            size,
-            table.num_rows,
-            dict(partition_values or {}),
-            partition,
-            table.schema,
+            directory, inner, size, rows, dict(partition_values or {}), partition, schema
         )
 
     def stage_partitioned(
@@ -444,32 +477,21 @@ class Lake:
         directory: str = EVENTS_DIR,
         partition_by: tuple[str, ...] = (),
     ) -> list[StagedFile]:
-        """:meth:`stage_parquet` per partition of ``table``: Delta partitions ``dt``/``hour``
-        (the event time's date and hour, UTC), then a folder per ``partition_by`` value
-        (:func:`encode_partition_value`) that only places the rows: the values stay in the
-        files, so a Delta reader (which takes ``dt``/``hour`` from the log) reads them exact.
+        """:meth:`stage_parquet` per folder of ``table`` (:meth:`segments`), on the staging
+        threads.
 
         Raises:
-            ValueError: a ``partition_by`` name that is not a plain column name, starts with
-                ``_`` (readers skip such folders) or is ``dt``/``hour``.
+            ValueError: a bad ``partition_by`` name (see :meth:`segments`).
         """
 
-        def stage(segment_rows: tuple[str, pa.Array]) -> StagedFile:
-            segment, rows = segment_rows
-            values = dict(part.split("=", 1) for part in segment.split("/")[:2])
-            return self.stage_parquet(
-                table.take(rows),
-                directory,
-                stem,
-                partition,
-                folder=segment,
-                partition_values={"dt": values["dt"], "hour": str(int(values["hour"]))},
-            )
+        def stage(segment: tuple[str, dict[str, str], pa.Table]) -> StagedFile:
+            folder, values, rows = segment
+            return self.stage_parquet(rows, directory, stem, partition, folder, values)
 
-        segments = list(self._partitions(table, time_column, partition_by, True))
+        segments = self.segments(table, time_column, partition_by)
         if len(segments) <= 1:
             return [stage(s) for s in segments]
-        return list(_stagers().map(stage, segments))
+        return list(stage_threads().map(stage, segments))
 
     def write_text(self, text: str, relative: str) -> str:
         """Write a small text file atomically (see :meth:`_write_atomically`)."""

@@ -6,16 +6,20 @@ The writer's class is used in this process (its actor runs the same code), on a 
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from engine.cold import _ColdWriter
 from engine.sources import SyntheticSource
-from routers import EventSchema, decode_ndjson, new_contract
+from routers import EventSchema, concat_conformed, decode_ndjson, new_contract
 
 SCHEMA = EventSchema()
 EMPTY_DEAD = pa.table({"line": pa.array([], pa.int64()), "reason": pa.array([], pa.string())})
@@ -61,11 +65,11 @@ def test_a_partition_is_staged_at_the_target_size_the_others_wait(tmp_path: Path
     assert staged, "no size-triggered flush in 150K events"
     assert {f.partition for f in staged} == {"a"} and 0 not in done  # b still buffered
     sizes = [f.size for f in staged]
-    # The first file comes from the writer's first guess of the Parquet/Arrow ratio; the later
-    # ones from what it measured, so they land near the target (not far above it either).
-    assert all(target <= size < 1.6 * target for size in sizes[1:]), sizes  # aims at 1.1x
-    final = cold.flush()  # the end of a run: the rest of a, and b
-    assert {f.partition for f in final.staged} == {"a", "b"}
+    # A file's size is its encoded bytes (no estimate): it ends within one block's row group
+    # past the target (a block here is ~3.5K rows, ~90 KB of Parquet).
+    assert all(target <= size < 1.25 * target for size in sizes), sizes
+    final = cold.flush()  # the end of a run: the rest of a (if any), and b
+    assert "b" in {f.partition for f in final.staged}
     assert sorted(done + final.seqs) == list(range(len(big) + 1))  # every block once
     rows = {p: sum(f.rows for f in staged + final.staged if f.partition == p) for p in "ab"}
     assert rows == {"a": sum(b.num_rows for b in big), "b": small[0].num_rows}
@@ -96,3 +100,75 @@ def test_the_memory_bound_flushes_everything(tmp_path: Path) -> None:
     report = cold.write(1, "b", 0, 4_999, rows[1], EMPTY_DEAD)  # 10,000 rows >= 8,000
     assert report.seqs == [0, 1] and report.cold_rows == 10_000
     assert {f.partition for f in report.staged} == {"a", "b"}
+
+
+def drifting_blocks(seed: int) -> list[pa.RecordBatch]:
+    """Decoded blocks of telemetry shaped like a real stream: fields differ by event type,
+    a column appears only in later blocks (``tier``), a number first sent as an integer later
+    comes with a fraction (``amount``), and a third of the rows are hours late (12 hour
+    folders), as one contract decodes them."""
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc).replace(minute=30)
+    contract = new_contract(SCHEMA)
+    blocks = []
+    for block in range(8):
+        lines = []
+        for i in range(600):
+            t = now - timedelta(hours=rng.randrange(1, 13)) if rng.random() < 0.33 else now
+            event: dict[str, object] = {
+                "event_id": f"e{block}-{i}",
+                "player_id": rng.randrange(10**9),
+                "event_time": t.isoformat(),
+                "event_type": rng.choice(["purchase", "level_up", "social"]),
+            }
+            if event["event_type"] == "purchase":
+                event["amount"] = 5 if block < 3 else round(rng.uniform(0.5, 99), 2)
+            elif event["event_type"] == "level_up":
+                event["level"] = rng.randrange(1, 90)
+            if block >= 4 and rng.random() < 0.5:
+                event["tier"] = rng.choice(["vip", "free"])
+            lines.append(json.dumps(event))
+        data = "\n".join(lines).encode()
+        blocks.append(decode_ndjson(data, SCHEMA, contract=contract).good)
+    return blocks
+
+
+def test_a_drifting_late_stream_is_written_whole_in_its_hour_folders(tmp_path: Path) -> None:
+    blocks = drifting_blocks(seed=5)
+    assert blocks[0].schema != blocks[-1].schema  # the stream's schema grew under the writer
+    cold = writer(tmp_path, target=20_000)  # small files: some fill up while blocks come
+    staged = []
+    for i, batch in enumerate(blocks):
+        staged += cold.write(i, "p", i * 600, i * 600 + 599, batch, EMPTY_DEAD).staged
+    staged += cold.flush().staged
+    back = []
+    for f in staged:
+        table = pq.read_table(tmp_path / f.table / f.path)
+        assert table.num_rows == f.rows
+        hours = {t.hour for t in table["event_time"].to_pylist()}
+        assert hours == {int(f.partition_values["hour"])}, f.path  # each row in its own hour
+        assert f.path.startswith(f"dt={f.partition_values['dt']}/hour=")
+        back.append(table)
+    got = concat_conformed(back).sort_by("event_id").to_pylist()
+    sent = concat_conformed(blocks).sort_by("event_id").to_pylist()
+    assert len(got) == len(sent) == 8 * 600  # every row once
+    for row_got, row_sent in zip(got, sent, strict=True):  # every value as decoded
+        for column, value in row_sent.items():
+            want = float(value) if column == "amount" and value is not None else value
+            assert row_got[column] == want, (column, row_sent["event_id"])
+    assert len({f.partition_values["hour"] for f in staged}) == 13
+
+
+def test_a_files_row_groups_are_encoded_as_rows_come(tmp_path: Path) -> None:
+    """What the writer holds is encoded Parquet, not the Arrow rows: its held bytes stay a
+    fraction of what came in, and the file has several row groups."""
+    blocks = telemetry(60_000, seed=6)
+    cold = writer(tmp_path, target=2 << 20)  # row groups of 1 MiB of Arrow rows
+    for i, batch in enumerate(blocks):
+        cold.write(i, "a", i * 5_000, i * 5_000 + 4_999, batch, EMPTY_DEAD)
+    arrow = sum(b.nbytes for b in blocks)
+    held = cold._held["a"].held_bytes()
+    assert held < arrow / 3, (held, arrow)
+    (staged,) = cold.flush().staged
+    metadata = pq.ParquetFile(tmp_path / staged.table / staged.path).metadata
+    assert metadata.num_rows == sum(b.num_rows for b in blocks) and metadata.num_row_groups > 1
