@@ -200,17 +200,18 @@ class ColdConfig(_Frozen):
 
     #: The lake: a folder or an fsspec URL (``s3://bucket/lake``).
     lake_uri: str = "lake"
-    #: Parquet bytes each cold file aims at: a source partition's buffer is staged as files
-    #: (committed by the next checkpoint) when the file it makes would be this large (estimated
-    #: from the writer's own earlier files; see engine.cold)...
+    #: Parquet bytes of a cold file: a source partition's files are closed and staged
+    #: (committed by the next checkpoint) when one of them reaches this size (its rows are
+    #: encoded as they come, so the size is known; see engine.cold)...
     target_file_size: int = Field(32 << 20, ge=1 << 10)
-    #: ...or when its oldest buffered row has waited this long (how far the lake, and the source
+    #: ...or when its oldest held row has waited this long (how far the lake, and the source
     #: position committed, lag behind the stream).
     flush_interval: Duration = "2m"
-    #: Memory bound of the writer's buffers, in rows: everything is flushed at this many.
+    #: Memory bound of what the writer holds, in rows: everything is flushed at this many.
     flush_rows: int = Field(10_000_000, ge=1)
-    #: Memory bound of the writer's buffers, in Arrow bytes (about 8x the Parquet size of game
-    #: telemetry: each source partition needs ~8x ``target_file_size`` to reach its target).
+    #: Memory bound of what the writer holds, in bytes (encoded Parquet, plus rows waiting for
+    #: their row group as Arrow): each source partition holds a little more than
+    #: ``target_file_size`` before its file is staged, plus its late rows' files.
     flush_bytes: int = Field(1 << 30, ge=1)
     #: Extra Hive partition columns after dt/hour (values are percent-encoded, never raw paths).
     partition_by: tuple[str, ...] = ()
