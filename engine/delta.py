@@ -52,6 +52,7 @@ from routers.errors import ThermoclineError
 __all__ = [
     "COLD",
     "DEFAULT_RETENTION_HOURS",
+    "TABLE_PROPERTIES",
     "FEEDS",
     "PATHS",
     "LakeSchemaError",
@@ -72,6 +73,9 @@ DEFAULT_RETENTION_HOURS: Final[int] = 168
 #: winner's commit): any commit between our read and our write takes our version, not only one
 #: for the same partition, so members sharing a table lose a race now and then.
 _COMMIT_ATTEMPTS: Final[int] = 16
+#: Properties of every lake table: no column statistics in the log (``numRecords`` only), for
+#: delta-rs's own writes (a compaction) as for ours (see ``_stats``).
+TABLE_PROPERTIES: Final[dict[str, str]] = {"delta.dataSkippingNumIndexedCols": "0"}
 
 
 class LakeSchemaError(ThermoclineError):
@@ -247,6 +251,7 @@ class LakeTables:
                 [],
                 mode="error",
                 partition_by=list(partition_by),
+                configuration=TABLE_PROPERTIES,
                 storage_options=self.options or None,
             )
         except DeltaError as error:
@@ -382,6 +387,7 @@ class LakeTables:
                         ],
                         mode="error",
                         partition_by=list(partition_by) or None,
+                        configuration=TABLE_PROPERTIES,
                         commit_properties=CommitProperties(
                             app_transactions=[Transaction(a, n) for a, n in apps]
                         ),

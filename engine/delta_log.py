@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -34,7 +32,7 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
-from engine.lake import LakeUnavailableError, is_local
+from engine.lake import LakeUnavailableError, is_local, put_if_absent
 from routers.errors import ThermoclineError
 
 __all__ = [
@@ -221,25 +219,7 @@ class DeltaLog:
         return after
 
     def _put_if_absent(self, name: str, data: bytes) -> bool:
-        target = self._path(name)
-        if not self.local:
-            try:
-                self.fs.pipe_file(target, data, mode="create")  # If-None-Match: *
-            except FileExistsError:
-                return False
-            return True
-        # A complete file appears under its name at once or not at all: readers never parse a
-        # half-written commit (the same temporary name pattern as delta-rs).
-        temporary = self._path(f"_commit_{uuid.uuid4().hex}.json.tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-        try:
-            os.link(temporary, target)
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(temporary)
-        return True
+        return put_if_absent(self.fs, self._path(name), data)
 
     def _follow(self, snapshot: Snapshot) -> Snapshot:
         version, txns = snapshot.version, dict(snapshot.txns)

@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import time
 import uuid
@@ -72,6 +73,7 @@ __all__ = [
     "scope",
     "storable",
     "stage_threads",
+    "put_if_absent",
 ]
 
 EVENTS_DIR: Final[str] = "events"
@@ -121,6 +123,31 @@ def is_local(fs: Any) -> bool:
     """Whether ``fs`` is the local filesystem (renames are atomic there; objects are not)."""
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     return "file" in protocols or "local" in protocols
+
+
+def put_if_absent(fs: Any, path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists (False then): the one atomic
+    compare-and-set an object store and a folder both give. On an object store an
+    ``If-None-Match: *`` PUT (s3fs ``mode="create"``); locally a complete temporary file
+    hard-linked to the name, so no reader sees a half-written file (delta-rs writes its own
+    commits the same two ways)."""
+    if not is_local(fs):
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    folder, name = path.rsplit("/", 1)
+    temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temporary)
+    return True
 
 
 def stage_threads() -> ThreadPoolExecutor:
