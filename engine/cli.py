@@ -187,6 +187,7 @@ def _run(args: argparse.Namespace) -> int:
     import os
     import time
 
+    from engine.cluster import resolve_address
     from engine.config import load_config
     from engine.preflight import check_lake, check_processors, check_resources, check_source
 
@@ -226,33 +227,43 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     _refuse_misplaced_flags(args, config.source.kind)
     cpus = args.num_cpus or os.cpu_count() or 2
-    # Before Ray starts: what can never work fails now, in one line (engine.preflight).
-    check_resources(config, cpus)
+    address = resolve_address(args.address)
+    # Before Ray starts: what can never work fails now, in one line (engine.preflight). A
+    # cluster's resources are its own (the autoscaler may add nodes): the paths' placement
+    # timeout names what it lacks.
+    if address is None:
+        check_resources(config, cpus)
     check_processors(config)
     check_source(config)
     check_lake(config)
 
     import ray
 
-    from engine.pipeline import Pipeline, init_local_ray, source_from_config
+    from engine.cluster import connect
+    from engine.pipeline import Pipeline, source_from_config
     from engine.sources import FileSource
 
     source = source_from_config(config)
     if isinstance(source, FileSource):
         print(f"file source: {len(source.files()):,} files in {source.path}", file=sys.stderr)
     if not args.quiet:
-        print(f"starting a local Ray ({cpus:g} CPUs)", file=sys.stderr, flush=True)
+        where = (
+            f"joining the Ray cluster at {address}"
+            if address
+            else f"starting a local Ray ({cpus:g} CPUs)"
+        )
+        print(where, file=sys.stderr, flush=True)
     try:
         ray_started = time.monotonic()
         with signals.holding_for_ray():
-            init_local_ray(cpus, verbose=args.verbose)
+            connect(address, cpus, verbose=args.verbose)
         ray_s = time.monotonic() - ray_started
         pipeline = Pipeline(config, source=source)
         signals.source = pipeline.source
         summary = pipeline.run(progress=None if args.quiet else _ProgressPrinter())
     finally:
         signals.finishing = True
-        ray.shutdown()  # every Ray process this run started
+        ray.shutdown()  # every Ray process this run started (from a cluster: disconnects)
     result = summary.to_json()
     total = summary.hot + summary.warm + summary.cold + summary.dead_letter
     stopped = ""
@@ -393,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-cpus",
         type=_positive_int,
         help="CPUs of the local Ray (default: all of the machine's)",
+    )
+    run.add_argument(
+        "--address",
+        help="join this Ray cluster (HOST:6379, auto) instead of starting a local Ray"
+        " (default: RAY_ADDRESS, if set)",
     )
     run.add_argument(
         "--json", action="store_true", help="print the summary as JSON, last on stdout"

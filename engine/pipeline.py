@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import ray
 from engine import preflight
 from engine.base import Handoff, Sink
 from engine.checkpoint import Checkpoints
+from engine.cluster import init_local_ray
 from engine.cold import ColdPath, with_origin
 from engine.commit import COLD, FEEDS, PATHS, Committer, TableSpec
 from engine.config import PipelineConfig
@@ -38,7 +38,6 @@ from engine.coordinator import CheckpointCoordinator
 from engine.hot import HotPath
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, HOT_DIR, STATE_DIR, Lake, file_stem
 from engine.preflight import PlacementError
-from engine.priority import WORKER_NICENESS
 from engine.processors import import_modules
 from engine.sinks import KafkaSink
 from engine.sources import BackgroundSource, FileSource, Source, SourceBlock, SyntheticSource
@@ -79,28 +78,6 @@ _OFFSET = "__thermocline_offset"
 _DUE = "__thermocline_due_ms"
 
 _log = logging.getLogger("thermocline")
-
-
-def init_local_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
-    """Start a local Ray on 127.0.0.1 (the embedded default) unless one is already up.
-
-    ``address="local"`` never joins a stale cluster left by a crashed run (PLATFORM_NOTES).
-    Ray's notice that it enabled token authentication (its default for a new local cluster, kept)
-    is shown only with ``verbose``, with Ray's own info messages.
-    """
-    if ray.is_initialized():
-        return
-    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    notice.setLevel(logging.INFO if verbose else logging.ERROR)
-    ray.init(
-        address="local",
-        num_cpus=num_cpus or os.cpu_count() or 2,
-        include_dashboard=False,
-        log_to_driver=True,
-        logging_level=logging.INFO if verbose else logging.WARNING,
-        # Workers at the driver's priority, not Ray's 15 below it (engine.priority).
-        _system_config={"worker_niceness": WORKER_NICENESS},
-    )
 
 
 def source_from_config(config: PipelineConfig, start_ms: int | None = None) -> Source:

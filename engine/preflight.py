@@ -66,7 +66,8 @@ def check_resources(config: PipelineConfig, cpus: float) -> None:
             raise StartupError(
                 f"{name}.resources: {dict(path.resources)} are custom Ray resources, which only"
                 " a cluster's nodes advertise (cluster.yaml), and this run starts a local Ray;"
-                f" remove {name}.resources to run here"
+                f" remove {name}.resources to run here, or join a cluster that has them"
+                " (--address HOST:6379, or RAY_ADDRESS)"
             )
     need = hot.actors * hot.num_cpus + cold.num_cpus + warm.num_cpus
     if need > cpus + 1e-9:

@@ -4,7 +4,7 @@ Ray starts its workers at niceness 15 (its ``worker_niceness``), below the drive
 driver, which decodes every event, preempted the hot actors whenever both wanted a core: at half
 of the measured throughput on 2 cores, hot p99 was 220-290 ms with Ray's default and 75-118 ms
 with workers at 0 (three paired runs each). The embedded local Ray therefore starts its workers at
-0 (:data:`WORKER_NICENESS`, see ``engine.pipeline.init_local_ray``), and the throughput paths step
+0 (:data:`WORKER_NICENESS`, see ``engine.cluster.init_local_ray``), and the throughput paths step
 down from whatever their worker has, by :data:`THROUGHPUT_STEP`, so the order holds on a cluster
 started with other settings too.
 

@@ -36,7 +36,7 @@ def ray_local() -> Iterator[None]:
         _temp_dir=temp,
         # Workers import tests.* (e.g. a slow processor named 'tests.slow:SlowKpis').
         runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}},
-        # As the embedded local Ray runs them (engine.pipeline.init_local_ray).
+        # As the embedded local Ray runs them (engine.cluster.init_local_ray).
         _system_config={"worker_niceness": WORKER_NICENESS},
     )
     assert ray.util.get_node_ip_address() == "127.0.0.1"
