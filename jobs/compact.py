@@ -142,6 +142,7 @@ def compact_table(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Compact the tables ``argv`` names (see the module docs); the process's exit code."""
     parser = argparse.ArgumentParser(
         prog="python -m jobs.compact", description=__doc__.split("\n")[0]
     )
