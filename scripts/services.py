@@ -105,6 +105,9 @@ def start_kafka(timeout: float = 60) -> Service:
                 # Tests start groups often: no 3 s wait for more members before a first assignment.
                 "group.initial.rebalance.delay.ms=0",
                 "num.partitions=1",
+                # Test data may carry old timestamps (replays, late events): none is deleted by
+                # age while a session runs (the retention check runs every 5 minutes).
+                "log.retention.ms=-1",
                 "auto.create.topics.enable=false",
                 "",
             ]

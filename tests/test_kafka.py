@@ -293,7 +293,9 @@ def test_start_positions(kafka_bootstrap: str, topic: str) -> None:
     from engine.sources.kafka import KafkaSource
 
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
-    base = 1_764_000_000_000
+    # An hour ago: a record older than the broker's retention can be deleted in the middle of
+    # the test (its log start offset jumped to the last record once, in a long full run).
+    base = int(time.time() * 1000) - 3_600_000
     for i in range(12):  # partition 0 only, timestamps one second apart
         producer.send(topic, value=b'{"n":%d}' % i, partition=0, timestamp_ms=base + 1_000 * i)
     producer.flush()
