@@ -15,9 +15,21 @@ import logging
 import os
 from collections.abc import Mapping
 
+from engine.config import PipelineConfig
 from engine.priority import WORKER_NICENESS
 
-__all__ = ["connect", "init_local_ray", "resolve_address"]
+__all__ = [
+    "PATH_RESOURCES",
+    "connect",
+    "init_local_ray",
+    "on_path_nodes",
+    "path_resource",
+    "resolve_address",
+]
+
+#: The custom resource each path's node type advertises (cluster.yaml's hot_workers,
+#: warm_workers, cold_workers); the jobs over the lake run on the cold path's nodes.
+PATH_RESOURCES: tuple[str, str, str] = ("hot", "warm", "cold")
 
 
 def resolve_address(address: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -76,3 +88,25 @@ def init_local_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
         # Workers at the driver's priority, not Ray's 15 below it (engine.priority).
         _system_config={"worker_niceness": WORKER_NICENESS},
     )
+
+
+def path_resource(path: str) -> dict[str, float]:
+    """``{path: 1}`` when the cluster has nodes advertising ``path``'s resource (cluster.yaml's
+    node types), else nothing: on a laptop, or a cluster without such nodes, work runs anywhere.
+    Ray must be up."""
+    import ray
+
+    return {path: 1.0} if ray.cluster_resources().get(path, 0) > 0 else {}
+
+
+def on_path_nodes(config: PipelineConfig) -> PipelineConfig:
+    """``config`` with each path that names no ``resources`` asking for its own node type's
+    (:func:`path_resource`), so the autoscaler grows each node type on its own path's demand.
+    Ray must be up."""
+    update = {}
+    for path in PATH_RESOURCES:
+        section = getattr(config, path)
+        wanted = path_resource(path)
+        if not section.resources and wanted:
+            update[path] = section.model_copy(update={"resources": wanted})
+    return config.model_copy(update=update) if update else config

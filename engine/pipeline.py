@@ -30,7 +30,7 @@ import ray
 from engine import preflight
 from engine.base import Handoff, Sink
 from engine.checkpoint import Checkpoints
-from engine.cluster import init_local_ray
+from engine.cluster import init_local_ray, on_path_nodes
 from engine.cold import ColdPath, with_origin
 from engine.commit import COLD, FEEDS, PATHS, Committer, TableSpec
 from engine.config import PipelineConfig
@@ -197,7 +197,8 @@ class Pipeline:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _start_paths(self) -> None:
-        cfg = self.config
+        # On a cluster with cluster.yaml's node types, each path on its own (engine.cluster).
+        cfg = self.config = on_path_nodes(self.config)
         storage = dict(cfg.cold.storage_options)
         self.lake = Lake(cfg.cold.lake_uri, storage)
         self.hot = HotPath(cfg.hot, cfg.policy.schema)

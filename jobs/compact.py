@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from engine.cluster import connect
+from engine.cluster import connect, path_resource
 from engine.config import load_config
 from engine.delta import (
     DEFAULT_RETENTION_HOURS,
@@ -125,11 +125,13 @@ def compact_table(
         # A table from before TABLE_PROPERTIES: optimize would add column bounds to the log.
         table.alter.set_table_properties(TABLE_PROPERTIES)
     pending = _shards(table, target)
+    on_cold_nodes = path_resource("cold")  # cluster.yaml's cold_workers, when there are some
     running: list[ray.ObjectRef] = []
     done = {"partitions": 0, "removed": 0, "added": 0, "left": 0}
     while pending or running:
         while pending and len(running) < parallel and lease.remaining() > margin_s:
-            running.append(_compact_partition.remote(uri, options, pending.pop(), target))
+            task = _compact_partition.options(resources=on_cold_nodes)
+            running.append(task.remote(uri, options, pending.pop(), target))
         if not running:
             done["left"] = len(pending)  # the lease ran short: the next run does the rest
             break
