@@ -419,6 +419,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     noise.add_argument("-v", "--verbose", action="store_true", help="Ray's own log messages too")
     run.set_defaults(handler=_run)
+    submit = commands.add_parser(
+        "submit",
+        help="run a job of jobs/ on a Ray cluster (Ray Jobs API), following its logs",
+        description="Submit `python -m jobs.JOB ARGS` to a Ray cluster through the Ray Jobs API"
+        " with the project as its working_dir, stream its logs and exit with its exit code."
+        " Arguments the submit command does not know are the job's, e.g. `thermocline submit"
+        " compact --lake s3://bucket/lake --address http://HEAD:8265`.",
+    )
+    submit.add_argument("job", help="the job: a module of jobs/ (compact, ...)")
+    submit.add_argument(
+        "--address",
+        help="the cluster's Jobs API, http://HOST:8265 (default: RAY_API_SERVER_ADDRESS, an"
+        " http RAY_ADDRESS, else http://127.0.0.1:8265)",
+    )
+    submit.add_argument(
+        "--no-wait", action="store_true", help="print the submission id and return at once"
+    )
+    submit.set_defaults(handler=_submit)
     vacuum = commands.add_parser(
         "vacuum",
         help="remove lake files no table version references, once past a retention",
@@ -436,6 +454,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vacuum.set_defaults(handler=_vacuum)
     return parser
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import os
+
+    from engine.submit import DEFAULT_ADDRESS, JobFailed, submit
+
+    environ_http = os.environ.get("RAY_ADDRESS", "")
+    address = (
+        args.address
+        or os.environ.get("RAY_API_SERVER_ADDRESS")
+        or (environ_http if environ_http.startswith("http") else DEFAULT_ADDRESS)
+    )
+    try:
+        submit(args.job, args.job_args, address, wait=not args.no_wait)
+    except ValueError as exc:
+        print(f"thermocline: {exc}", file=sys.stderr)
+        return 2
+    except JobFailed as exc:
+        print(f"thermocline: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
 
 
 def _vacuum(args: argparse.Namespace) -> int:
@@ -479,7 +519,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engine.preflight import StartupError
     from routers import ThermoclineError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # A submitted job's own arguments (thermocline submit JOB [ARGS] --address URL) are the
+    # ones the submit command does not know; any other command refuses them.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "submit":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.job_args = extra
     try:
         return int(args.handler(args))
     except StartupError as exc:

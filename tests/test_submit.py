@@ -1,0 +1,124 @@
+"""Jobs submitted to a real Ray head through the Ray Jobs API: ``thermocline submit`` and plain
+``ray job submit`` run ``jobs.compact`` on the cluster with the project as its working_dir, stream
+its output, and exit with the job's status. The head is ``ray start --head --block`` on
+127.0.0.1 in a temporary folder, with Ray 2.60's token authentication as it comes (on)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deltalake import DeltaTable
+
+from tests.test_compact import files_per_hour, small_files_lake
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def environment() -> dict[str, str]:
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TMPDIR": "/tmp"}
+    # A job's `python` is the head's: the project's venv, as on a cluster's nodes, where Ray
+    # and the project's dependencies are installed into the python on PATH.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[str]:
+    """A Ray head of its own (GCS and dashboard on free loopback ports); its Jobs API URL."""
+    temp = tempfile.mkdtemp(prefix="tc-head-", dir="/tmp")
+    dashboard = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp}",
+         "--disable-usage-stats"],
+        env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: stopped by id, with its children
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            probe = subprocess.run(
+                [str(BIN / "ray"), "job", "list", "--address", address],
+                env={**environment(), "RAY_AUTH_MODE": "token"}, capture_output=True,
+                timeout=60, check=False,
+            )  # fmt: skip
+            if probe.returncode == 0:
+                break
+            assert process.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, probe.stderr[-2000:]
+            time.sleep(1)
+        yield address
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # ray start --block stops what it started
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def thermocline(*args: str) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        capture_output=True, text=True, cwd=ROOT, env=environment(), timeout=300, check=False,
+    )  # fmt: skip
+
+
+def summary_of(stdout: str) -> dict[str, Any]:
+    lines = [line for line in stdout.splitlines() if line.startswith('{"job"')]
+    assert lines, stdout[-2000:]
+    return dict(json.loads(lines[-1]))
+
+
+def test_thermocline_submit_runs_a_job_on_the_cluster(head: str, tmp_path: Path) -> None:
+    small_files_lake(str(tmp_path))
+    done = thermocline("submit", "compact", "--lake", str(tmp_path), "--address", head)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = summary_of(done.stdout)  # the job's own output, streamed back
+    assert summary["tables"]["events"]["removed"] == 18
+    assert files_per_hour(f"{tmp_path}/events") == dict.fromkeys("012", 1)
+    assert "submitted " in done.stderr
+
+
+def test_a_failing_job_fails_the_submit_with_its_exit_code(head: str, tmp_path: Path) -> None:
+    done = thermocline("submit", "compact", "--address", head)  # no --lake: the job exits 2
+    assert done.returncode == 2, (done.stdout[-2000:], done.stderr[-2000:])
+    assert "FAILED" in done.stderr and "--lake" in done.stdout + done.stderr
+    unknown = thermocline("submit", "no_such_job", "--address", head)
+    assert unknown.returncode == 2 and "the jobs are: compact" in unknown.stderr
+
+
+def test_plain_ray_job_submit_runs_a_job_too(head: str, tmp_path: Path) -> None:
+    small_files_lake(str(tmp_path))
+    done = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", head, "--working-dir", ".", "--",
+         "python", "-m", "jobs.compact", "--lake", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, env={**environment(), "RAY_AUTH_MODE": "token"},
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert summary_of(done.stdout)["tables"]["events"]["added"] == 3
+    assert len(DeltaTable(f"{tmp_path}/events").file_uris()) == 3
