@@ -10,7 +10,11 @@ synthetic game telemetry, default cold settings unless ``--target`` is given):
    and largest size, how many reach the target, and the share of rows in those. Rows hours late
    go to their own hour's folder, so each flush also stages small files for them (compaction,
    issue 11, merges those); the share of rows in target-size files says how much of the stream
-   the trigger itself placed.
+   the trigger itself placed; ``folders_under_target`` counts the hour folders whose rows all
+   together make less than one target-size file (no writer could fill one there), and the files
+   in them;
+4. ``jobs.compact`` over that table (its lease taken, as the job does): the same figures after,
+   and how long it took.
 
     python -m benchmarks.cold_files                                   # make bench-files
     python -m benchmarks.cold_files --minutes 0.2 --calibration-events 100000 --target 1MiB
@@ -77,6 +81,13 @@ def files_of(lake: str, target: int) -> dict[str, Any]:
     sizes = adds["size_bytes"].to_pylist()
     rows = adds["num_records"].to_pylist()
     big = [i for i, n in enumerate(sizes) if n >= target]
+    folders = list(
+        zip(adds["partition.dt"].to_pylist(), adds["partition.hour"].to_pylist(), strict=True)
+    )
+    per_folder: dict[tuple[str, int], int] = {}
+    for folder, n in zip(folders, sizes, strict=True):
+        per_folder[folder] = per_folder.get(folder, 0) + n
+    small_folders = {f for f, total in per_folder.items() if total < target}
     return {
         "files": len(sizes),
         "mean_bytes": round(statistics.fmean(sizes)) if sizes else 0,
@@ -88,16 +99,28 @@ def files_of(lake: str, target: int) -> dict[str, Any]:
         else 0,
         "rows": sum(rows),
         "share_of_rows_in_files_at_target": round(sum(rows[i] for i in big) / max(sum(rows), 1), 3),
-        "hour_folders": len(
-            set(
-                zip(
-                    adds["partition.dt"].to_pylist(),
-                    adds["partition.hour"].to_pylist(),
-                    strict=True,
-                )
-            )
-        ),
+        "hour_folders": len(per_folder),
+        "folders_under_target": len(small_folders),
+        "files_in_folders_under_target": sum(f in small_folders for f in folders),
     }
+
+
+def compacted(lake: str, target: int) -> tuple[float, dict[str, int]]:
+    """``jobs.compact`` over the ``events`` table: seconds, and what it merged."""
+    from engine.delta import LakeTables
+    from engine.lake import Lake
+    from engine.lease import Leases
+    from jobs.compact import compact_table
+
+    tables = LakeTables(Lake(lake), "bench")
+    leases = Leases(tables.lake)
+    lease = leases.acquire("compact/events", ttl_s=3600, owner="benchmarks.cold_files")
+    started = time.monotonic()
+    try:
+        done = compact_table(tables, "events", lease, target, parallel=2, margin_s=60)
+    finally:
+        leases.release(lease)
+    return time.monotonic() - started, done
 
 
 def main() -> None:
@@ -140,6 +163,9 @@ def main() -> None:
             "cold_files": files_of(f"{lake}/paced", target),
             "checkpoint": summary["checkpoint"],
         }
+        seconds, merged = compacted(f"{lake}/paced", target)
+        record["compaction"] = {"seconds": round(seconds, 2), **merged}
+        record["cold_files_after_compaction"] = files_of(f"{lake}/paced", target)
     finally:
         shutil.rmtree(lake, ignore_errors=True)
         ray.shutdown()

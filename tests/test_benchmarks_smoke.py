@@ -106,3 +106,10 @@ def test_cold_files_smoke(tmp_path: Path) -> None:
     assert files["rows"] == record["cold_events"] > 0  # every cold row in a committed file
     assert files["files_at_target"] >= 1 and files["largest_bytes"] >= 200 << 10
     assert 0 < files["share_of_rows_in_files_at_target"] <= 1
+    after = record["cold_files_after_compaction"]
+    assert after["rows"] == files["rows"]  # compaction keeps every row, once
+    assert (
+        after["files"]
+        == files["files"] - record["compaction"]["removed"] + record["compaction"]["added"]
+    )
+    assert after["files"] < files["files"] and files["folders_under_target"] >= 1
