@@ -45,7 +45,6 @@ from engine.lake import (
     EVENTS_DIR,
     Lake,
     StagedFile,
-    deltable,
     file_stem,
     numbers_as_double,
     stage_threads,
@@ -171,21 +170,20 @@ class _ColdWriter:
             for folder, values, segment in self.lake.segments(
                 rows, self.schema.time, self.partition_by
             ):
-                self._add(held, folder, values, deltable(segment))
+                self._add(held, folder, values, segment)
         return self.tick()
 
     def _add(self, held: _Partition, folder: str, values: dict[str, str], rows: pa.Table) -> None:
         """Add a folder's rows to its open file; a new file when there is none, or when the
-        stream's schema grew past the open file's (a new column or a wider type)."""
+        stream's schema grew past an open file that has encoded rows already (see
+        engine.rolling)."""
         open_ = held.files.get(folder)
         if open_ is not None and not open_.file.fits(rows.schema):
             held.ended.append(held.files.pop(folder))
             open_ = None
         if open_ is None:
             group_bytes = max(int(self.target_file_size * _GROUP_SHARE), 1)
-            open_ = held.files[folder] = _Open(
-                folder, values, RollingFile(rows.schema, group_bytes)
-            )
+            open_ = held.files[folder] = _Open(folder, values, RollingFile(group_bytes))
         open_.file.add(rows)
 
     def tick(self) -> FlushReport:
@@ -233,6 +231,7 @@ class _ColdWriter:
         if isinstance(what, pa.Table):
             return self.lake.stage_parquet(what, DEAD_LETTER_DIR, stem, partition)
         data = what.file.close()
+        assert what.file.schema is not None  # set by close()
         return self.lake.stage_file(
             lambda handle: handle.write(data),
             what.file.rows,

@@ -9,17 +9,23 @@ estimated. This is Flink's and Kafka Connect's rolling part file, kept in memory
 it stays one PUT of a finished file (an object store has no append, and no reader may see a
 half-written file).
 
+Rows come as the stream's contract gives them, and its schema may grow between blocks (a new
+column, a wider type, a type for a column that was all null so far). Until a file encodes its
+first row group, growth is taken in: the waiting rows are unified, as one flush of them would be.
+After it, the file's columns are fixed, and rows whose schema grew do not fit (:meth:`fits`): the
+caller ends the file and starts another. What is stored is :func:`engine.lake.deltable` of the
+rows (what a Delta table can hold).
+
 Example:
     >>> import pyarrow.parquet as pq
-    >>> part = RollingFile(pa.schema([("id", pa.string()), ("amount", pa.float64())]), 1 << 20)
-    >>> part.fits(pa.schema([("id", pa.string())]))  # a column the rows lack: written as null
-    True
-    >>> part.fits(pa.schema([("id", pa.int64())]))  # another type: the caller rolls a new file
+    >>> part = RollingFile(group_bytes=1 << 20)
+    >>> part.add(pa.table({"id": ["a"], "tags": pa.array([[]], pa.list_(pa.null()))}))
+    >>> part.add(pa.table({"id": ["b"], "tags": [[1.5]]}))  # the list's type came later
+    >>> back = pq.read_table(pa.BufferReader(part.close()))
+    >>> back.schema.field("tags").type, back["tags"].to_pylist()
+    (ListType(list<element: double>), [[], [1.5]])
+    >>> part.fits(pa.schema([("id", pa.int64())]))  # after the first row group: fixed
     False
-    >>> part.add(pa.table({"id": ["a", "b"], "amount": [4.99, None]}))
-    >>> part.add(pa.table({"id": ["c"]}))
-    >>> pq.read_table(pa.BufferReader(part.close())).to_pylist()[-1]
-    {'id': 'c', 'amount': None}
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.lake import deltable
+from routers import concat_conformed
+
 __all__ = ["ROW_GROUP_ROWS", "RollingFile"]
 
 #: Rows per row group at most: DuckDB's own row-group size. Larger groups compress a little
@@ -37,21 +46,23 @@ ROW_GROUP_ROWS: Final[int] = 122_880
 
 
 class RollingFile:
-    """An in-memory Parquet file (zstd) that takes rows until it is closed.
+    """An in-memory Parquet file (zstd) that takes rows until it is closed (see the module docs).
 
     Args:
-        schema: the file's columns; rows added later may lack some (they are written as nulls)
-            but no other column or type (see :meth:`fits`).
         group_bytes: Arrow bytes that make a row group at most (with :data:`ROW_GROUP_ROWS`):
             a fraction of the target file size, so a file of the target holds several groups
             and overshoots it by less than one.
     """
 
-    def __init__(self, schema: pa.Schema, group_bytes: int) -> None:
-        self.schema = schema
+    def __init__(self, group_bytes: int) -> None:
         self.group_bytes = group_bytes
+        #: The rows' schema (as the contract gave them): unified until the first row group,
+        #: then fixed.
+        self.source_schema: pa.Schema | None = None
+        #: The stored schema (``deltable`` of the rows'), set by the first row group.
+        self.schema: pa.Schema | None = None
         self._sink = pa.BufferOutputStream()
-        self._writer = pq.ParquetWriter(self._sink, schema, compression="zstd")
+        self._writer: pq.ParquetWriter | None = None
         self._waiting: list[pa.Table] = []
         self._waiting_rows = 0
         self._waiting_bytes = 0
@@ -59,23 +70,32 @@ class RollingFile:
         self.rows = 0
 
     def fits(self, schema: pa.Schema) -> bool:
-        """Whether rows of ``schema`` can go into this file: each of their columns is one of
-        the file's, with the same type."""
+        """Whether rows of ``schema`` can go into this file: before its first row group, when
+        their schema unifies with the waiting rows'; after it, when each of their columns is
+        one of the file's, with the same type."""
+        if self.source_schema is None:
+            return True
+        if self._writer is None:
+            try:
+                pa.unify_schemas([self.source_schema, schema], promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                return False
+            return True
         return all(
-            self.schema.get_field_index(f.name) >= 0 and self.schema.field(f.name).type == f.type
+            self.source_schema.get_field_index(f.name) >= 0
+            and self.source_schema.field(f.name).type == f.type
             for f in schema
         )
 
     def add(self, table: pa.Table) -> None:
         """Take ``table``'s rows (``fits(table.schema)`` must hold); encode a row group when
         enough wait."""
-        if not table.schema.equals(self.schema):
-            n = table.num_rows
-            table = pa.Table.from_arrays(
-                [table[f.name] if f.name in table.column_names else pa.nulls(n, f.type)
-                 for f in self.schema],
-                schema=self.schema,
-            )  # fmt: skip
+        known = self.source_schema
+        if self._writer is None:
+            both = [table.schema] if known is None else [known, table.schema]
+            self.source_schema = pa.unify_schemas(both, promote_options="permissive")
+        elif known is not None and not table.schema.equals(known):
+            table = concat_conformed([known.empty_table(), table])  # the file's column order
         self._waiting.append(table)
         self._waiting_rows += table.num_rows
         self._waiting_bytes += table.nbytes
@@ -96,12 +116,18 @@ class RollingFile:
     def close(self) -> pa.Buffer:
         """Encode the waiting rows, finish the file; its bytes."""
         self._encode()
+        if self._writer is None:
+            raise ValueError("a RollingFile without rows has nothing to store")
         self._writer.close()
         return self._sink.getvalue()
 
     def _encode(self) -> None:
         if not self._waiting:
             return
-        rows = pa.concat_tables(self._waiting) if len(self._waiting) > 1 else self._waiting[0]
-        self._writer.write_table(rows, row_group_size=ROW_GROUP_ROWS)
+        rows = concat_conformed(self._waiting)  # one schema: the file's, or the unified one
+        stored = deltable(rows)
+        if self._writer is None:
+            self.source_schema, self.schema = rows.schema, stored.schema
+            self._writer = pq.ParquetWriter(self._sink, stored.schema, compression="zstd")
+        self._writer.write_table(stored, row_group_size=ROW_GROUP_ROWS)
         self._waiting, self._waiting_rows, self._waiting_bytes = [], 0, 0

@@ -172,3 +172,31 @@ def test_a_files_row_groups_are_encoded_as_rows_come(tmp_path: Path) -> None:
     (staged,) = cold.flush().staged
     metadata = pq.ParquetFile(tmp_path / staged.table / staged.path).metadata
     assert metadata.num_rows == sum(b.num_rows for b in blocks) and metadata.num_row_groups > 1
+
+
+def test_a_type_that_comes_later_in_a_flush_makes_one_committable_file(tmp_path: Path) -> None:
+    """A list first sent empty (its item type unknown) then with numbers, in one flush: one file
+    with the list's real type, which the Delta table takes (a file each, one with the empty
+    list stored as strings, would not unify)."""
+    from engine.delta import LakeTables
+    from engine.lake import COLD, EVENTS_DIR, Lake
+
+    now = datetime.now(timezone.utc).isoformat()
+    contract = new_contract(SCHEMA)
+    blocks = [
+        decode_ndjson(
+            json.dumps({"event_id": f"e{i}", "player_id": "p", "event_time": now,
+                        "event_type": "match_end", "tags": tags}).encode(),
+            SCHEMA, contract=contract,
+        ).good
+        for i, tags in enumerate([[], [1.5, 2], None])
+    ]  # fmt: skip
+    cold = writer(tmp_path)
+    for i, batch in enumerate(blocks):
+        cold.write(i, "p", i, i, batch, EMPTY_DEAD)
+    staged = cold.flush().staged
+    assert len(staged) == 1
+    tables = LakeTables(Lake(str(tmp_path)), "pipe")
+    assert tables.commit(EVENTS_DIR, staged, {"p": {COLD: 2}}, (COLD,), ("dt", "hour")) == []
+    back = Lake(str(tmp_path)).read(EVENTS_DIR).sort_by("event_id")
+    assert back["tags"].to_pylist() == [[], [1.5, 2.0], None]
