@@ -124,8 +124,13 @@ class Leases:
         folder = self._folder(name)
         self.lake.fs.makedirs(folder, exist_ok=True)
         data = json.dumps({"owner": owner, "expires_ms": lease.expires_ms}).encode()
-        if not put_if_absent(self.lake.fs, f"{folder}/{lease.number:0{_DIGITS}d}.json", data):
-            _, winner, _ = self._latest(name)
+        created = put_if_absent(self.lake.fs, f"{folder}/{lease.number:0{_DIGITS}d}.json", data)
+        # Created, yet someone may have gone past it meanwhile: had we stalled between reading
+        # and writing, a later holder could have removed that number's record (_forget_before)
+        # and our put-if-absent of it succeed. A record is removed only once a higher one
+        # exists, so a higher number now means we do not hold the lease.
+        latest, winner, _ = self._latest(name)
+        if not created or latest != lease.number:
             holder = "another process" if winner is None else str(winner["owner"])
             expires = now_ms if winner is None else int(str(winner["expires_ms"]))
             raise LeaseHeld(name, holder, expires)

@@ -216,3 +216,24 @@ def test_compaction_of_a_lake_on_s3(
     assert rows(lake) == before
     tables = LakeTables(lake, "pipe")
     assert files_per_hour(tables.uri(EVENTS_DIR), tables.options) == dict.fromkeys("012", 1)
+
+
+def test_a_stalled_acquirer_does_not_take_a_lease_that_moved_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reads that the lease (number 1) expired, then stalls; meanwhile B takes 2, C takes 3
+    and removes the older records; A's create of 2 then succeeds, yet A must not hold it. The
+    stall is simulated by handing A its stale read (a real pause cannot be timed here)."""
+    leases = Leases(Lake(str(tmp_path)))
+    leases.acquire("compact/events", ttl_s=0.01)  # 1, expired at once
+    time.sleep(0.05)
+    stale = leases._latest("compact/events")
+    b = leases.acquire("compact/events", ttl_s=600, owner="B")  # 2
+    leases.release(b)
+    assert leases.acquire("compact/events", ttl_s=600, owner="C").number == 3  # removes 1, 2
+    reads = iter([stale])
+    real = leases._latest
+    monkeypatch.setattr(leases, "_latest", lambda name: next(reads, None) or real(name))
+    with pytest.raises(LeaseHeld) as held:
+        leases.acquire("compact/events", ttl_s=600, owner="A")
+    assert held.value.holder.endswith(" C")
