@@ -60,13 +60,21 @@ _ATTEMPTS: Final[int] = 5
 
 @ray.remote(num_cpus=1)
 def _compact_partition(
-    uri: str, options: dict[str, str], filters: list[tuple[str, str, str]], target: int
+    uri: str,
+    options: dict[str, str],
+    filters: list[tuple[str, str, str]],
+    target: int,
+    deadline_ms: int,
 ) -> dict[str, Any]:
-    """delta-rs's optimize over one lake partition (``filters``; empty: the whole table)."""
+    """delta-rs's optimize over one lake partition (``filters``; empty: the whole table),
+    unless it would start after ``deadline_ms`` (the lease less its margin: a task may wait in
+    Ray's queue, e.g. for a cold node to boot)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import CommitFailedError
 
     for attempt in range(_ATTEMPTS):
+        if time.time() * 1000 > deadline_ms:
+            return {"removed": 0, "added": 0, "late": True}
         table = DeltaTable(uri, storage_options=options or None)
         try:
             metrics: dict[str, Any] = table.optimize.compact(
@@ -126,20 +134,28 @@ def compact_table(
         table.alter.set_table_properties(TABLE_PROPERTIES)
     pending = _shards(table, target)
     on_cold_nodes = path_resource("cold")  # cluster.yaml's cold_workers, when there are some
+    deadline_ms = lease.expires_ms - int(margin_s * 1000)
     running: list[ray.ObjectRef] = []
     done = {"partitions": 0, "removed": 0, "added": 0, "left": 0}
-    while pending or running:
-        while pending and len(running) < parallel and lease.remaining() > margin_s:
-            task = _compact_partition.options(resources=on_cold_nodes)
-            running.append(task.remote(uri, options, pending.pop(), target))
-        if not running:
-            done["left"] = len(pending)  # the lease ran short: the next run does the rest
-            break
-        ready, running = ray.wait(running, num_returns=1)
-        result = ray.get(ready[0])
-        done["partitions"] += 1
-        done["removed"] += result["removed"]
-        done["added"] += result["added"]
+    try:
+        while pending or running:
+            while pending and len(running) < parallel and lease.remaining() > margin_s:
+                task = _compact_partition.options(resources=on_cold_nodes)
+                running.append(task.remote(uri, options, pending.pop(), target, deadline_ms))
+            if not running:
+                break
+            ready, running = ray.wait(running, num_returns=1)
+            result = ray.get(ready[0])
+            if result.get("late"):
+                done["left"] += 1
+                continue
+            done["partitions"] += 1
+            done["removed"] += result["removed"]
+            done["added"] += result["added"]
+    finally:
+        for ref in running:  # a task failed: none may run on once the lease is given up
+            ray.cancel(ref, force=True)
+    done["left"] += len(pending)  # the lease ran short: the next run does the rest
     return done
 
 
@@ -193,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         try:
             done = compact_table(tables, name, lease, args.target_size, args.parallel, margin_s)
-            done["vacuumed"] = len(tables.vacuum(name, int(retention_h)))
+            # Vacuum only within the lease: it deletes what compactions replaced.
+            enough = lease.remaining() > margin_s
+            done["vacuumed"] = len(tables.vacuum(name, int(retention_h))) if enough else 0
         finally:
             leases.release(lease)
         summary["tables"][name] = done
