@@ -421,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     submit = commands.add_parser(
         "submit",
+        # No abbreviations: a job's own --addr... or --no... must reach the job.
+        allow_abbrev=False,
         help="run a job of jobs/ on a Ray cluster (Ray Jobs API), following its logs",
         description="Submit `python -m jobs.JOB ARGS` to a Ray cluster through the Ray Jobs API"
         " with the project as its working_dir, stream its logs and exit with its exit code."

@@ -7,6 +7,8 @@ Example:
     False
     >>> resolve_address(None, {}) is None
     True
+    >>> resolve_address(None, {"RAY_ADDRESS": "http://head:8265"}) is None  # a Jobs API
+    True
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ PATH_RESOURCES: tuple[str, str, str] = ("hot", "warm", "cold")
 def resolve_address(address: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
     """The cluster to join: ``address`` (a command's ``--address``), else ``RAY_ADDRESS``,
     else None (start the embedded local Ray)."""
-    return address or environ.get("RAY_ADDRESS") or None
+    found = address or environ.get("RAY_ADDRESS") or None
+    # An http address is a cluster's Jobs API (thermocline submit's), not one to join.
+    return None if found is not None and found.startswith(("http://", "https://")) else found
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> str:

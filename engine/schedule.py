@@ -62,8 +62,10 @@ from routers.yamlfile import read_yaml
 __all__ = ["Schedule", "ScheduledJob", "Scheduler", "due_intervals", "fill", "load_schedule"]
 
 SCHEDULE_DIR: Final[str] = "_schedule"
-#: How long a job's lease lasts (a scheduler that died frees its jobs after this).
+#: How long a job's lease lasts (a scheduler that died frees its jobs after this), and what
+#: must be left of it to start another interval (longer than an interval's run, or raise it).
 _LEASE_S: Final[float] = 6 * 3600
+_LEASE_MARGIN_S: Final[float] = 3600
 
 
 class ScheduledJob(BaseModel):
@@ -95,7 +97,7 @@ class ScheduledJob(BaseModel):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("needs a time zone, e.g. 2026-11-01T00:00:00Z")
-        return value
+        return None if value is None else value.astimezone(timezone.utc)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ScheduledJob:
@@ -146,6 +148,8 @@ def due_intervals(cron: str, after: datetime, now: datetime) -> list[tuple[datet
     before, the fire) for each fire in ``(after, now]``."""
     from cronsim import CronSim
 
+    # cronsim fires in the zone of the time it is given: the schedule's is UTC.
+    after, now = after.astimezone(timezone.utc), now.astimezone(timezone.utc)
     fires = []
     for fire in CronSim(cron, after):
         if fire > now:
@@ -225,23 +229,31 @@ class Scheduler:
             for start, end in intervals:
                 if self.stopping.is_set():
                     break
+                if lease.remaining() < _LEASE_MARGIN_S:  # another scheduler may take it soon
+                    self.log(f"schedule: {job.name}: lease running out; the rest next tick")
+                    break
                 record = self._run(job, start, end)
                 ran.append(record)
                 if record["status"] != "ok":
                     break  # retried at the next tick; later intervals wait for it
-                self.lake.write_text(
-                    json.dumps({"done_until": end.isoformat(), "at": self.clock().isoformat()}),
-                    f"{SCHEDULE_DIR}/{job.name}.json",
-                )
+                stored = self.watermark(job)
+                if stored is None or end > stored:  # never backwards
+                    self.lake.write_text(
+                        json.dumps({"done_until": end.isoformat(), "at": self.clock().isoformat()}),
+                        f"{SCHEDULE_DIR}/{job.name}.json",
+                    )
         finally:
             self.leases.release(lease)
         return ran
 
     def _run(self, job: ScheduledJob, start: datetime, end: datetime) -> dict[str, Any]:
         began = time.monotonic()
-        code = self._execute(job, start, end)
+        try:
+            code = self._execute(job, start, end)
+            status = "ok" if code == 0 else f"exit {code}"
+        except Exception as error:  # a missing command, an unreachable cluster: this job only
+            status = f"error: {type(error).__name__}: {' '.join(str(error).split())}"
         seconds = round(time.monotonic() - began, 3)
-        status = "ok" if code == 0 else f"exit {code}"
         span = f"[{start.isoformat()}, {end.isoformat()})"
         self.log(f"schedule: {job.name} {span}: {status} in {seconds:g} s")
         return {"name": job.name, "start": start.isoformat(), "end": end.isoformat(),
@@ -283,6 +295,6 @@ def _two_fires_back(cron: str, now: datetime) -> datetime:
     finished one (a fire exactly at ``now`` included)."""
     from cronsim import CronSim
 
-    fires: Iterator[datetime] = CronSim(cron, now, reverse=True)
+    fires: Iterator[datetime] = CronSim(cron, now.astimezone(timezone.utc), reverse=True)
     next(fires)
     return next(fires)

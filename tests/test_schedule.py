@@ -115,3 +115,23 @@ def test_a_scheduled_job_of_jobs_runs_with_its_arguments(tmp_path: Path) -> None
         ((T0 + timedelta(hours=3)).isoformat(), (T0 + timedelta(days=1, hours=3)).isoformat()),
     ]
     assert files_per_hour(f"{lake}/events") == dict.fromkeys("012", 1)  # compacted
+
+
+def test_a_missing_command_fails_its_job_only_and_times_are_utc(tmp_path: Path) -> None:
+    path = tmp_path / "schedule.yaml"
+    log = tmp_path / "runs.log"
+    jobs = [
+        {"name": "broken", "cron": "0 3 * * *", "start": T0.isoformat(),
+         "command": ["no-such-program-here", "{date}"]},
+        # A start given at -05:00 is the same instant; the cron's 03:00 is UTC's.
+        {"name": "daily", "cron": "0 3 * * *", "start": "2026-11-19T19:00:00-05:00",
+         "command": [sys.executable, "-c", RECORD, str(log), "{start}", "{end}", "{date}"]},
+    ]  # fmt: skip
+    path.write_text(yaml.safe_dump({"lake": str(tmp_path / "lake"), "jobs": jobs}))
+    code, summary, _ = schedule(path, T0 + timedelta(hours=4))
+    assert code == 1
+    assert summary["ran"][0]["status"].startswith("error: FileNotFoundError")
+    assert runs(tmp_path) == [
+        f"{(T0 - timedelta(hours=21)).isoformat()} {(T0 + timedelta(hours=3)).isoformat()}"
+        " 2026-11-19"
+    ]

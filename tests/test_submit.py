@@ -122,3 +122,13 @@ def test_plain_ray_job_submit_runs_a_job_too(head: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert summary_of(done.stdout)["tables"]["events"]["added"] == 3
     assert len(DeltaTable(f"{tmp_path}/events").file_uris()) == 3
+
+
+def test_the_jobs_own_arguments_reach_it_unabbreviated() -> None:
+    from engine.cli import build_parser
+
+    args, extra = build_parser().parse_known_args(
+        ["submit", "compact", "--lake", "l", "--addr", "x", "--no", "--address", "http://h:8265"]
+    )
+    assert args.job == "compact" and args.address == "http://h:8265" and not args.no_wait
+    assert extra == ["--lake", "l", "--addr", "x", "--no"]
