@@ -510,19 +510,13 @@ def _schedule(args: argparse.Namespace) -> int:
     if now is not None and now.tzinfo is None:
         _problems(f"{args.file}: invalid schedule", ["--now: needs a time zone, e.g. ...Z"])
         return 2
-    scheduler = Scheduler(schedule, clock=(lambda: now) if now else _utc_now)
+    scheduler = Scheduler(schedule) if now is None else Scheduler(schedule, clock=lambda: now)
     if not args.once:
         scheduler.run()
         return 0
     ran = scheduler.tick()
     print(json.dumps({"schedule": str(args.file), "ran": ran}))
     return 1 if any(r["status"] != "ok" for r in ran) else 0
-
-
-def _utc_now() -> Any:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc)
 
 
 def _vacuum(args: argparse.Namespace) -> int:

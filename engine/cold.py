@@ -47,7 +47,7 @@ from engine.lake import (
     StagedFile,
     file_stem,
     numbers_as_double,
-    stage_threads,
+    on_stage_threads,
 )
 from engine.priority import lower_this_thread
 from engine.rolling import RollingFile
@@ -141,7 +141,6 @@ class _ColdWriter:
         #: (engine.lake.numbers_as_double): the roles, declared columns, source columns.
         self.exact = (*schema.required, schema.arrival, *schema.declared, *exact)
         self._held: dict[str, _Partition] = {}
-        self._rows = 0
 
     def write(
         self,
@@ -164,7 +163,6 @@ class _ColdWriter:
         held.blocks.append(_Block(seq, first, last, dead))
         held.rows += cold.num_rows + dead.num_rows
         held.dead_bytes += dead.nbytes
-        self._rows += cold.num_rows + dead.num_rows
         if cold.num_rows:
             rows = numbers_as_double(pa.Table.from_batches([cold]), self.exact)
             for folder, values, segment in self.lake.segments(
@@ -190,8 +188,9 @@ class _ColdWriter:
         """Flush the partitions whose size or age trigger fires, or everything when what the
         writer holds reaches its memory bounds (the pipeline calls this while no block comes,
         so a quiet stream's rows still go out)."""
-        if self._rows >= self.flush_rows or (
-            sum(h.held_bytes() for h in self._held.values()) >= self.flush_bytes
+        held = self._held.values()
+        if sum(h.rows for h in held) >= self.flush_rows or (
+            sum(h.held_bytes() for h in held) >= self.flush_bytes
         ):
             return self.flush()
         now = time.monotonic()
@@ -219,12 +218,8 @@ class _ColdWriter:
                 jobs.append((stem, partition, dead))
             dead_rows += dead.num_rows
             cold_rows += held.rows - dead.num_rows
-            self._rows -= held.rows
             seqs += [b.seq for b in held.blocks]
-        staged = list(stage_threads().map(self._store, jobs)) if len(jobs) > 1 else [
-            self._store(job) for job in jobs
-        ]  # fmt: skip
-        return FlushReport(sorted(seqs), cold_rows, dead_rows, staged)
+        return FlushReport(sorted(seqs), cold_rows, dead_rows, on_stage_threads(self._store, jobs))
 
     def _store(self, job: tuple[str, str, _Open | pa.Table]) -> StagedFile:
         stem, partition, what = job

@@ -72,7 +72,7 @@ __all__ = [
     "file_stem",
     "scope",
     "storable",
-    "stage_threads",
+    "on_stage_threads",
     "put_if_absent",
 ]
 
@@ -150,13 +150,16 @@ def put_if_absent(fs: Any, path: str, data: bytes) -> bool:
     return True
 
 
-def stage_threads() -> ThreadPoolExecutor:
-    """This process's staging threads (created by the first flush: on a lake writer's thread,
-    whose lowered CPU priority they inherit, engine.priority)."""
+def on_stage_threads(stage: Callable[[_T], StagedFile], items: list[_T]) -> list[StagedFile]:
+    """``stage`` over ``items`` on this process's staging threads (created by the first flush:
+    on a lake writer's thread, whose lowered CPU priority they inherit, engine.priority); a
+    single item in the calling thread."""
     global _stager_pool
+    if len(items) <= 1:
+        return [stage(item) for item in items]
     if _stager_pool is None:
         _stager_pool = ThreadPoolExecutor(_STAGERS, thread_name_prefix="thermocline-stage")
-    return _stager_pool
+    return list(_stager_pool.map(stage, items))
 
 
 class LakeUnavailableError(ThermoclineError):
@@ -515,10 +518,7 @@ class Lake:
             folder, values, rows = segment
             return self.stage_parquet(rows, directory, stem, partition, folder, values)
 
-        segments = self.segments(table, time_column, partition_by)
-        if len(segments) <= 1:
-            return [stage(s) for s in segments]
-        return list(stage_threads().map(stage, segments))
+        return on_stage_threads(stage, self.segments(table, time_column, partition_by))
 
     def write_text(self, text: str, relative: str) -> str:
         """Write a small text file atomically (see :meth:`_write_atomically`)."""
