@@ -471,15 +471,22 @@ class LakeTables:
         """Give ``table`` every column and struct field of ``schema`` (a delta-rs merge commit:
         rare, and the one commit here that loads the table's file list)."""
         from deltalake import write_deltalake
+        from deltalake.exceptions import CommitFailedError
 
         found = self._open(table)
-        write_deltalake(
-            found,
-            schema.empty_table(),
-            mode="append",
-            schema_mode="merge",
-            partition_by=found.metadata().partition_columns or None,
-        )
+        try:
+            write_deltalake(
+                found,
+                schema.empty_table(),
+                mode="append",
+                schema_mode="merge",
+                partition_by=found.metadata().partition_columns or None,
+            )
+        except CommitFailedError as error:
+            # Another member changed the table's metadata (grew its schema too) after we
+            # opened it: delta-rs refuses ours ("Metadata changed since last commit"). The
+            # caller follows the log and decides again; the schema may need no growth by then.
+            raise CommitConflict(str(error)) from error
 
     def read(self, table: str) -> pa.Table:
         """Every committed row of ``table`` (empty when it does not exist)."""

@@ -173,6 +173,47 @@ def test_members_racing_on_one_table_each_commit_once_and_delta_rs_reads_it_all(
     assert leftovers == []  # the losers' temporary commit files are removed
 
 
+def test_members_growing_the_schema_at_once_each_commit_once(tmp_path: Path) -> None:
+    """Four members commit at once, each file with a column nobody has seen (per-type fields
+    drifting in on several partitions): the schema growths race, and delta-rs refuses the
+    losers' ("Metadata changed since last commit"; it stopped a two-process run in CI). Each
+    loser follows the log and commits again: every row lands once, with its column."""
+    import threading
+
+    lake = Lake(str(tmp_path))
+    LakeTables(lake, "pipe").ensure(EVENTS_DIR, ("dt", "hour"))
+    members = {p: LakeTables(lake, "pipe") for p in ("p0", "p1", "p2", "p3")}
+    staged = {
+        p: [stage(lake, events([f"{p}-{i}"], **{f"{p}_c{i}": [i]}), p) for i in range(8)]
+        for p in members
+    }
+    for p, member in members.items():
+        member.claim([EVENTS_DIR], [p])
+    errors: list[BaseException] = []
+
+    def run(p: str) -> None:
+        try:
+            for i in range(8):
+                assert commit(members[p], staged[p][i], i, p) == []
+        except BaseException as error:  # the test thread raises it below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in members]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    rows = DeltaTable(lake.path(EVENTS_DIR)).to_pyarrow_table().to_pylist()
+    assert sorted(r["event_id"] for r in rows) == sorted(
+        f"{p}-{i}" for p in members for i in range(8)
+    )
+    for row in rows:  # each row's own column holds its value, every other added column null
+        p, i = row["event_id"].split("-")
+        extra = {k: v for k, v in row.items() if "_c" in k and v is not None}
+        assert extra == {f"{p}_c{i}": int(i)}
+
+
 def test_a_table_needing_a_newer_writer_protocol_is_refused_by_name(tmp_path: Path) -> None:
     from deltalake import TableFeatures
 
