@@ -31,7 +31,7 @@ schema grows (a new column, a wider type) while it is open: its rows keep their 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,7 @@ from engine.rolling import RollingFile
 from engine.wire import pack, unpack
 from routers import EventSchema
 
-__all__ = ["ColdPath", "ColdWriter", "FlushReport", "with_origin"]
+__all__ = ["ColdPath", "ColdWriter", "FlushReport", "with_origin", "with_routes"]
 
 #: A row group is encoded once its Arrow bytes reach this share of ``target_file_size`` (or
 #: ROW_GROUP_ROWS rows come first): Parquet with zstd holds game telemetry in ~1/8 of its Arrow
@@ -388,6 +388,19 @@ class ColdPath:
         if self.writer is not None:
             ray.kill(self.writer)
             self.writer = None
+
+
+def with_routes(parts: Mapping[str, pa.RecordBatch]) -> pa.RecordBatch:
+    """Every routed row in one batch, with its temperature in the column ``route`` (what the
+    lake holds under ``cold.archive: all``).
+
+    Example:
+        >>> b = pa.record_batch({"x": [1, 2]})
+        >>> with_routes({"hot": b.slice(0, 1), "cold": b.slice(1)}).to_pydict()
+        {'x': [1, 2], 'route': ['hot', 'cold']}
+    """
+    batches = [p.append_column("route", pa.repeat(t, p.num_rows)) for t, p in parts.items()]
+    return pa.concat_batches(batches)
 
 
 def with_origin(dead: pa.Table, source: str, partition: str) -> pa.Table:

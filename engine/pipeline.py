@@ -31,7 +31,7 @@ from engine import preflight
 from engine.base import Handoff, Sink
 from engine.checkpoint import Checkpoints
 from engine.cluster import init_local_ray, on_path_nodes
-from engine.cold import ColdPath, with_origin
+from engine.cold import ColdPath, with_origin, with_routes
 from engine.commit import COLD, FEEDS, PATHS, Committer, TableSpec
 from engine.config import PipelineConfig
 from engine.coordinator import CheckpointCoordinator
@@ -159,6 +159,7 @@ class Pipeline:
         self.warm: WarmPath | None = None
         self.cold: ColdPath | None = None
         self._counts = {"events_in": 0, "hot": 0, "warm": 0, "cold": 0, "dead_letter": 0}
+        self._archive_all = config.cold.archive == "all"
         self._first: dict[str, int] = {}  # first offset of each partition in this run
         self._seq = 0
         self.alerts_written = 0
@@ -362,6 +363,9 @@ class Pipeline:
         if skip is not None:  # hot and warm already hold rows up to `skip` (see _on_assign)
             good = good.append_column(_OFFSET, self._row_offsets(block, good, rows))
         parts = self.router.split(good, now=self.clock())
+        # The lake's share: the cold rows, or (archive: all) every routed row with its route.
+        # Taken before the replay filter below: the lake's own positions make it idempotent.
+        to_lake = parts["cold"] if not self._archive_all else with_routes(parts)
         self._counts["events_in"] += lines
         self._counts["dead_letter"] += dead.num_rows
         for temperature, part in parts.items():  # routed (a replay's skipped rows included)
@@ -372,17 +376,19 @@ class Pipeline:
                 for t, part in parts.items()
             }
             parts = {t: part.drop_columns([_OFFSET]) for t, part in parts.items()}
+            to_lake = to_lake.drop_columns([_OFFSET])
             if block.last_offset > skip:
                 del self.coordinator.skip[block.partition]
         if block.due_ms is not None:
             due = parts["hot"].column(_DUE)
             parts = {t: part.drop_columns([_DUE]) for t, part in parts.items()}
+            to_lake = to_lake.drop_columns([_DUE])
         self.coordinator.tracker.open(seq, block.partition, block.last_offset, _STATE_PATHS)
         self.coordinator.cold_tracker.open(seq, block.partition, block.last_offset, 1)
         handoff = Handoff(seq, block.partition, block.first_offset, block.last_offset, due, dead)
         self._acked(self.hot.submit(parts["hot"], handoff))
         self._acked(self.warm.submit(parts["warm"], handoff))
-        self._acked_cold(self.cold.submit(parts["cold"], handoff))
+        self._acked_cold(self.cold.submit(to_lake, handoff))
 
     def _acked(self, seqs: list[int]) -> None:
         for seq in seqs:

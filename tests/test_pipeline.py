@@ -97,6 +97,26 @@ def lake_ids(lake: Path) -> list[str]:
     return sorted(read(lake, "events").column("event_id").to_pylist())
 
 
+def test_archive_all_puts_every_good_event_in_the_lake_once_with_its_route(
+    tmp_path: Path,
+) -> None:
+    """cold.archive: all: the lake holds every good event (the batch jobs' master dataset),
+    each once and with the temperature it was routed to; the paths get what they got before."""
+    lake = tmp_path / "lake"
+    expected, expected_dead = expected_split(synthetic(8_000))
+    config = make_config(lake, cold={"archive": "all"})
+    summary = Pipeline(config, source=synthetic(8_000), clock=lambda: NOW).run()
+    assert (summary.hot, summary.warm, summary.cold) == tuple(
+        expected[t].num_rows for t in ("hot", "warm", "cold")
+    )
+    rows = read(lake, "events").select(["event_id", "route"]).to_pylist()
+    assert sorted((r["event_id"], r["route"]) for r in rows) == sorted(
+        (i, t) for t in ("hot", "warm", "cold") for i in expected[t]["event_id"].to_pylist()
+    )
+    assert len(rows) == 8_000 - len(expected_dead)
+    check_warm(lake, expected["warm"])  # the warm path's outputs are unchanged
+
+
 def test_every_event_lands_once_and_outputs_equal_a_recompute(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     expected, expected_dead = expected_split(synthetic())
