@@ -216,9 +216,10 @@ class ColdConfig(_Frozen):
     #: Extra Hive partition columns after dt/hour (values are percent-encoded, never raw paths).
     partition_by: tuple[str, ...] = ()
     #: What the lake's events table holds: ``cold``, the cold path's events; ``all``, every good
-    #: event, hot and warm ones too, each with its temperature in the column ``route`` (the
-    #: master dataset of the lambda architecture, which batch jobs such as
-    #: ``jobs.daily_features`` read whole; the lake writer then encodes every event).
+    #: event, hot and warm ones too, each with its temperature (``route``) and its place in the
+    #: stream (``source_partition``, ``source_offset``): the master dataset of the lambda
+    #: architecture, which batch jobs such as ``jobs.daily_features`` read whole and
+    #: ``jobs.replay`` re-runs in order (the lake writer then encodes every event).
     archive: Literal["cold", "all"] = "cold"
     #: fsspec storage options (e.g. S3 endpoint); kept out of reprs and logs.
     storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)

@@ -360,12 +360,15 @@ class Pipeline:
             due_rows = pc.fill_null(pc.take(block.due_ms, rows), read_ms)
             good = good.append_column(_DUE, due_rows)  # travels with the rows through the split
         skip = self.coordinator.skip.get(block.partition)
-        if skip is not None:  # hot and warm already hold rows up to `skip` (see _on_assign)
+        # Source offsets travel with the rows: to skip what hot and warm already hold (`skip`,
+        # see _on_assign), and into the archive (a replay restores the stream's order by them).
+        with_offsets = skip is not None or self._archive_all
+        if with_offsets:
             good = good.append_column(_OFFSET, self._row_offsets(block, good, rows))
         parts = self.router.split(good, now=self.clock())
         # The lake's share: the cold rows, or (archive: all) every routed row with its route.
         # Taken before the replay filter below: the lake's own positions make it idempotent.
-        to_lake = parts["cold"] if not self._archive_all else with_routes(parts)
+        to_lake = parts["cold"] if not self._archive_all else _archived(parts, block.partition)
         self._counts["events_in"] += lines
         self._counts["dead_letter"] += dead.num_rows
         for temperature, part in parts.items():  # routed (a replay's skipped rows included)
@@ -375,10 +378,12 @@ class Pipeline:
                 t: part.filter(pc.greater(part[_OFFSET], skip)) if t != "cold" else part
                 for t, part in parts.items()
             }
-            parts = {t: part.drop_columns([_OFFSET]) for t, part in parts.items()}
-            to_lake = to_lake.drop_columns([_OFFSET])
             if block.last_offset > skip:
                 del self.coordinator.skip[block.partition]
+        if with_offsets:
+            parts = {t: part.drop_columns([_OFFSET]) for t, part in parts.items()}
+            if not self._archive_all:
+                to_lake = to_lake.drop_columns([_OFFSET])
         if block.due_ms is not None:
             due = parts["hot"].column(_DUE)
             parts = {t: part.drop_columns([_DUE]) for t, part in parts.items()}
@@ -628,3 +633,12 @@ def own_arrival(column: pa.Array | None, n: int, schema: EventSchema) -> pa.Arra
         return pa.nulls(n, TIME_TYPE)
     times, usable = normalize_time(column, schema)
     return pc.if_else(pa.array(usable), times, pa.scalar(None, TIME_TYPE))
+
+
+def _archived(parts: dict[str, pa.RecordBatch], partition: str) -> pa.RecordBatch:
+    """What ``cold.archive: all`` puts in the lake: every routed row with its ``route``, its
+    ``source_partition`` and its ``source_offset`` (the stream's order, which jobs.replay
+    restores)."""
+    rows = with_routes(parts)
+    rows = rows.rename_columns(["source_offset" if n == _OFFSET else n for n in rows.schema.names])
+    return rows.append_column("source_partition", pa.repeat(partition, rows.num_rows))

@@ -109,11 +109,22 @@ def test_archive_all_puts_every_good_event_in_the_lake_once_with_its_route(
     assert (summary.hot, summary.warm, summary.cold) == tuple(
         expected[t].num_rows for t in ("hot", "warm", "cold")
     )
-    rows = read(lake, "events").select(["event_id", "route"]).to_pylist()
+    rows = read(lake, "events").to_pylist()
     assert sorted((r["event_id"], r["route"]) for r in rows) == sorted(
         (i, t) for t in ("hot", "warm", "cold") for i in expected[t]["event_id"].to_pylist()
     )
     assert len(rows) == 8_000 - len(expected_dead)
+    # Each row's place in the stream: its line's offset in its source partition.
+    contract = new_contract(Router.from_dict(POLICY).policy.schema)
+    offsets = {}
+    for block in synthetic(8_000).blocks():
+        assert block is not None and block.data is not None
+        decoded = decode_ndjson(block.data, contract=contract)
+        ids = decoded.good["event_id"].to_pylist()
+        offsets |= {i: block.first_offset + n for i, n in zip(ids, decoded.good_lines, strict=True)}
+    assert {r["event_id"]: (r["source_partition"], r["source_offset"]) for r in rows} == {
+        i: ("0", n) for i, n in offsets.items()
+    }
     check_warm(lake, expected["warm"])  # the warm path's outputs are unchanged
 
 
