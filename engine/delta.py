@@ -53,6 +53,7 @@ __all__ = [
     "COLD",
     "DEFAULT_RETENTION_HOURS",
     "TABLE_PROPERTIES",
+    "data_file_path",
     "FEEDS",
     "PATHS",
     "LakeSchemaError",
@@ -518,6 +519,21 @@ class LakeTables:
             full=True,  # also files never committed: the log does not know them
         )
         return list(removed)
+
+
+def data_file_path(lake: Lake, table: str, path: str) -> str:
+    """A data file's path on the lake's filesystem, from its add action's path (URI-escaped,
+    relative to the table, or absolute). Not ``DeltaTable.file_uris()``: delta-rs escapes the
+    table's root there but not the rest, so a lake folder with a space is not found.
+
+    Example:
+        >>> data_file_path(Lake("/tmp/a b"), "events", "dt=2026-11-20/x%2520y.parquet")
+        '/tmp/a b/events/dt=2026-11-20/x%20y.parquet'
+    """
+    from urllib.parse import unquote
+
+    path = unquote(path)
+    return path if "://" in path else lake.path(table, path)
 
 
 def _stats(staged: StagedFile) -> dict[str, int]:

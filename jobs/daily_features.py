@@ -64,14 +64,15 @@ import ray
 
 from engine.cluster import connect, path_resource
 from engine.config import load_config
-from engine.delta import TABLE_PROPERTIES, LakeTables
+from engine.delta import TABLE_PROPERTIES, LakeTables, data_file_path
 from engine.lake import EVENTS_DIR, Lake
+from engine.serving import BATCH_FEATURES_TABLE, BATCH_STATS_TABLE
 from routers import ConfigError
 
 __all__ = ["EVENT_TYPES", "FEATURES_TABLE", "STATS_TABLE", "day_features", "main"]
 
-FEATURES_TABLE: Final[str] = "features/daily"
-STATS_TABLE: Final[str] = "features/daily_stats"
+FEATURES_TABLE: Final[str] = BATCH_FEATURES_TABLE  # what the serving view reads
+STATS_TABLE: Final[str] = BATCH_STATS_TABLE
 #: The event types counted one by one (``events_<type>``).
 EVENT_TYPES: Final[tuple[str, ...]] = (
     "session_start",
@@ -338,10 +339,13 @@ def day_features(
     from deltalake import DeltaTable
 
     source = DeltaTable(tables.uri(EVENTS_DIR), storage_options=tables.options or None)
-    uris = source.file_uris(file_pruning_predicate=[("dt", "=", day)])
+    adds = pa.table(source.get_add_actions(flatten=True))
     folders: dict[str, list[str]] = defaultdict(list)
-    for uri in uris:
-        folders[posixpath.dirname(uri)].append(uri)
+    if adds.num_rows:
+        of_day = adds.filter(pc.equal(adds["partition.dt"], day))["path"].to_pylist()
+        for path in of_day:  # one iteration per file, not per row
+            found = data_file_path(tables.lake, EVENTS_DIR, path)
+            folders[posixpath.dirname(found)].append(found)
     lake = tables.lake
     on_cold = path_resource("cold")
     aggregate = _aggregate_partition.options(num_returns=shards + 1, resources=on_cold)

@@ -329,3 +329,15 @@ def test_nan_free_reference_sanity() -> None:
         }
     )  # fmt: skip
     assert reference(events, DAY)[0]["engagement_mean"] == 1.0
+
+
+def test_a_lake_in_a_folder_whose_name_needs_escaping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """delta-rs escapes a table's root in its file URIs: the job must find the files anyway."""
+    root = str(tmp_path / "my lake")
+    append(Lake(root), [event("a", "purchase", 1, amount=1.5), event("b", "social", 2)], 0)
+    code, summary, err = run(capsys, "--lake", root, "--day", DAY)
+    assert code == 0, err
+    assert summary["days"][0]["rows_read"] == 2
+    assert [(r["player_id"], r["spend"]) for r in features(root)] == [("a", 1.5), ("b", 0.0)]
