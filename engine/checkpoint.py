@@ -221,6 +221,49 @@ class Checkpoints:
         feeds = feeds_of(pointer)
         return Checkpoint(partition, feeds[PATHS], hot, schema, feeds[COLD])
 
+    def current_hot(self, attempts: int = 5) -> tuple[pa.Table, dict[str, int]]:
+        """What every partition's current checkpoint holds of the hot state (its snapshot
+        pieces, concatenated), and each partition's position: a reader's view, from any
+        process (the serving view), while the pipeline goes on checkpointing.
+
+        A partition's pointer is found through its ``OWNER.json`` (the epoch folder), else in
+        its folder (bounded runs, checkpoints before epochs). A piece removed under us (a newer
+        checkpoint replaced it after we read the pointer) makes us read the pointer again.
+        """
+        base = self.lake.path(f"_state/{encode_partition_value(self.pipeline)}")
+        self.lake.fs.invalidate_cache(base)  # s3fs keeps listings: partitions come later
+        try:
+            folders = sorted(self.lake.fs.ls(base, detail=False))
+        except FileNotFoundError:
+            return pa.table({}), {}
+        tables: list[pa.Table] = []
+        positions: dict[str, int] = {}
+        for folder in folders:
+            name = folder.rstrip("/").rsplit("/", 1)[-1]
+            relative = f"_state/{encode_partition_value(self.pipeline)}/{name}"
+            for attempt in range(attempts):
+                owner = self.lake.read_text(f"{relative}/OWNER.json")
+                records = (
+                    relative if owner is None else f"{relative}/epoch-{json.loads(owner)['epoch']}"
+                )
+                text = self.lake.read_text(f"{records}/CURRENT.json")
+                if text is None:
+                    break
+                pointer = json.loads(text)
+                try:
+                    pieces = []
+                    for piece in _pieces(pointer):
+                        with self.lake.fs.open(self.lake.path(piece), "rb") as handle:
+                            pieces.append(pq.read_table(handle))
+                except FileNotFoundError:
+                    if attempt == attempts - 1:
+                        raise
+                    continue  # a newer checkpoint replaced the pieces: follow its pointer
+                tables += pieces
+                positions[name] = int(pointer["position"])
+                break
+        return (concat_conformed(tables) if tables else pa.table({})), positions
+
     def mark_read(self, partition: str, position: int) -> None:
         """Record that a bounded partition (a file) was read whole, through ``position``, and
         is in the lake: ``_state/{pipeline}/{partition}/READ.json``."""

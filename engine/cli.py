@@ -453,6 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schedule.add_argument("--now", help="the time to run as of (ISO-8601 with a zone): backfills")
     schedule.set_defaults(handler=_schedule)
+    query = commands.add_parser(
+        "query",
+        help="the serving view: players' batch features beside their live hot state",
+        description="Print, per player asked for, the batch view (jobs.daily_features' features"
+        " of the latest day, or --day) beside the speed view (the hot path's state as of the"
+        " pipeline's last checkpoint; columns prefixed live_). See engine/serving.py.",
+    )
+    query.add_argument("--config", help="the pipeline YAML (default: the demo)")
+    query.add_argument("--lake", help="lake URI (default: the config's)")
+    query.add_argument("--player", action="append", required=True, help="a player id (repeat)")
+    query.add_argument("--day", help="the batch view's day, YYYY-MM-DD (default: the latest)")
+    query.set_defaults(handler=_query)
     vacuum = commands.add_parser(
         "vacuum",
         help="remove lake files no table version references, once past a retention",
@@ -517,6 +529,36 @@ def _schedule(args: argparse.Namespace) -> int:
     ran = scheduler.tick()
     print(json.dumps({"schedule": str(args.file), "ran": ran}))
     return 1 if any(r["status"] != "ok" for r in ran) else 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    import json
+    from datetime import date
+
+    from engine.config import load_config
+    from engine.serving import ServingView
+
+    overrides = {"cold.lake_uri": args.lake} if args.lake else {}
+    path = args.config or (DEMO_CONFIG if DEMO_CONFIG.exists() else None)
+    try:
+        config = load_config(path, overrides)
+        day = date.fromisoformat(args.day).isoformat() if args.day else None
+    except (ConfigError, ValueError) as exc:
+        problems = exc.problems if isinstance(exc, ConfigError) else [f"--day: {exc}"]
+        _problems(f"{path or '<defaults>'}: invalid config", problems)
+        return 2
+    view = ServingView(config)
+    rows = view.players(args.player, day)
+    _, batch_day = view.batch(day)
+    _, speed = view.speed()
+    print(
+        f"query: batch view {batch_day or 'none yet'}; speed view from"
+        f" {speed['from'] or 'nothing yet'}",
+        file=sys.stderr,
+    )
+    for row in rows.to_pylist():  # a few players: one JSON line each
+        print(json.dumps(row, default=str))
+    return 0
 
 
 def _vacuum(args: argparse.Namespace) -> int:

@@ -1,0 +1,127 @@
+"""The serving view of the lambda architecture: per player, the batch view beside the speed view.
+
+- **Batch view**: the day features ``jobs.daily_features`` writes to the lake's Delta table
+  ``features/daily`` (complete, recomputable, a day behind): the latest day there, or one asked
+  for.
+- **Speed view**: the hot path's per-player state (``hot.processor``'s ``state()``), as of the
+  pipeline's last checkpoint (every ``checkpoint_interval``, seconds behind the stream), read
+  from the lake's ``_state`` area by any process while the pipeline runs; for a bounded run,
+  which keeps no checkpoints, the state it wrote at its end (``state/<hot name>``).
+
+:meth:`ServingView.players` joins the two on the player id: batch columns under their own names
+(``dt`` is the day they describe), speed columns prefixed ``live_``; a player known to one view
+only has nulls for the other's columns. Player ids are matched as the pipeline normalizes them:
+integers as their decimal digits.
+
+``thermocline query --config PIPELINE.yaml --player ID ...`` prints it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.checkpoint import Checkpoints
+from engine.config import PipelineConfig
+from engine.lake import STATE_DIR, Lake
+
+__all__ = [
+    "BATCH_FEATURES_TABLE",
+    "BATCH_STATS_TABLE",
+    "LIVE_PREFIX",
+    "ServingView",
+]
+
+#: The batch view: one partition (``dt``) per day, one row per player (jobs.daily_features).
+BATCH_FEATURES_TABLE: Final[str] = "features/daily"
+#: The statistics each day's features were normalized with.
+BATCH_STATS_TABLE: Final[str] = "features/daily_stats"
+#: Prefix of the speed view's columns in :meth:`ServingView.players`.
+LIVE_PREFIX: Final[str] = "live_"
+
+
+class ServingView:
+    """Batch and speed views of one pipeline's lake (see the module docs).
+
+    Example:
+        >>> import tempfile
+        >>> config = PipelineConfig.from_dict({"cold": {"lake_uri": tempfile.mkdtemp()}})
+        >>> ServingView(config).players(["p1"]).to_pylist()  # nothing computed yet
+        [{'player_id': 'p1'}]
+    """
+
+    def __init__(self, config: PipelineConfig) -> None:
+        import engine.processors  # noqa: F401 - registers the built-in processors
+        from engine.processors import hot_processor
+
+        self.config = config
+        cold = config.cold
+        self.lake = Lake(cold.lake_uri, dict(cold.storage_options))
+        #: The pipeline's name as a run derives it: ``name``, else its source's kind.
+        self.pipeline = config.name or config.source.kind
+        self.key = config.policy.schema.key
+        self._processor = hot_processor(config.hot.processor)
+        name = config.hot.output_name or config.hot.processor
+        #: Where a bounded run leaves its state (engine.pipeline: ``state/<hot name>``).
+        self.state_table = f"{STATE_DIR}/{re.sub(r'[^A-Za-z0-9_-]', '_', name)}"
+
+    def speed(self) -> tuple[pa.Table, dict[str, Any]]:
+        """The hot state, one row per player, and where it is from (``checkpoints`` with each
+        partition's position, or the bounded run's ``state`` table, or nothing yet)."""
+        snapshot, positions = Checkpoints(self.lake, self.pipeline).current_hot()
+        if positions:
+            processor = self._processor(self.config.policy.schema, **self.config.hot.options)
+            if snapshot.num_rows:
+                processor.restore(snapshot.drop_columns(["__partition"]))
+            return processor.state(), {"from": "checkpoints", "positions": positions}
+        state = self.lake.read(self.state_table)
+        if state.num_rows:
+            return state, {"from": self.state_table}
+        return pa.table({}), {"from": None}
+
+    def batch(self, day: str | None = None) -> tuple[pa.Table, str | None]:
+        """The batch features of ``day`` (default: the latest day there is), and that day."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        from engine.delta import delta_storage_options
+
+        options = delta_storage_options(self.lake.uri, self.lake.storage_options) or None
+        try:
+            table = DeltaTable(f"{self.lake.uri}/{BATCH_FEATURES_TABLE}", storage_options=options)
+        except TableNotFoundError:
+            return pa.table({}), None
+        if day is None:
+            adds = pa.table(table.get_add_actions(flatten=True))
+            days = adds["partition.dt"].drop_null() if adds.num_rows else pa.array([], pa.string())
+            day = pc.max(days).as_py() if len(days) else None
+            if day is None:
+                return pa.table({}), None
+        rows = table.to_pyarrow_table(filters=[("dt", "=", day)])
+        return rows, day
+
+    def players(self, ids: Sequence[str | int], day: str | None = None) -> pa.Table:
+        """One row per id asked for, in that order: batch columns, then ``live_`` speed ones."""
+        wanted = pa.table({self.key: pa.array([str(i) for i in ids], pa.string())})
+        batch, _ = self.batch(day)
+        speed, _ = self.speed()
+        out = wanted.append_column("__order", pa.array(range(len(ids)), pa.int64()))
+        if batch.num_columns:  # the day's columns, also when no player has that day
+            out = out.join(_keyed(batch, self.key), self.key, join_type="left outer")
+        if speed.num_columns:
+            live = _keyed(speed, self.key)
+            live = live.rename_columns(
+                [n if n == self.key else f"{LIVE_PREFIX}{n}" for n in live.column_names]
+            )
+            out = out.join(live, self.key, join_type="left outer")
+        return out.sort_by("__order").drop_columns(["__order"])
+
+
+def _keyed(table: pa.Table, key: str) -> pa.Table:
+    """``table`` with its key column as strings (ids normalized as the pipeline does)."""
+    index = table.schema.get_field_index(key)
+    return table.set_column(index, key, pc.cast(table[key], pa.string()))

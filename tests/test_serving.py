@@ -1,0 +1,157 @@
+"""The serving view (engine.serving, ``thermocline query``): the batch view written by
+jobs.daily_features beside the hot path's state, from a bounded run's state table and from the
+checkpoints of a Kafka pipeline read while it runs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from engine.cli import main as cli
+from engine.config import PipelineConfig, load_config
+from engine.pipeline import Pipeline
+from engine.serving import BATCH_FEATURES_TABLE, LIVE_PREFIX, ServingView
+from engine.sources import SyntheticSource
+from jobs.daily_features import main as daily_features
+from tests.kafka_helpers import CliRun, expected, produce, workload
+from tests.test_kafka import check_hot
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+START = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+
+
+def test_a_players_batch_features_beside_its_live_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = {
+        "policy": {
+            "default": "warm",
+            "rules": [
+                {
+                    "name": "live",
+                    "route": "hot",
+                    "when": {
+                        "field": "event_type",
+                        "in": ["purchase", "session_start", "level_up"],
+                    },
+                }
+            ],
+        },
+        "cold": {"lake_uri": str(tmp_path / "lake"), "archive": "all"},
+        "warm": {"max_batch_rows": 5_000, "max_delay": "1h"},
+        "progress_every_s": 0,
+    }
+    config = PipelineConfig.from_dict(data)
+    source = SyntheticSource(
+        events=12_000, players=300, seed=9, start_ms=int(START.timestamp() * 1000),
+        block_rows=3_000, numeric_id_share=0.5, stale_share=0.1, late_share=0.1,
+    )  # fmt: skip
+    pipeline = Pipeline(config, source=source, clock=lambda: START + timedelta(seconds=1))
+    pipeline.run()
+    hot = {r["player_id"]: r for r in pipeline.hot_state().to_pylist()}
+    pipeline.close()
+    capsys.readouterr()
+    lake = str(tmp_path / "lake")
+    # A high quality bar: some players have no batch features, only live state.
+    days = ["--day", "2026-11-19", "--until", "2026-11-20", "--quality-min", "0.95"]
+    assert daily_features(["--lake", lake, *days]) == 0
+    capsys.readouterr()
+    features = DeltaTable(f"{lake}/{BATCH_FEATURES_TABLE}").to_pyarrow_table()
+    latest = {r["player_id"]: r for r in features.to_pylist() if r["dt"] == "2026-11-20"}
+    both = sorted(set(latest) & set(hot))
+    live_only = sorted(set(hot) - set(latest))
+    numeric = next(p for p in sorted(hot) if p.isdigit())  # asked for as an integer
+    asked: list[str | int] = [both[0], int(numeric), live_only[0], "nobody"]
+
+    view = ServingView(config)
+    rows = view.players(asked).to_pylist()
+    assert [r["player_id"] for r in rows] == [both[0], numeric, live_only[0], "nobody"]
+    batch_columns = [n for n in features.column_names if n != "player_id"]
+    for row in rows:
+        player = row["player_id"]
+        batch = latest.get(player, dict.fromkeys(batch_columns))
+        assert {k: row[k] for k in batch_columns} == {k: batch[k] for k in batch_columns}
+        live = hot.get(player, {})
+        for name in next(iter(hot.values())):
+            if name != "player_id":
+                assert row[LIVE_PREFIX + name] == live.get(name), (player, name)
+    assert rows[0]["dt"] == "2026-11-20" and rows[2]["dt"] is None  # the latest day's rows
+    assert rows[2][f"{LIVE_PREFIX}events_total"] > 0
+    assert all(v is None for k, v in rows[3].items() if k != "player_id")
+    assert view.speed()[1] == {"from": "state/player_features"}  # a bounded run's state
+
+    # An earlier day on demand, and the same through the CLI.
+    before = {r["player_id"]: r for r in features.to_pylist() if r["dt"] == "2026-11-19"}
+    player = sorted(before)[0]
+    earlier = view.players([player], day="2026-11-19").to_pylist()[0]
+    assert {k: earlier[k] for k in before[player]} == before[player]
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(json.dumps(data))  # YAML is a superset of JSON
+    assert cli(["query", "--config", str(config_file), "--player", str(numeric)]) == 0
+    out = capsys.readouterr()
+    printed = json.loads(out.out.strip())
+    assert printed["player_id"] == numeric
+    assert printed["events"] == latest.get(numeric, {}).get("events")
+    assert "batch view 2026-11-20" in out.err and "state/player_features" in out.err
+
+
+def test_the_speed_view_follows_a_running_kafka_pipelines_checkpoints(
+    kafka_bootstrap: str,
+    topic: str,
+    cli_config: Callable[..., tuple[Path, str]],
+    cli_runs: Callable[[Path, str], CliRun],
+) -> None:
+    """Read from another process's view while the pipeline checkpoints (pieces replaced under
+    the reader): never an error, positions only grow, and once it is done the speed view is
+    exactly the hot state the events make."""
+    lines = workload(30_000, seed=21)
+    want, _ = expected(lines)
+    path, _group = cli_config(idle_timeout="6s", max_records=2_000)
+    view = ServingView(load_config(path))
+    run = cli_runs(path, "run")
+    seen: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                state, where = view.speed()
+                if where["from"] == "checkpoints":
+                    seen.append({"rows": state.num_rows, **where["positions"]})
+            except BaseException as error:  # raised in the test below
+                errors.append(error)
+                return
+            time.sleep(0.05)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for part in range(3):  # three waves, so checkpoints land while the reader reads
+            produce(kafka_bootstrap, topic, lines[part * 10_000 : (part + 1) * 10_000])
+            time.sleep(2)
+        summary = run.result(timeout=240)
+    finally:
+        done.set()
+        reader.join()
+    assert errors == []
+    assert summary["events_in"] == 30_000
+    assert len(seen) > 3  # read while it ran
+    for partition in seen[-1]:
+        if partition != "rows":
+            series = [s[partition] for s in seen if partition in s]
+            assert series == sorted(series)  # a checkpoint never goes back
+    state, where = view.speed()
+    assert where["from"] == "checkpoints"
+    check_hot(state, want["hot"])
+    assert isinstance(state, pa.Table)
