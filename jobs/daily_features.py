@@ -11,6 +11,7 @@ per player in the Delta table ``features/daily`` (partitioned by ``dt``):
 ========================  ===================================================================
 ``events``                events kept
 ``engagement_mean``       mean ``engagement_score`` (null and NaN scores skipped)
+``engagement_n``          the scores that mean is over
 ``events_<type>``         events per type, for session_start, session_end, level_up, purchase,
                           refund, match_end and social (other types count in ``events`` only)
 ``spend``                 sum of ``amount`` over purchases, in the events' own currencies
@@ -66,6 +67,7 @@ from engine.cluster import connect, path_resource
 from engine.config import load_config
 from engine.delta import TABLE_PROPERTIES, LakeTables, data_file_path
 from engine.lake import EVENTS_DIR, Lake
+from engine.processors.day_features import EVENT_TYPES
 from engine.serving import BATCH_FEATURES_TABLE, BATCH_STATS_TABLE
 from routers import ConfigError
 
@@ -73,16 +75,6 @@ __all__ = ["EVENT_TYPES", "FEATURES_TABLE", "STATS_TABLE", "day_features", "main
 
 FEATURES_TABLE: Final[str] = BATCH_FEATURES_TABLE  # what the serving view reads
 STATS_TABLE: Final[str] = BATCH_STATS_TABLE
-#: The event types counted one by one (``events_<type>``).
-EVENT_TYPES: Final[tuple[str, ...]] = (
-    "session_start",
-    "session_end",
-    "level_up",
-    "purchase",
-    "refund",
-    "match_end",
-    "social",
-)
 #: The columns read, and the type each is cast to (a column the table lacks reads as null).
 _INPUT: Final[dict[str, pa.DataType]] = {
     "player_id": pa.string(),
@@ -266,6 +258,7 @@ def _features(parts: Sequence[tuple[pa.Table, pa.Table, pa.Table]]) -> pa.Table:
         "engagement_mean": pc.divide(
             partial["engagement_sum"], _null_if_zero(partial["engagement_n"])
         ),
+        "engagement_n": partial["engagement_n"],
         **{f"events_{t}": partial[f"events_{t}"] for t in EVENT_TYPES},
         "spend": pc.fill_null(partial["spend"], 0.0),
         "sessions": sessions,

@@ -101,13 +101,14 @@ def test_a_hand_made_day_gives_the_features_worked_out_by_hand(
     zero = {f"events_{t}": 0 for t in EVENT_TYPES}
     assert {k: v for k, v in a.items() if not k.endswith("_z")} == {
         "dt": DAY, "player_id": "a", "events": 9, "engagement_mean": (0.5 + 0.7) / 2,
-        **zero, "events_session_start": 1, "events_session_end": 2, "events_level_up": 2,
-        "events_purchase": 1, "events_social": 2, "spend": 4.99, "sessions": 2,
-        "session_length_mean": 2100.0, "session_length_max": 3900.0, "max_level": 5.0,
-        "levels_per_hour": 2 / (4200 / 3600), "partners": 1, "invites": 1, "chats": 1,
+        "engagement_n": 2, **zero, "events_session_start": 1, "events_session_end": 2,
+        "events_level_up": 2, "events_purchase": 1, "events_social": 2, "spend": 4.99,
+        "sessions": 2, "session_length_mean": 2100.0, "session_length_max": 3900.0,
+        "max_level": 5.0, "levels_per_hour": 2 / (4200 / 3600), "partners": 1, "invites": 1,
+        "chats": 1,
     }  # fmt: skip
     assert {k: v for k, v in b.items() if not k.endswith("_z")} == {
-        "dt": DAY, "player_id": "b", "events": 2, "engagement_mean": 0.5, **zero,
+        "dt": DAY, "player_id": "b", "events": 2, "engagement_mean": 0.5, "engagement_n": 2, **zero,
         "events_match_end": 1, "events_social": 1, "spend": 0.0, "sessions": 0,
         "session_length_mean": None, "session_length_max": None, "max_level": None,
         "levels_per_hour": None, "partners": 1, "invites": 0, "chats": 1,
@@ -133,6 +134,7 @@ REFERENCE = """
 SELECT player_id,
   count(*) AS events,
   avg(CASE WHEN isfinite(engagement_score) THEN engagement_score END) AS engagement_mean,
+  count(CASE WHEN isfinite(engagement_score) THEN 1 END) AS engagement_n,
   {type_counts},
   coalesce(sum(TRY_CAST(amount AS DOUBLE)) FILTER (WHERE event_type = 'purchase'), 0) AS spend,
   count(DISTINCT session_id) FILTER (WHERE event_type IN ('session_start', 'session_end'))

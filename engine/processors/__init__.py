@@ -12,11 +12,13 @@ from engine.processors.base import (
     register_warm,
     warm_processor,
 )
+from engine.processors.day_features import DayFeatures
 from engine.processors.minute_kpis import MinuteKpis, merge_kpis
 from engine.processors.player_features import ALERT_SCHEMA, PlayerFeatures
 
 __all__ = [
     "ALERT_SCHEMA",
+    "DayFeatures",
     "HotProcessor",
     "MinuteKpis",
     "PlayerFeatures",

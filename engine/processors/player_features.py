@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.processors.base import HotProcessor, coerce, coerce_column, register_hot
+from engine.processors.keyed import Column, KeyedArrays, restore_rows, snapshot_rows
 from routers import TIME_TYPE, EventSchema
 
 __all__ = ["ALERT_SCHEMA", "PlayerFeatures"]
@@ -42,21 +43,16 @@ _NONE: Final[int] = np.iinfo(np.int64).min // 2  # "no value" that survives subt
 #: Event times beyond ±2**53 ms (285,000 years) are garbage; keeping them out keeps every
 #: difference of two times (and ``_NONE``) inside int64.
 _TIME_BOUND: Final[int] = 2**53
-#: Rows allocated at least: a fresh or compacted instance does not regrow on every batch.
-_MIN_CAPACITY: Final[int] = 1024
-#: Recent keys are merged into the large index past this many (or a quarter of it): a rebuild
-#: of the small one per call stays cheap, the large one's rebuilds stay rare.
-_MERGE_RECENT: Final[int] = 4096
-#: State column -> (values per key, fill for "no value").
-_COLUMNS: Final[dict[str, tuple[int, int]]] = {
-    "events_total": (1, 0),
-    "purchases_total": (1, 0),
-    "last_time": (1, _NONE),
-    "session_start": (1, _NONE),
-    "last_level": (1, 0),
-    "slot_minute": (_WINDOW, _NONE),
-    "slot_events": (_WINDOW, 0),
-    "slot_purchases": (_WINDOW, 0),
+#: State column -> (values per key, fill for "no value", dtype).
+_COLUMNS: Final[dict[str, Column]] = {
+    "events_total": (1, 0, np.int64),
+    "purchases_total": (1, 0, np.int64),
+    "last_time": (1, _NONE, np.int64),
+    "session_start": (1, _NONE, np.int64),
+    "last_level": (1, 0, np.int64),
+    "slot_minute": (_WINDOW, _NONE, np.int64),
+    "slot_events": (_WINDOW, 0, np.int64),
+    "slot_purchases": (_WINDOW, 0, np.int64),
 }
 
 ALERT_SCHEMA: Final[pa.Schema] = pa.schema(
@@ -103,32 +99,14 @@ class PlayerFeatures(HotProcessor):
     def __init__(self, schema: EventSchema, **options: Any) -> None:
         super().__init__(schema, **options)
         self.alert_purchases = int(options.get("alert_purchases", 3))
-        # Keys by dense id in two indexes: a large one rebuilt rarely and the recent additions,
-        # rebuilt on each add (small). Rebuilding one index per batch with new keys cost
-        # O(all keys) per call: 5-10 ms at 100K keys, which throttled small batches.
-        self._index = pd.Index([], dtype=object)
-        self._recent = pd.Index([], dtype=object)
-        self._size = 0
-        self._cols: dict[str, np.ndarray] = {}
-        self._cols = self._resized(_MIN_CAPACITY)
+        self._state = KeyedArrays(_COLUMNS)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the state arrays and the key index (not counting the key strings)."""
-        indexes = int(self._index.nbytes) + int(self._recent.nbytes)
-        return sum(values.nbytes for values in self._cols.values()) + indexes
+        return self._state.nbytes
 
     # --- reading (no state change) ---------------------------------------------------------
-
-    def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Dense id of each key; new keys get the next ids, in order of first appearance."""
-        ids = self._ids_of(keys)
-        new = ids < 0
-        if not new.any():
-            return ids, keys[:0]
-        codes, fresh = pd.factorize(keys[new])
-        ids[new] = self._size + codes
-        return ids, np.asarray(fresh, dtype=object)
 
     def _read(self, batch: pa.RecordBatch) -> _Rows | None:
         s = self.schema
@@ -154,7 +132,7 @@ class PlayerFeatures(HotProcessor):
             return pc.fill_null(pc.equal(kinds, name), False)
 
         level_up = pc.and_(kind_is("level_up"), levels.is_valid())
-        ids, fresh = self._lookup(keys.to_numpy(zero_copy_only=False))
+        ids, fresh = self._state.lookup(keys.to_numpy(zero_copy_only=False))
         return _Rows(
             ids=ids,
             fresh=fresh,
@@ -167,63 +145,14 @@ class PlayerFeatures(HotProcessor):
 
     # --- applying ----------------------------------------------------------------------------
 
-    def _add(self, fresh: np.ndarray) -> None:
-        """Append new keys (ids ``size ..``), growing the arrays first."""
-        if len(fresh) == 0:
-            return
-        size = self._size + len(fresh)
-        capacity = len(self._cols["events_total"])
-        if size > capacity:
-            self._cols = self._resized(max(size, 2 * capacity))
-        # Object dtype on purpose: pandas 3 would make an appended Index Arrow-backed ``str``,
-        # whose hash table is slower to build and holds a Python copy of every key anyway.
-        recent = np.concatenate([self._recent.to_numpy(dtype=object), fresh])
-        if len(recent) > max(_MERGE_RECENT, len(self._index) // 4):  # amortized: O(1) per key
-            merged = np.concatenate([self._index.to_numpy(dtype=object), recent])
-            self._index = pd.Index(merged, dtype=object)
-            self._recent = pd.Index([], dtype=object)
-        else:
-            self._recent = pd.Index(recent, dtype=object)
-        self._size = size
-
-    def _ids_of(self, keys: np.ndarray) -> np.ndarray:
-        """Dense id of each key (-1 for keys not held)."""
-        wanted = pd.Index(keys, dtype=object)
-        ids = self._index.get_indexer(wanted).astype(np.int64)
-        missing = ids < 0
-        if missing.any() and len(self._recent):
-            found = self._recent.get_indexer(wanted[missing]).astype(np.int64)
-            ids[missing] = np.where(found >= 0, found + len(self._index), -1)
-        return ids
-
-    def _keys(self) -> np.ndarray:
-        """Every key held, by dense id."""
-        return np.concatenate(
-            [self._index.to_numpy(dtype=object), self._recent.to_numpy(dtype=object)]
-        )
-
-    def _resized(self, capacity: int, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """New arrays of ``capacity`` rows holding the current keys (only ``keep`` if given)."""
-        cols = {}
-        for name, (width, fill) in _COLUMNS.items():
-            shape = (capacity,) if width == 1 else (capacity, width)
-            new = np.full(shape, fill, dtype=np.int64)
-            if name in self._cols:
-                old = self._cols[name][: self._size]
-                if keep is not None:
-                    old = old[keep]
-                new[: len(old)] = old
-            cols[name] = new
-        return cols
-
     def process(self, batch: pa.RecordBatch) -> pa.RecordBatch | None:
         if batch.num_rows == 0:
             return None
         rows = self._read(batch)  # everything that can fail on data, before any change
         if rows is None:
             return None
-        self._add(rows.fresh)
-        c, n, ids, times = self._cols, self._size, rows.ids, rows.times
+        self._state.add(rows.fresh)
+        c, n, ids, times = self._state.cols, self._state.size, rows.ids, rows.times
         c["events_total"][:n] += np.bincount(ids, minlength=n)
         c["purchases_total"][:n] += np.bincount(ids[rows.purchase], minlength=n)
         np.maximum.at(c["last_time"], ids, times)
@@ -234,7 +163,7 @@ class PlayerFeatures(HotProcessor):
     def _window(
         self, ids: np.ndarray, minutes: np.ndarray, purchase: np.ndarray
     ) -> pa.RecordBatch | None:
-        c = self._cols
+        c = self._state.cols
         # One row per (key, minute) of the batch; minutes numbered densely so the pair code
         # stays small whatever the times are.
         codes, distinct = pd.factorize(minutes)
@@ -258,7 +187,7 @@ class PlayerFeatures(HotProcessor):
             return None
         return pa.RecordBatch.from_arrays(
             [
-                pa.array(self._keys()[uid[crossed]], pa.string()),
+                pa.array(self._state.keys()[uid[crossed]], pa.string()),
                 pa.array(umin[crossed] * _MINUTE_MS, pa.int64()).cast(TIME_TYPE),
                 pa.array(before[crossed] + buys[crossed]),
             ],
@@ -270,70 +199,35 @@ class PlayerFeatures(HotProcessor):
     def release(self, keys: pa.Array) -> int:
         values = coerce(keys, pa.string())
         values = pc.drop_null(values).to_numpy(zero_copy_only=False)
-        ids = self._ids_of(values)
-        return self._drop(ids[ids >= 0])
+        ids = self._state.ids_of(values)
+        return self._state.drop(ids[ids >= 0])
 
     def expire(self, before_ms: int) -> int:
-        last = self._cols["last_time"][: self._size]
-        return self._drop(np.flatnonzero(last < before_ms))
-
-    def _drop(self, ids: np.ndarray) -> int:
-        """Remove keys by id: compact the arrays to the keys left and rebuild the index."""
-        if len(ids) == 0:
-            return 0
-        keep = np.ones(self._size, dtype=bool)
-        keep[ids] = False
-        left = int(keep.sum())
-        cols = self._resized(max(left, _MIN_CAPACITY), keep)
-        index = pd.Index(self._keys()[keep], dtype=object)
-        self._cols, self._index, self._size = cols, index, left
-        self._recent = pd.Index([], dtype=object)
-        return len(keep) - left
+        return self._state.drop(np.flatnonzero(self._state.view("last_time") < before_ms))
 
     # --- snapshots and views -----------------------------------------------------------------
 
     def snapshot(self) -> pa.Table:
-        n, c = self._size, self._cols
-        columns: dict[str, pa.Array] = {self.schema.key: pa.array(self._keys(), pa.string())}
-        for name, values in c.items():
-            if values.ndim == 1:
-                columns[name] = pa.array(values[:n])
-            else:  # the per-minute ring: one fixed-size list per key
-                flat = pa.array(values[:n].reshape(-1))
-                columns[name] = pa.FixedSizeListArray.from_arrays(flat, _WINDOW)
-        return pa.table(columns)
+        return snapshot_rows(self._state, self.schema.key)
 
     def restore(self, rows: pa.Table) -> None:
-        if rows.num_rows == 0:
-            return
-        keys = coerce(rows.column(self.schema.key), pa.string()).to_numpy(zero_copy_only=False)
-        values = {}
-        for name, (width, _) in _COLUMNS.items():
-            column = rows.column(name).combine_chunks()
-            if width == 1:
-                values[name] = column.to_numpy(zero_copy_only=False)
-            else:
-                values[name] = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-        ids, fresh = self._lookup(keys)
-        self._add(fresh)
-        for name, column in values.items():
-            self._cols[name][ids] = column
+        restore_rows(self._state, rows, self.schema.key)
 
     def state(self) -> pa.Table:
-        n, c = self._size, self._cols
-        last = c["last_time"][:n]
-        in_window = c["slot_minute"][:n] > (last // _MINUTE_MS - _WINDOW)[:, None]
-        start = c["session_start"][:n]
+        k = self._state
+        last = k.view("last_time")
+        in_window = k.view("slot_minute") > (last // _MINUTE_MS - _WINDOW)[:, None]
+        start = k.view("session_start")
         session = np.where(start > _NONE, np.maximum(last - start, 0), 0) / 1000
         return pa.table(
             {
-                self.schema.key: pa.array(self._keys(), pa.string()),
-                "events_total": c["events_total"][:n],
-                "purchases_total": c["purchases_total"][:n],
-                "events_5m": (c["slot_events"][:n] * in_window).sum(axis=1),
-                "purchases_5m": (c["slot_purchases"][:n] * in_window).sum(axis=1),
+                self.schema.key: pa.array(k.keys(), pa.string()),
+                "events_total": k.view("events_total"),
+                "purchases_total": k.view("purchases_total"),
+                "events_5m": (k.view("slot_events") * in_window).sum(axis=1),
+                "purchases_5m": (k.view("slot_purchases") * in_window).sum(axis=1),
                 "session_length_s": session,
-                "last_level": c["last_level"][:n],
+                "last_level": k.view("last_level"),
                 "last_event_time": pa.array(last, pa.int64()).cast(TIME_TYPE),
             }
         )
