@@ -455,15 +455,21 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.set_defaults(handler=_schedule)
     query = commands.add_parser(
         "query",
-        help="the serving view: players' batch features beside their live hot state",
-        description="Print, per player asked for, the batch view (jobs.daily_features' features"
-        " of the latest day, or --day) beside the speed view (the hot path's state as of the"
-        " pipeline's last checkpoint; columns prefixed live_). See engine/serving.py.",
+        help="the serving view: players' batch features merged with their live hot state",
+        description="Print, per player id, the serving view: the batch view (jobs.daily_features'"
+        " latest day, or --day) merged with the speed view (the hot path's state as of the"
+        " pipeline's last checkpoint, for the days after the batch day), when the hot processor"
+        " is day_features; with another, or with --side-by-side, the two views side by side"
+        " (speed columns prefixed live_). See engine/serving.py.",
     )
+    query.add_argument("keys", nargs="+", metavar="KEY", help="player ids")
     query.add_argument("--config", help="the pipeline YAML (default: the demo)")
     query.add_argument("--lake", help="lake URI (default: the config's)")
-    query.add_argument("--player", action="append", required=True, help="a player id (repeat)")
     query.add_argument("--day", help="the batch view's day, YYYY-MM-DD (default: the latest)")
+    query.add_argument("--json", action="store_true", help="one JSON object per line")
+    query.add_argument(
+        "--side-by-side", action="store_true", help="the two views apart, not merged"
+    )
     query.set_defaults(handler=_query)
     vacuum = commands.add_parser(
         "vacuum",
@@ -548,16 +554,23 @@ def _query(args: argparse.Namespace) -> int:
         _problems(f"{path or '<defaults>'}: invalid config", problems)
         return 2
     view = ServingView(config)
-    rows = view.players(args.player, day)
-    _, batch_day = view.batch(day)
     _, speed = view.speed()
+    merge = not args.side_by_side and config.hot.processor == "day_features"
+    rows = view.merged(args.keys, day) if merge else view.players(args.keys, day)
+    _, batch_day = view.batch(day)
     print(
-        f"query: batch view {batch_day or 'none yet'}; speed view from"
-        f" {speed['from'] or 'nothing yet'}",
+        f"query: {'merged' if merge else 'side by side'}; batch view {batch_day or 'none yet'};"
+        f" speed view from {speed['from'] or 'nothing yet'}",
         file=sys.stderr,
     )
-    for row in rows.to_pylist():  # a few players: one JSON line each
-        print(json.dumps(row, default=str))
+    for row in rows.to_pylist():  # a few players
+        if args.json:
+            print(json.dumps(row, default=str))
+            continue
+        print(f"{config.policy.schema.key} {row.pop(config.policy.schema.key)}")
+        width = max(map(len, row), default=0)
+        for name, value in row.items():
+            print(f"  {name:<{width}}  {value}")
     return 0
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import date
 from typing import Any, Final
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -119,6 +121,96 @@ class ServingView:
             )
             out = out.join(live, self.key, join_type="left outer")
         return out.sort_by("__order").drop_columns(["__order"])
+
+    def merged(self, ids: Sequence[str | int], day: str | None = None) -> pa.Table:
+        """Per id asked for, in that order, the additive day features (engine.processors.
+        day_features.ADDITIVE, ``engagement_mean``, ``max_level``) over the batch view's day
+        and every later day the speed view holds: the batch row of ``day`` (default: the latest
+        in ``features/daily``; its end is the watermark) plus the hot state's days after it.
+        ``batch_day`` says which day the batch part is (null: none yet, the speed view alone).
+
+        Needs ``hot.processor: day_features`` (its state keeps events by day) and the events the
+        features count routed to the hot path. An event of the batch day or before that arrives
+        after the batch job ran counts in neither view until the job runs that day again.
+
+        Raises:
+            ValueError: the hot processor keeps no days.
+        """
+        from engine.processors.day_features import ADDITIVE
+
+        wanted = [str(i) for i in ids]
+        batch, batch_day = self.batch(day)
+        speed, _ = self.speed()
+        if speed.num_columns and "day" not in speed.column_names:
+            raise ValueError(
+                f"the serving view's merge needs hot.processor: day_features (this pipeline's is"
+                f" {self.config.hot.processor}, whose state keeps no days); use players() for"
+                " the two views side by side"
+            )
+        n = len(wanted)
+        totals = {name: np.zeros(n) for name in ADDITIVE}
+        level = np.full(n, np.nan)
+        if batch.num_rows:
+            rows = _keyed(batch, self.key)
+            at = _positions(wanted, rows[self.key])
+            found = at >= 0
+            for name in ADDITIVE:
+                if name == "engagement_sum":
+                    values = _numbers(rows["engagement_mean"]) * _numbers(rows["engagement_n"])
+                    values = np.nan_to_num(values)
+                else:
+                    values = np.nan_to_num(_numbers(rows[name]))
+                totals[name][found] += values[at[found]]
+            level[found] = _numbers(rows["max_level"])[at[found]]
+        if speed.num_rows:
+            rows = _keyed(speed, self.key)
+            at = _positions(wanted, rows[self.key])
+            found = at >= 0
+            days = _ring(rows["day"].cast(pa.list_(pa.int32(), rows["day"].type.list_size)))
+            after = -np.inf if batch_day is None else _epoch_day(batch_day)
+            newer = (days > after) & ~np.isnan(days)
+            for name in ADDITIVE:
+                values = np.where(newer, np.nan_to_num(_ring(rows[name])), 0).sum(axis=1)
+                totals[name][found] += values[at[found]]
+            levels = np.where(newer, _ring(rows["max_level"]), np.nan)
+            with np.errstate(all="ignore"):
+                live = np.fmax.reduce(levels, axis=1, initial=np.nan)
+            level[found] = np.fmax(level[found], live[at[found]])
+        engagement_n = totals["engagement_n"]
+        with np.errstate(all="ignore"):
+            mean = np.where(engagement_n > 0, totals["engagement_sum"] / engagement_n, np.nan)
+        columns: dict[str, pa.Array] = {self.key: pa.array(wanted, pa.string())}
+        for name in ADDITIVE:
+            if name != "engagement_sum":
+                kind = pa.float64() if name == "spend" else pa.int64()
+                columns[name] = pa.array(totals[name]).cast(kind)
+        columns["engagement_mean"] = pa.array(mean, mask=np.isnan(mean))
+        columns["max_level"] = pa.array(level, mask=np.isnan(level))
+        columns["batch_day"] = pa.array([batch_day] * n, pa.string())
+        return pa.table(columns)
+
+
+def _positions(wanted: list[str], keys: pa.ChunkedArray) -> np.ndarray:
+    """For each wanted id, its row in ``keys`` (-1: absent)."""
+    found = pc.index_in(pa.array(wanted, pa.string()), value_set=keys.combine_chunks())
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _numbers(values: pa.ChunkedArray) -> np.ndarray:
+    """``values`` as float64, nulls as NaN."""
+    return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _ring(values: pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size list column as a (rows, width) float64 array, nulls as NaN."""
+    lists = values.combine_chunks()
+    width = lists.type.list_size
+    return _numbers(pa.chunked_array([lists.flatten()])).reshape(-1, width)
+
+
+def _epoch_day(day: str) -> int:
+    """Days since 1970-01-01 of an ISO date."""
+    return (date.fromisoformat(day) - date(1970, 1, 1)).days
 
 
 def _keyed(table: pa.Table, key: str) -> pa.Table:

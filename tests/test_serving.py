@@ -5,6 +5,7 @@ checkpoints of a Kafka pipeline read while it runs."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,15 +15,24 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import yaml
 from deltalake import DeltaTable
 
 from engine.cli import main as cli
 from engine.config import PipelineConfig, load_config
 from engine.pipeline import Pipeline
+from engine.processors.day_features import EVENT_TYPES
 from engine.serving import BATCH_FEATURES_TABLE, LIVE_PREFIX, ServingView
 from engine.sources import SyntheticSource
 from jobs.daily_features import main as daily_features
-from tests.kafka_helpers import CliRun, expected, produce, workload
+from tests.kafka_helpers import (
+    CliRun,
+    end_and_committed,
+    expected,
+    produce,
+    wait_for,
+    workload,
+)
 from tests.test_kafka import check_hot
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -97,12 +107,13 @@ def test_a_players_batch_features_beside_its_live_state(
     assert {k: earlier[k] for k in before[player]} == before[player]
     config_file = tmp_path / "pipeline.yaml"
     config_file.write_text(json.dumps(data))  # YAML is a superset of JSON
-    assert cli(["query", "--config", str(config_file), "--player", str(numeric)]) == 0
+    assert cli(["query", str(numeric), "--config", str(config_file), "--json"]) == 0
     out = capsys.readouterr()
     printed = json.loads(out.out.strip())
     assert printed["player_id"] == numeric
     assert printed["events"] == latest.get(numeric, {}).get("events")
-    assert "batch view 2026-11-20" in out.err and "state/player_features" in out.err
+    assert "side by side" in out.err and "batch view 2026-11-20" in out.err
+    assert "state/player_features" in out.err
 
 
 def test_the_speed_view_follows_a_running_kafka_pipelines_checkpoints(
@@ -155,3 +166,106 @@ def test_the_speed_view_follows_a_running_kafka_pipelines_checkpoints(
     assert where["from"] == "checkpoints"
     check_hot(state, want["hot"])
     assert isinstance(state, pa.Table)
+
+
+# -- the merge: batch day + the hot state's later days == all events, while the stream runs -----
+
+
+def lines_from(start: datetime, seed: int) -> list[bytes]:
+    source = SyntheticSource(
+        events=8_000, players=400, seed=seed, start_ms=int(start.timestamp() * 1000),
+        block_rows=4_000, stale_share=0.0, late_share=0.05, malformed_share=0.01, drift=0.3,
+        numeric_id_share=0.3,
+    )  # fmt: skip
+    return [line for b in source.blocks() for line in (b.data or b"").splitlines()]
+
+
+def recompute(lines: list[bytes], policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per player, the merged features over every event, as pandas computes them from the
+    events the pipeline decodes (the same dead letters left out)."""
+    from routers import Router, decode_ndjson
+
+    good = decode_ndjson(b"\n".join(lines), Router.from_dict(policy).policy.schema).good
+    df = good.to_pandas()
+    df = df[df["quality_score"] > 0.8]
+    out: dict[str, dict[str, Any]] = {}
+    for player, rows in df.groupby("player_id"):
+        kind = rows["event_type"]
+        engaged = rows["engagement_score"].dropna()
+        social = rows[kind == "social"]
+        levels = rows.loc[kind == "level_up", "level"].dropna()
+        out[str(player)] = {
+            "events": len(rows),
+            **{f"events_{t}": int((kind == t).sum()) for t in EVENT_TYPES},
+            "engagement_n": len(engaged),
+            "engagement_mean": engaged.mean() if len(engaged) else None,
+            "spend": float(rows.loc[kind == "purchase", "amount"].fillna(0).sum()),
+            "max_level": float(levels.max()) if len(levels) else None,
+            "invites": int((social["action"] == "invite").sum()),
+            "chats": int((social["action"] == "chat").sum()),
+        }
+    return out
+
+
+def test_the_merged_view_equals_a_full_recompute_while_the_stream_runs(
+    kafka_bootstrap: str,
+    topic: str,
+    cli_config: Callable[..., tuple[Path, str]],
+    cli_runs: Callable[[Path, str], CliRun],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Day 1's events arrive and the batch job computes day 1 from the lake; day 2's events
+    arrive; with the pipeline still running, the merged answer (batch day 1 + the hot state's
+    day 2, from its checkpoints) equals a recompute over both days, for sampled players."""
+    path, group = cli_config(idle_timeout="300s", max_records=2_000)
+    data = yaml.safe_load(path.read_text())
+    # Declared as the demo does: an undeclared partner_id would take the type of the first one
+    # seen (a number) and make the "p12" ones dead letters (the contract's rule).
+    columns = {"amount": "double", "level": "int64", "partner_id": "string", "session_id": "string"}
+    policy = {"schema": {"columns": columns}, "default": "hot"}
+    data["policy"] = policy  # every event feeds the speed view
+    data["hot"] = {"actors": 2, "key_groups": 64, "processor": "day_features"}
+    data["cold"]["archive"] = "all"  # and the batch job's lake
+    # The batch job's Ray workers here started before the S3 server's credentials were set in
+    # the environment: the config carries them (as tests/conftest.py's s3_lake does).
+    data["cold"]["storage_options"].update(
+        key=os.environ["AWS_ACCESS_KEY_ID"], secret=os.environ["AWS_SECRET_ACCESS_KEY"]
+    )
+    path.write_text(yaml.safe_dump(data))
+    first = lines_from(datetime(2026, 11, 20, 20, 0, tzinfo=timezone.utc), seed=31)
+    second = lines_from(datetime(2026, 11, 21, 1, 0, tzinfo=timezone.utc), seed=32)
+
+    def committed() -> int:
+        return sum(c or 0 for c in end_and_committed(kafka_bootstrap, topic, group)[1].values())
+
+    run = cli_runs(path, "run")
+    produce(kafka_bootstrap, topic, first)
+    wait_for(lambda: committed() == len(first), 180, "day 1 checkpointed")
+    assert daily_features(["--config", str(path), "--day", "2026-11-20"]) == 0
+    capsys.readouterr()
+    produce(kafka_bootstrap, topic, second)
+    wait_for(lambda: committed() == len(first) + len(second), 120, "day 2 checkpointed")
+    assert run.process.poll() is None  # still running: day 2 is in the speed view only
+
+    want = recompute(first + second, policy)
+    players = sorted(want)[:: max(1, len(want) // 40)]
+    asked: list[str | int] = [*players, "nobody"]
+    got = {r["player_id"]: r for r in ServingView(load_config(path)).merged(asked).to_pylist()}
+    assert {r["batch_day"] for r in got.values()} == {"2026-11-20"}
+    both_days = 0
+    for player in players:
+        row, expected_row = got[player], want[player]
+        for name, value in expected_row.items():
+            if isinstance(value, float):
+                assert row[name] == pytest.approx(value), (player, name)
+            else:
+                assert row[name] == value, (player, name)
+        both_days += row["events"] > 0
+    assert both_days == len(players) > 20
+    assert got["nobody"]["events"] == 0 and got["nobody"]["max_level"] is None
+    # The CLI prints the same.
+    assert cli(["query", players[0], "--config", str(path), "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["events"] == want[players[0]]["events"]
+    assert "merged" in out.err
+    run.terminate()
