@@ -21,6 +21,7 @@ from engine.config import PipelineConfig
 from engine.priority import WORKER_NICENESS
 
 __all__ = [
+    "PATH_NODES_ENV",
     "PATH_RESOURCES",
     "connect",
     "init_local_ray",
@@ -32,6 +33,11 @@ __all__ = [
 #: The custom resource each path's node type advertises (cluster.yaml's hot_workers,
 #: warm_workers, cold_workers); the jobs over the lake run on the cold path's nodes.
 PATH_RESOURCES: tuple[str, str, str] = ("hot", "warm", "cold")
+#: The paths whose node types an autoscaling cluster can start while none runs (comma
+#: separated, e.g. ``hot,warm,cold``; cluster.yaml's head sets it). Ray tells a driver the
+#: resources of the nodes up, not of the node types it could start, so without this a path
+#: whose node type is at zero workers would run elsewhere instead of asking for one.
+PATH_NODES_ENV: str = "THERMOCLINE_PATH_NODES"
 
 
 def resolve_address(address: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -94,12 +100,25 @@ def init_local_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
     )
 
 
-def path_resource(path: str) -> dict[str, float]:
+def path_resource(path: str, environ: Mapping[str, str] = os.environ) -> dict[str, float]:
     """``{path: 1}`` when the cluster has nodes advertising ``path``'s resource (cluster.yaml's
-    node types), else nothing: on a laptop, or a cluster without such nodes, work runs anywhere.
-    Ray must be up."""
+    node types) or can start some (``THERMOCLINE_PATH_NODES``), else nothing: on a laptop, or a
+    cluster without such nodes, work runs anywhere. Ray must be up.
+
+    Raises:
+        ValueError: ``THERMOCLINE_PATH_NODES`` names something that is not a path.
+    """
     import ray
 
+    listed = [p.strip() for p in environ.get(PATH_NODES_ENV, "").split(",") if p.strip()]
+    unknown = sorted(set(listed) - set(PATH_RESOURCES))
+    if unknown:
+        raise ValueError(
+            f"{PATH_NODES_ENV}={environ[PATH_NODES_ENV]!r}: {', '.join(unknown)} is no path;"
+            f" list some of {', '.join(PATH_RESOURCES)}, comma separated"
+        )
+    if path in listed:
+        return {path: 1.0}
     return {path: 1.0} if ray.cluster_resources().get(path, 0) > 0 else {}
 
 
