@@ -51,7 +51,7 @@ def config(lake: str, policy: dict[str, Any] = POLICY, archive: str = "all") -> 
     }
 
 
-def stream(events: int = 20_000) -> SyntheticSource:
+def stream(events: int = 10_000) -> SyntheticSource:
     return SyntheticSource(
         events=events, players=600, seed=5, start_ms=int(START.timestamp() * 1000),
         block_rows=2_500, partitions=2, late_share=0.2, stale_share=0.2, drift=0.4,
@@ -59,7 +59,7 @@ def stream(events: int = 20_000) -> SyntheticSource:
     )  # fmt: skip
 
 
-def first_run(root: Path, archive: str = "all", events: int = 20_000) -> tuple[Path, Any]:
+def first_run(root: Path, archive: str = "all", events: int = 10_000) -> tuple[Path, Any]:
     """The real pipeline over a drifting, hostile synthetic stream in two source partitions;
     the config file it ran with, and its summary."""
     data = config(str(root / "lake"), archive=archive)
