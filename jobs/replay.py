@@ -2,15 +2,23 @@
 
     python -m jobs.replay --config pipeline.yaml --day 2026-11-20 --until 2026-11-26
     python -m jobs.replay --config pipeline.yaml --day 2026-11-20 --name new-policy --replace
+    python -m jobs.replay --config kafka.yaml --kafka-from 2026-11-26T00:00:00Z \
+        --kafka-until 2026-11-27T00:00:00Z
 
-The pipeline's lake must archive every event (``cold.archive: all``, see engine.sources.lake).
-The events of the days asked for (by event time, ``dt``), read from one version of the events
-table, go through the pipeline built from ``--config`` as it is today (its policy, its hot and
-warm processors, its bounds), in the stream's own order per source partition, into a separate
-lake: ``{lake}/replays/{name}`` (default name: ``v{version}-{first day}-{last day}``), a lake of
-its own with ``events/``, ``warm/``, ``state/`` and the rest. A changed policy or processor
-thereby rebuilds its results beside the originals, and the serving view or a batch job can be
-pointed at them (``--lake {lake}/replays/{name}``).
+Two sources: the lake's archive (``--day``/``--until``), or the config's Kafka topics
+(``--kafka-from`` a time or ``earliest``, ``--kafka-until`` a time, default their end now;
+engine.sources.kafka_range: every partition from the first offset stamped at or after the start,
+as Kafka's ``offsets_for_times`` finds it, to the one at the end; no consumer group, nothing
+committed). A Kafka replay's default name is ``kafka-{from}-{until}`` (epoch ms).
+
+From the lake, the pipeline's lake must archive every event (``cold.archive: all``, see
+engine.sources.lake): the events of the days asked for (by event time, ``dt``), read from one
+version of the events table, go through the pipeline built from ``--config`` as it is today (its
+policy, its hot and warm processors, its bounds), in the stream's own order per source partition,
+into a separate lake: ``{lake}/replays/{name}`` (default name: ``v{version}-{first day}-{last
+day}``), a lake of its own with ``events/``, ``warm/``, ``state/`` and the rest. A changed policy
+or processor thereby rebuilds its results beside the originals, and the serving view or a batch job
+can be pointed at them (``--lake {lake}/replays/{name}``).
 
 Routing is deterministic: age rules measure from each event's recorded arrival time, never the
 clock, so with an unchanged policy every event takes the path it took the first time, and the
@@ -33,13 +41,15 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Final
 
 from engine.cluster import connect
-from engine.config import load_config
+from engine.config import PipelineConfig, load_config
 from engine.lake import Lake
 from engine.pipeline import Pipeline
+from engine.sources.base import Source
+from engine.sources.kafka_range import KafkaRangeSource
 from engine.sources.lake import LakeSource, NotAnArchiveError
 from routers import ConfigError
 
@@ -63,6 +73,16 @@ def _day(text: str) -> str:
     return date.fromisoformat(text).isoformat()
 
 
+def _instant(text: str) -> int | str:
+    """An ISO-8601 time with a zone as epoch milliseconds, or ``earliest``."""
+    if text == "earliest":
+        return text
+    found = datetime.fromisoformat(text)
+    if found.tzinfo is None:
+        raise ValueError("a time needs its zone, e.g. 2026-11-26T00:00:00Z")
+    return int(found.timestamp() * 1000)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Replay the days ``argv`` names (see the module docs); the process's exit code."""
     parser = argparse.ArgumentParser(
@@ -70,8 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--config", required=True, help="the pipeline YAML (policy, processors)")
     parser.add_argument("--lake", help="the archive lake (default: the config's cold.lake_uri)")
-    parser.add_argument("--day", type=_day, required=True, help="the first day, YYYY-MM-DD")
+    span = parser.add_mutually_exclusive_group(required=True)
+    span.add_argument("--day", type=_day, help="the lake's archive: the first day, YYYY-MM-DD")
+    span.add_argument(
+        "--kafka-from", type=_instant, help="the config's topics from this time (ISO), or earliest"
+    )
     parser.add_argument("--until", type=_day, help="the last day (default: --day)")
+    parser.add_argument(
+        "--kafka-until", type=_instant, help="the topics up to this time (default: their end now)"
+    )
     parser.add_argument("--version", type=int, help="the events table version (default: latest)")
     parser.add_argument("--name", help="the replay's name (default: v{version}-{day}-{until})")
     parser.add_argument("--replace", action="store_true", help="delete an existing output first")
@@ -83,37 +110,86 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, overrides)
     except ConfigError as error:
         parser.error("; ".join(error.problems))
-    last = args.until or args.day
-    if last < args.day or args.block_rows < 1:
-        parser.error("--until must not be before --day; --block-rows must be at least 1")
+    if args.block_rows < 1:
+        parser.error("--block-rows must be at least 1")
     if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):
         parser.error("--name: a folder name (no '/', not starting with '.')")
+    if args.kafka_from is not None:
+        return _replay_kafka(parser, args, config, overrides)
+    last = args.until or args.day
+    if last < args.day:
+        parser.error("--until must not be before --day")
     lake = Lake(config.cold.lake_uri, config.cold.storage_options)
     try:
         source = LakeSource(lake, args.day, last, args.block_rows, args.version)
     except NotAnArchiveError as error:
         parser.error(str(error))
-    name = args.name or f"v{source.version}-{args.day}-{last}"
+    output = _output(parser, args, lake, args.name or f"v{source.version}-{args.day}-{last}")
+    what = f"{lake.uri} events v{source.version}, {args.day}..{last}"
+    extra = {"events_version": source.version, "days": [args.day, last]}
+    return _run(args, overrides, lake, output, source, what, extra)
+
+
+def _output(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, lake: Lake, name: str
+) -> str:
+    """The replay's lake, emptied first with ``--replace`` (refused if it exists without)."""
     output = replay_uri(lake.uri, name)
     root = lake.path(REPLAYS_DIR, name)
     if lake.fs.exists(root):
         if not args.replace:
             parser.error(f"{output} exists: give another --name, or --replace to rebuild it")
         lake.fs.rm(root, recursive=True)
+    return output
+
+
+def _replay_kafka(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    config: PipelineConfig,
+    overrides: dict[str, Any],
+) -> int:
+    """The config's Kafka topics, from ``--kafka-from`` to ``--kafka-until``."""
+    s = config.source
+    if s.kind != "kafka" or s.bootstrap is None:
+        parser.error("--kafka-from: the config's source must be kind: kafka (its topics)")
+    start = None if args.kafka_from == "earliest" else args.kafka_from
+    end = None if args.kafka_until is None else args.kafka_until
+    if end == "earliest" or (start is not None and end is not None and end < start):
+        parser.error("--kafka-until must be a time after --kafka-from")
+    try:
+        source = KafkaRangeSource(
+            s.bootstrap, s.topics, start, end, s.max_records, dict(s.consumer)
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    lake = Lake(config.cold.lake_uri, config.cold.storage_options)
+    stamp = f"{start or 'earliest'}-{end or int(time.time() * 1000)}"
+    output = _output(parser, args, lake, args.name or f"kafka-{stamp}")
+    what = f"kafka {','.join(s.topics)} ({len(source.ranges)} partitions)"
+    extra = {"topics": list(s.topics), "ranges": {p: list(r) for p, r in source.ranges.items()}}
+    return _run(args, overrides, lake, output, source, what, extra)
+
+
+def _run(
+    args: argparse.Namespace,
+    overrides: dict[str, Any],
+    lake: Lake,
+    output: str,
+    source: Source,
+    what: str,
+    extra: dict[str, Any],
+) -> int:
+    """Run the replay of ``source`` into ``output``; print the summaries."""
     replayed = load_config(args.config, {**overrides, "cold.lake_uri": output})
     where = connect(args.address)
-    print(
-        f"replay: {lake.uri} events v{source.version}, {args.day}..{last} -> {output}"
-        f" (Ray: {where})",
-        file=sys.stderr,
-    )
+    print(f"replay: {what} -> {output} (Ray: {where})", file=sys.stderr)
     started = time.monotonic()
     summary = Pipeline(replayed, source=source).run()
     result: dict[str, Any] = {
         "job": "replay",
         "lake": lake.uri,
-        "events_version": source.version,
-        "days": [args.day, last],
+        **extra,
         "output": output,
         "seconds": round(time.monotonic() - started, 3),
         "run": summary.to_json(),

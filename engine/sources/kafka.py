@@ -52,7 +52,7 @@ from kafka.errors import CommitFailedError, KafkaTimeoutError, RebalanceInProgre
 from engine.sources.base import ARRIVAL_COLUMN, Source, SourceBlock
 from engine.sources.spawn import child_signals, held_signals
 
-__all__ = ["KafkaSource", "partition_name"]
+__all__ = ["KafkaSource", "partition_name", "records_block"]
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +484,7 @@ class _Reader:
             for tp, records in polled.items():
                 if records:
                     self.records_read += len(records)
-                    self.put(_block(tp, records))
+                    self.put(records_block(tp, records))
             self.active_at = time.monotonic()  # after the puts: waiting on the driver is not idle
 
     def put(self, item: SourceBlock | _Handoff | _End | _Failed) -> None:
@@ -648,7 +648,7 @@ def _default_positions(
     return positions
 
 
-def _block(tp: TopicPartition, records: list[Any]) -> SourceBlock:
+def records_block(tp: TopicPartition, records: list[Any]) -> SourceBlock:
     """One partition's records as one NDJSON block plus their metadata columns."""
     # kafka-python hands out one object per record; one pass gathers what the bulk decode needs.
     values, offsets, stamps, keys = zip(
