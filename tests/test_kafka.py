@@ -373,14 +373,14 @@ def test_block_keeps_one_line_per_record() -> None:
 
     from kafka import TopicPartition
 
-    from engine.sources.kafka import _block
+    from engine.sources.kafka import records_block
 
     good = b'{"event_id":"e","player_id":"p","event_time":1764000000000,"event_type":"x"}'
     values = [good, b"", None, b"  ", b'{"a":\n1}', good]
     records = [
         SimpleNamespace(value=v, offset=10 + i, timestamp=0, key=None) for i, v in enumerate(values)
     ]
-    block = _block(TopicPartition("t", 0), records)
+    block = records_block(TopicPartition("t", 0), records)
     assert block.data is not None
     # Not events (empty, tombstone, blank): a placeholder line, their exact bytes kept apart.
     assert block.data.split(b"\n") == [good, b"\x00", b"\x00", b"\x00", b'{"a": 1}', good]

@@ -18,10 +18,10 @@ from kafka import KafkaProducer, TopicPartition
 from engine.sources import ARRIVAL_COLUMN, SourceBlock
 from engine.sources.kafka import (
     KafkaSource,
-    _block,
     _Budget,
     _join_lines,
     _queued_size,
+    records_block,
 )
 from routers import decode_ndjson
 
@@ -53,7 +53,7 @@ def block_of(values: list[bytes | None], first_offset: int = 100) -> SourceBlock
         Record(v, first_offset + i, 1_764_000_000_000 + 1_000 * ((i * 7) % 5), b"k")
         for i, v in enumerate(values)
     ]
-    return _block(TopicPartition("events", 3), records)
+    return records_block(TopicPartition("events", 3), records)
 
 
 def lines(block: SourceBlock) -> list[bytes]:
@@ -93,7 +93,7 @@ def test_arrival_column_and_due_time_are_the_record_timestamps() -> None:
     assert block.meta[ARRIVAL_COLUMN].equals(stamps)
     assert block.due_s == 1_764_000_000.0  # timestamps 0, 2, 4, 1, 3, 0 s after the base
     late_first = [Record(GOOD, i, ts) for i, ts in enumerate([5_000, 3_000, 4_000])]
-    assert _block(TopicPartition("t", 0), late_first).due_s == 3.0
+    assert records_block(TopicPartition("t", 0), late_first).due_s == 3.0
 
 
 @pytest.mark.parametrize(
