@@ -29,8 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.processors.base import HotProcessor, coerce, coerce_column, register_hot
-from engine.processors.keyed import Column, KeyedArrays, restore_rows, snapshot_rows
+from engine.processors.base import coerce_column, register_hot
+from engine.processors.keyed import Column, KeyedArrays, KeyedProcessor
 from routers import TIME_TYPE, EventSchema
 
 __all__ = ["ADDITIVE", "EVENT_TYPES", "DayFeatures"]
@@ -83,7 +83,7 @@ class _Partials:
 
 
 @register_hot("day_features")
-class DayFeatures(HotProcessor):
+class DayFeatures(KeyedProcessor):
     """Per player, the last ``days`` event days' additive features (see the module docs).
 
     Options: ``days`` (3), ``quality_min`` (0.8).
@@ -109,10 +109,6 @@ class DayFeatures(HotProcessor):
         if self.days < 1:
             raise ValueError(f"day_features: days must be at least 1, got {self.days}")
         self._state = KeyedArrays(_columns(self.days))
-
-    @property
-    def nbytes(self) -> int:
-        return self._state.nbytes
 
     def _read(self, batch: pa.RecordBatch) -> _Partials | None:
         """The batch's per-(key, day) partials; changes nothing."""
@@ -214,20 +210,6 @@ class DayFeatures(HotProcessor):
         levels[uid, slot] = np.fmax(before, found.max_level[apply])
         k.cols["day"][uid, slot] = day
         return None
-
-    def release(self, keys: pa.Array) -> int:
-        values = pc.drop_null(coerce(keys, pa.string())).to_numpy(zero_copy_only=False)
-        ids = self._state.ids_of(values)
-        return self._state.drop(ids[ids >= 0])
-
-    def expire(self, before_ms: int) -> int:
-        return self._state.drop(np.flatnonzero(self._state.view("last_time") < before_ms))
-
-    def snapshot(self) -> pa.Table:
-        return snapshot_rows(self._state, self.schema.key)
-
-    def restore(self, rows: pa.Table) -> None:
-        restore_rows(self._state, rows, self.schema.key)
 
     def state(self) -> pa.Table:
         """One row per player: ``day`` (a list of the ring's days, null where empty) and each

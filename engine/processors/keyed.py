@@ -15,10 +15,11 @@ from typing import Final
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from engine.processors.base import coerce
+from engine.processors.base import HotProcessor, coerce
 
-__all__ = ["Column", "KeyedArrays", "restore_rows", "snapshot_rows"]
+__all__ = ["Column", "KeyedArrays", "KeyedProcessor", "restore_rows", "snapshot_rows"]
 
 #: Rows allocated at least: a fresh or compacted instance does not regrow on every batch.
 _MIN_CAPACITY: Final[int] = 1024
@@ -169,3 +170,30 @@ def restore_rows(state: KeyedArrays, rows: pa.Table, key: str) -> None:
     state.add(fresh)
     for name, column in values.items():
         state.cols[name][ids] = column
+
+
+class KeyedProcessor(HotProcessor):
+    """A hot processor whose state is a :class:`KeyedArrays` (``self._state``) with a
+    ``last_time`` column (epoch ms of each key's newest event): releasing, expiring,
+    snapshotting and restoring keys are the same for all of them."""
+
+    _state: KeyedArrays
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the state arrays and the key index (not counting the key strings)."""
+        return self._state.nbytes
+
+    def release(self, keys: pa.Array) -> int:
+        values = pc.drop_null(coerce(keys, pa.string())).to_numpy(zero_copy_only=False)
+        ids = self._state.ids_of(values)
+        return self._state.drop(ids[ids >= 0])
+
+    def expire(self, before_ms: int) -> int:
+        return self._state.drop(np.flatnonzero(self._state.view("last_time") < before_ms))
+
+    def snapshot(self) -> pa.Table:
+        return snapshot_rows(self._state, self.schema.key)
+
+    def restore(self, rows: pa.Table) -> None:
+        restore_rows(self._state, rows, self.schema.key)

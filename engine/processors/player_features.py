@@ -31,8 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.processors.base import HotProcessor, coerce, coerce_column, register_hot
-from engine.processors.keyed import Column, KeyedArrays, restore_rows, snapshot_rows
+from engine.processors.base import coerce_column, register_hot
+from engine.processors.keyed import Column, KeyedArrays, KeyedProcessor
 from routers import TIME_TYPE, EventSchema
 
 __all__ = ["ALERT_SCHEMA", "PlayerFeatures"]
@@ -74,7 +74,7 @@ class _Rows:
 
 
 @register_hot("player_features")
-class PlayerFeatures(HotProcessor):
+class PlayerFeatures(KeyedProcessor):
     """Per-player features (see the module docstring); options: ``alert_purchases`` (default 3).
 
     Example:
@@ -100,11 +100,6 @@ class PlayerFeatures(HotProcessor):
         super().__init__(schema, **options)
         self.alert_purchases = int(options.get("alert_purchases", 3))
         self._state = KeyedArrays(_COLUMNS)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the state arrays and the key index (not counting the key strings)."""
-        return self._state.nbytes
 
     # --- reading (no state change) ---------------------------------------------------------
 
@@ -194,24 +189,7 @@ class PlayerFeatures(HotProcessor):
             schema=ALERT_SCHEMA,
         )
 
-    # --- dropping keys ---------------------------------------------------------------------
-
-    def release(self, keys: pa.Array) -> int:
-        values = coerce(keys, pa.string())
-        values = pc.drop_null(values).to_numpy(zero_copy_only=False)
-        ids = self._state.ids_of(values)
-        return self._state.drop(ids[ids >= 0])
-
-    def expire(self, before_ms: int) -> int:
-        return self._state.drop(np.flatnonzero(self._state.view("last_time") < before_ms))
-
-    # --- snapshots and views -----------------------------------------------------------------
-
-    def snapshot(self) -> pa.Table:
-        return snapshot_rows(self._state, self.schema.key)
-
-    def restore(self, rows: pa.Table) -> None:
-        restore_rows(self._state, rows, self.schema.key)
+    # --- views ------------------------------------------------------------------------------
 
     def state(self) -> pa.Table:
         k = self._state
