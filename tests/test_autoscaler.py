@@ -9,9 +9,7 @@ stopped with the head's process group."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,7 @@ import yaml
 
 from engine.cluster import PATH_NODES_ENV
 from tests.test_compact import files_per_hour, small_files_lake
-from tests.test_submit import BIN, ROOT, environment, free_port
+from tests.test_submit import BIN, ROOT, environment, free_port, stop_group
 
 FAKE_HEAD = "ray.head.default"
 
@@ -129,9 +127,5 @@ def test_cold_demand_brings_up_a_cold_node_and_no_other(tmp_path: Path) -> None:
         )
         assert kinds == ["cold"]  # one cold node came up for the job's tasks; no other type
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # ray start --block stops what it started
-        try:
-            head.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_group(head, wait_s=10)  # the fake autoscaler's monitor is slow to stop
         shutil.rmtree(temp, ignore_errors=True)

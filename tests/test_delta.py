@@ -129,28 +129,20 @@ def test_vacuum_command_refuses_a_retention_under_an_hour(
     assert "0 files to remove" in capsys.readouterr().out  # younger than 168 h
 
 
-def test_members_racing_on_one_table_each_commit_once_and_delta_rs_reads_it_all(
-    tmp_path: Path,
+def race(
+    members: dict[str, LakeTables], staged: dict[str, list[list[StagedFile]]], steps: range
 ) -> None:
-    """Four members commit to one table at once (each from its own stale snapshot): every
-    commit lands once, app transactions and files as delta-rs reads them, and readers open the
-    table from the checkpoints written along the way (every 100 versions by default)."""
+    """Each member commits its staged files of ``steps`` in order, all members at once (one
+    thread each); any member's failure is raised here."""
     import threading
 
-    lake = Lake(str(tmp_path))
-    LakeTables(lake, "pipe").ensure(EVENTS_DIR, ("dt", "hour"))
-    members = {p: LakeTables(lake, "pipe") for p in ("p0", "p1", "p2", "p3")}
-    staged = {p: [stage(lake, events([f"{p}-{i}"]), p) for i in range(30)] for p in members}
-    for p, member in members.items():
-        member.claim([EVENTS_DIR], [p])
-        commit(member, staged[p][0], 0, p)  # each member's snapshot is now stale for the others
     errors: list[BaseException] = []
 
     def run(p: str) -> None:
         try:
-            for i in range(1, 30):
+            for i in steps:
                 assert commit(members[p], staged[p][i], i, p) == []
-        except BaseException as error:  # the test thread raises it below
+        except BaseException as error:  # raised below, in the test's thread
             errors.append(error)
 
     threads = [threading.Thread(target=run, args=(p,)) for p in members]
@@ -159,6 +151,23 @@ def test_members_racing_on_one_table_each_commit_once_and_delta_rs_reads_it_all(
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_members_racing_on_one_table_each_commit_once_and_delta_rs_reads_it_all(
+    tmp_path: Path,
+) -> None:
+    """Four members commit to one table at once (each from its own stale snapshot): every
+    commit lands once, app transactions and files as delta-rs reads them, and readers open the
+    table from the checkpoints written along the way (every 100 versions by default)."""
+
+    lake = Lake(str(tmp_path))
+    LakeTables(lake, "pipe").ensure(EVENTS_DIR, ("dt", "hour"))
+    members = {p: LakeTables(lake, "pipe") for p in ("p0", "p1", "p2", "p3")}
+    staged = {p: [stage(lake, events([f"{p}-{i}"]), p) for i in range(30)] for p in members}
+    for p, member in members.items():
+        member.claim([EVENTS_DIR], [p])
+        commit(member, staged[p][0], 0, p)  # each member's snapshot is now stale for the others
+    race(members, staged, range(1, 30))
     table = DeltaTable(lake.path(EVENTS_DIR))
     assert table.version() == 1 + 4 + 4 * 30  # create, claims, commits: none lost or doubled
     ids = table.to_pyarrow_table()["event_id"].to_pylist()
@@ -178,8 +187,6 @@ def test_members_growing_the_schema_at_once_each_commit_once(tmp_path: Path) -> 
     drifting in on several partitions): the schema growths race, and delta-rs refuses the
     losers' ("Metadata changed since last commit"; it stopped a two-process run in CI). Each
     loser follows the log and commits again: every row lands once, with its column."""
-    import threading
-
     lake = Lake(str(tmp_path))
     LakeTables(lake, "pipe").ensure(EVENTS_DIR, ("dt", "hour"))
     members = {p: LakeTables(lake, "pipe") for p in ("p0", "p1", "p2", "p3")}
@@ -189,21 +196,7 @@ def test_members_growing_the_schema_at_once_each_commit_once(tmp_path: Path) -> 
     }
     for p, member in members.items():
         member.claim([EVENTS_DIR], [p])
-    errors: list[BaseException] = []
-
-    def run(p: str) -> None:
-        try:
-            for i in range(8):
-                assert commit(members[p], staged[p][i], i, p) == []
-        except BaseException as error:  # the test thread raises it below
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(p,)) for p in members]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    race(members, staged, range(8))
     rows = DeltaTable(lake.path(EVENTS_DIR)).to_pyarrow_table().to_pylist()
     assert sorted(r["event_id"] for r in rows) == sorted(
         f"{p}-{i}" for p in members for i in range(8)

@@ -72,12 +72,19 @@ def head() -> Iterator[str]:
             time.sleep(1)
         yield address
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # ray start --block stops what it started
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_group(process: subprocess.Popen, wait_s: float = 30) -> None:
+    """Stop ``ray start --head --block`` (started in a session of its own) and its children:
+    SIGTERM to its process group (it stops what it started), SIGKILL after ``wait_s``."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 def thermocline(*args: str) -> Any:
