@@ -127,5 +127,5 @@ def test_cold_demand_brings_up_a_cold_node_and_no_other(tmp_path: Path) -> None:
         )
         assert kinds == ["cold"]  # one cold node came up for the job's tasks; no other type
     finally:
-        stop_group(head, wait_s=10)  # the fake autoscaler's monitor is slow to stop
+        stop_group(head)
         shutil.rmtree(temp, ignore_errors=True)

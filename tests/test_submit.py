@@ -76,7 +76,7 @@ def head() -> Iterator[str]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def stop_group(process: subprocess.Popen, wait_s: float = 30) -> None:
+def stop_group(process: subprocess.Popen, wait_s: float = 10) -> None:
     """Stop ``ray start --head --block`` (started in a session of its own) and its children:
     SIGTERM to its process group (it stops what it started), SIGKILL after ``wait_s``."""
     os.killpg(process.pid, signal.SIGTERM)
