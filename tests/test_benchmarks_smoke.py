@@ -113,3 +113,40 @@ def test_cold_files_smoke(tmp_path: Path) -> None:
         == files["files"] - record["compaction"]["removed"] + record["compaction"]["added"]
     )
     assert after["files"] < files["files"] and files["folders_under_target"] >= 1
+
+
+def test_cold_job_smoke(tmp_path: Path) -> None:
+    lake = ["--events", "40000", "--hours", "2", "--players", "2000", "--lake", str(tmp_path / "l")]
+    # Not warmed, and Ray Data's groupby once (its default partitions): it costs ~8 s even on
+    # tiny data. Without the PySpark leg: a Spark session's start and first job alone take
+    # 12-16 s here (PLATFORM_NOTES), and pyspark is in the `bench` group, which `make test` does
+    # not install; `make bench-cold` runs it.
+    # The engines the targets name (and the full job); the other variants only in bench-cold.
+    engines = "ray_data_groupby,day_features"
+    record = run_benchmark(
+        "benchmarks.cold_job", *lake, "--engines", engines, "--no-spark", "--no-warm",
+        results=tmp_path,
+    )  # fmt: skip
+    assert record["rows"] == 40_000 and record["partition_folders"] == 2
+    assert not record["lake"]["reused"] and record["lake"]["generation_s"] > 0
+    assert 0 < record["rows_kept"] < 40_000 and record["players"] > 0
+    assert set(record["seconds"]) == {*engines.split(","), "ours", "duckdb"}
+    checks = {k: v for k, v in record["cross_check"].items() if isinstance(v, dict)}
+    assert set(checks) == set(record["seconds"])
+    assert record["results_agree"] and all(c["agree"] for c in checks.values())  # same means
+    assert all(c["players"] == record["players"] for c in checks.values())
+    assert record["skipped"] == {
+        "ours_duckdb_files": "--engines", "ours_duckdb_arrow": "--engines",
+        "ray_data_groupby_tuned": "--engines", "ray_data_map_batches": "--engines",
+        "pyspark": "--no-spark",
+    }  # fmt: skip
+    assert [t["holds"] is None for t in record["targets"]] == [False, True, False]
+    assert record["day_features"]["rows_read"] == 40_000
+    assert (tmp_path / "cold_job.png").stat().st_size > 0
+    # A second run with the same parameters reuses the lake (ours and DuckDB only).
+    again = run_benchmark(
+        "benchmarks.cold_job", *lake, "--engines", "ours", "--no-spark", "--no-warm", "--no-plot",
+        results=tmp_path,
+    )  # fmt: skip
+    assert again["lake"]["reused"] and again["rows"] == 40_000
+    assert set(again["seconds"]) == {"ours", "duckdb"} and again["results_agree"]
