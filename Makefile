@@ -14,7 +14,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.installed
 
-.PHONY: setup setup-run setup-bench run test lint typecheck bench bench-router bench-kafka bench-checkpoint bench-files bench-cold kafka-jars clean
+.PHONY: setup setup-run setup-bench run test fuzz lint typecheck bench bench-router bench-kafka bench-checkpoint bench-files bench-cold kafka-jars clean
 
 setup: $(STAMP) $(KAFKA_STAMP)
 
@@ -46,6 +46,11 @@ run: setup-run
 
 test: setup lint typecheck
 	$(BIN)/python -m pytest
+
+# The pipeline fuzzed with arbitrary JSON values and garbage lines, 200 examples (~8 minutes);
+# `make test` runs 6.
+fuzz: setup
+	FUZZ_EXAMPLES=200 $(BIN)/python -m pytest tests/test_real_telemetry.py -k any_json_values
 
 lint: setup
 	$(BIN)/ruff check .
