@@ -59,7 +59,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any, Final
 
 import numpy as np
@@ -68,12 +68,11 @@ import pyarrow.compute as pc
 import ray
 
 from engine.cluster import connect, path_resource
-from engine.config import load_config
 from engine.delta import TABLE_PROPERTIES, LakeTables, data_file_path
 from engine.lake import EVENTS_DIR, Lake
 from engine.processors.day_features import EVENT_TYPES
 from engine.serving import BATCH_FEATURES_TABLE, BATCH_STATS_TABLE
-from routers import ConfigError
+from jobs.options import add_day_arguments, add_lake_arguments, config_from, days_from, lake_from
 
 __all__ = ["EVENT_TYPES", "FEATURES_TABLE", "STATS_TABLE", "day_features", "main"]
 
@@ -407,40 +406,22 @@ def _replace(tables: LakeTables, name: str, rows: pa.Table, day: str) -> None:
             time.sleep(0.2 * 2**attempt)  # another writer replaced a day meanwhile
 
 
-def _day(text: str) -> str:
-    return date.fromisoformat(text).isoformat()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Compute the days ``argv`` names (see the module docs); the process's exit code."""
     parser = argparse.ArgumentParser(
         prog="python -m jobs.daily_features", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--lake", help="lake URI: a folder or s3://bucket/prefix")
-    parser.add_argument("--config", help="a pipeline YAML: its lake and storage options")
-    parser.add_argument("--day", type=_day, help="the (first) day, YYYY-MM-DD (default: yesterday)")
-    parser.add_argument("--until", type=_day, help="the last day of a range (default: --day)")
+    add_lake_arguments(parser)
+    add_day_arguments(parser)
     parser.add_argument("--quality-min", type=float, default=0.8, help="keep events above it")
     parser.add_argument("--shards", type=int, default=4, help="tasks combining the partials")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else local)")
     args = parser.parse_args(argv)
-    try:
-        overrides = {"cold.lake_uri": args.lake} if args.lake else {}
-        cold = load_config(args.config, overrides).cold if args.config else None
-    except ConfigError as error:
-        parser.error("; ".join(error.problems))
-    if cold is None and not args.lake:
-        parser.error("give --lake URI (or --config with a pipeline's cold.lake_uri)")
-    first = (
-        date.fromisoformat(args.day)
-        if args.day
-        else datetime.now(timezone.utc).date() - timedelta(1)
-    )
-    last = date.fromisoformat(args.until) if args.until else first
-    if last < first or args.shards < 1:
-        parser.error("--until must not be before --day; --shards must be at least 1")
+    config = config_from(parser, args)
+    first, last = days_from(parser, args)
+    if args.shards < 1:
+        parser.error("--shards must be at least 1")
     started = time.monotonic()
-    lake = Lake(cold.lake_uri, cold.storage_options) if cold else Lake(args.lake)
+    lake = lake_from(config, args)
     tables = LakeTables(lake, "daily_features")
     if EVENTS_DIR not in tables.tables():
         parser.error(f"no events table in {lake.uri} (run a pipeline into it first)")

@@ -68,7 +68,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Final
 
 import pyarrow as pa
@@ -76,10 +76,10 @@ import pyarrow.compute as pc
 import ray
 
 from engine.cluster import connect, path_resource
-from engine.config import load_config
 from engine.delta import LakeTables, data_file_path
 from engine.lake import DEAD_LETTER_DIR, EVENTS_DIR, Lake
-from routers import ConfigError, parse_duration_ms
+from jobs.options import add_day_arguments, add_lake_arguments, config_from, days_from, lake_from
+from routers import parse_duration_ms
 
 __all__ = [
     "EXIT_CROSSED",
@@ -682,13 +682,6 @@ def _write_json(path: str, report: Mapping[str, Any], lake: Lake) -> None:
 # -- command line ------------------------------------------------------------------------------
 
 
-def _day(text: str) -> str:
-    try:
-        return date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a day YYYY-MM-DD, got {text!r}") from None
-
-
 def _share(text: str) -> float:
     try:
         value = float(text)
@@ -716,12 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.quality_report", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--lake", help="lake URI: a folder or s3://bucket/prefix")
-    parser.add_argument(
-        "--config", help="a pipeline YAML: its lake, storage options and time columns"
-    )
-    parser.add_argument("--day", type=_day, help="the (first) day, YYYY-MM-DD (default: yesterday)")
-    parser.add_argument("--until", type=_day, help="the last day of a range (default: --day)")
+    add_lake_arguments(parser, "a pipeline YAML: its lake, storage options and time columns")
+    add_day_arguments(parser)
     parser.add_argument("--late-after", default="5m", help="an event arriving later is late")
     parser.add_argument(
         "--max-null-rate",
@@ -736,31 +725,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-dead-share", type=_share, help="highest share of dead letters (whole tables)"
     )
     parser.add_argument("--json-out", metavar="PATH", help="write the whole report there as JSON")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else local)")
     args = parser.parse_args(argv)
     try:
         late_after_ms = parse_duration_ms(args.late_after)
-        overrides = {"cold.lake_uri": args.lake} if args.lake else {}
-        config = load_config(args.config, overrides) if args.config else None
-    except (ConfigError, ValueError) as error:
-        problems = error.problems if isinstance(error, ConfigError) else [f"--late-after: {error}"]
-        parser.error("; ".join(problems))
-    if config is None and not args.lake:
-        parser.error("give --lake URI (or --config with a pipeline's cold.lake_uri)")
-    first = (
-        date.fromisoformat(args.day)
-        if args.day
-        else datetime.now(timezone.utc).date() - timedelta(1)
-    )
-    last = date.fromisoformat(args.until) if args.until else first
-    if last < first:
-        parser.error(f"--until {last} is before --day {first}: give --until {first} or later")
+    except ValueError as error:
+        parser.error(f"--late-after: {error}")
+    config = config_from(parser, args)
+    first, last = days_from(parser, args)
     limits = Thresholds(dict(args.max_null_rate), args.max_late_share, args.max_dead_share)
     schema = config.policy.schema if config else None
     times = (schema.time, schema.arrival) if schema else ("event_time", "arrival_time")
     started = time.monotonic()
-    cold = config.cold if config else None
-    lake = Lake(cold.lake_uri, cold.storage_options) if cold else Lake(args.lake)
+    lake = lake_from(config, args)
     tables = LakeTables(lake, "quality_report")
     try:
         events = open_events(tables)  # before Ray starts: a wrong lake is named at once

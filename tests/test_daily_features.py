@@ -306,8 +306,8 @@ def test_a_column_of_an_unusable_type_is_named_with_the_fix(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--day", "2026-11-31"], "invalid _day value"),
-        (["--day", DAY, "--until", "2026-11-19"], "--until must not be before --day"),
+        (["--day", "2026-11-31"], "expected a day YYYY-MM-DD, got '2026-11-31'"),
+        (["--day", DAY, "--until", "2026-11-19"], "give --until 2026-11-20 or later"),
         ([], "no events table"),
     ],
 )
