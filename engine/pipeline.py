@@ -76,6 +76,8 @@ _OFFSET = "__thermocline_offset"
 
 #: Each row's due time rides along this column through the router's split (then dropped).
 _DUE = "__thermocline_due_ms"
+#: The columns ``cold.archive: all`` adds (lower case: Delta's names are case-insensitive).
+_ARCHIVE_NAMES = frozenset({"route", "source_partition", "source_offset"})
 
 _log = logging.getLogger("thermocline")
 
@@ -212,7 +214,8 @@ class Pipeline:
             self.source.name,
             self.name,
             cfg.policy.schema,
-            tuple(KAFKA_META_TYPES),
+            # Source offsets stay integers (Kafka's, and the archive's: a replay orders by them).
+            (*KAFKA_META_TYPES, "source_offset"),
         )
         self.checkpoints = Checkpoints(self.lake, self.name)
         # Cold events hold the lake writer's rows; dead letters both feeds' (decoding's and
@@ -639,6 +642,20 @@ def _archived(parts: dict[str, pa.RecordBatch], partition: str) -> pa.RecordBatc
     """What ``cold.archive: all`` puts in the lake: every routed row with its ``route``, its
     ``source_partition`` and its ``source_offset`` (the stream's order, which jobs.replay
     restores)."""
+    names = parts["cold"].schema.names
+    # An event's own field of one of these names (Delta compares names case-insensitively)
+    # is kept under "<name>_event", so it never collides with the archive's (a game's "route"
+    # field would otherwise stop the lake writer on every restart).
+    taken = {n.lower() for n in names}
+    renamed = []
+    for name in names:
+        new = name
+        while name.lower() in _ARCHIVE_NAMES and new.lower() in taken | _ARCHIVE_NAMES:
+            new = f"{new}_event"
+        taken.add(new.lower())
+        renamed.append(new)
+    if renamed != names:
+        parts = {t: p.rename_columns(renamed) for t, p in parts.items()}
     rows = with_routes(parts)
     rows = rows.rename_columns(["source_offset" if n == _OFFSET else n for n in rows.schema.names])
     return rows.append_column("source_partition", pa.repeat(partition, rows.num_rows))

@@ -166,7 +166,7 @@ class ServingView:
             rows = _keyed(speed, self.key)
             at = _positions(wanted, rows[self.key])
             found = at >= 0
-            days = _ring(rows["day"].cast(pa.list_(pa.int32(), rows["day"].type.list_size)))
+            days = _ring(rows["day"], pa.int32())
             after = -np.inf if batch_day is None else _epoch_day(batch_day)
             newer = (days > after) & ~np.isnan(days)
             for name in ADDITIVE:
@@ -201,11 +201,17 @@ def _numbers(values: pa.ChunkedArray) -> np.ndarray:
     return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def _ring(values: pa.ChunkedArray) -> np.ndarray:
-    """A fixed-size list column as a (rows, width) float64 array, nulls as NaN."""
+def _ring(values: pa.ChunkedArray, kind: pa.DataType | None = None) -> np.ndarray:
+    """A column of equal-length lists (fixed-size from the checkpoints' state, plain lists from
+    a bounded run's state table: Delta has no fixed-size list) as a (rows, width) float64
+    array, nulls as NaN; ``kind``: cast the values first (dates to their day numbers)."""
     lists = values.combine_chunks()
-    width = lists.type.list_size
-    return _numbers(pa.chunked_array([lists.flatten()])).reshape(-1, width)
+    if len(lists) == 0:
+        return np.zeros((0, 1))
+    flat = lists.flatten()
+    if kind is not None:
+        flat = flat.cast(kind)
+    return _numbers(pa.chunked_array([flat])).reshape(len(lists), -1)
 
 
 def _epoch_day(day: str) -> int:

@@ -70,6 +70,7 @@ import ray
 from engine.cluster import connect, path_resource
 from engine.delta import TABLE_PROPERTIES, LakeTables, data_file_path
 from engine.lake import EVENTS_DIR, Lake
+from engine.processors.base import coerce
 from engine.processors.day_features import EVENT_TYPES
 from engine.serving import BATCH_FEATURES_TABLE, BATCH_STATS_TABLE
 from jobs.options import add_day_arguments, add_lake_arguments, config_from, days_from, lake_from
@@ -91,8 +92,6 @@ _INPUT: Final[dict[str, pa.DataType]] = {
     "partner_id": pa.string(),
     "action": pa.string(),
 }
-#: A decimal number as text (what a string column must look like to be read as a number).
-_NUMBER: Final[str] = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 #: Partial aggregates per player: (column, how partials combine).
 _PARTIALS: Final[tuple[tuple[str, str], ...]] = (
     ("events", "sum"),
@@ -131,20 +130,18 @@ def _read(lake_uri: str, options: dict[str, Any], uris: list[str]) -> tuple[pa.T
                 columns[name] = pa.nulls(part.num_rows, kind)
                 continue
             values = part[name]
-            if kind == pa.float64() and pa.types.is_string(values.type):
-                # A column the pipeline inferred as text (undeclared, drifting clients: "12",
-                # "max"): its numbers are read, the rest left out and counted.
-                number = pc.fill_null(pc.match_substring_regex(values, _NUMBER), False)
-                unreadable += pc.sum(pc.and_(pc.invert(number), pc.is_valid(values))).as_py() or 0
-                values = pc.if_else(number, values, None)
-            try:
-                columns[name] = pc.cast(values, kind)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            if pa.types.is_nested(values.type):
                 raise EventsTableError(
                     f"events column {name} is {values.type} in {uri}, and this job reads it as"
-                    f" {kind}: {error}. Fix: declare it in the pipeline's policy.schema.columns"
+                    f" {kind}. Fix: declare it in the pipeline's policy.schema.columns"
                     f" ({name}: {kind}) so the lake holds one type."
-                ) from error
+                )
+            # As the hot path's processors read them (day_features: the speed view merged
+            # with this): text numbers parsed (" 12 " too), booleans, NaN, infinities and
+            # text that is no number left out, and counted.
+            read = coerce(values, kind)
+            unreadable += pc.sum(pc.and_(values.is_valid(), read.is_null())).as_py() or 0
+            columns[name] = read
         tables.append(pa.table(columns))
     empty = pa.schema(list(_INPUT.items())).empty_table()
     return pa.concat_tables([empty, *tables]), unreadable
@@ -341,6 +338,14 @@ def day_features(
     from deltalake import DeltaTable
 
     source = DeltaTable(tables.uri(EVENTS_DIR), storage_options=tables.options or None)
+    names = source.schema().to_arrow().names
+    missing = [c for c in ("player_id", "event_type") if c not in names]
+    if missing:  # else every event would fall into one player without an id
+        raise EventsTableError(
+            f"the events table has no {' or '.join(missing)}: this job groups by player_id and"
+            " counts by event_type (the demo's schema roles); events keyed otherwise are not"
+            " supported yet"
+        )
     adds = pa.table(source.get_add_actions(flatten=True))
     folders: dict[str, list[str]] = defaultdict(list)
     if adds.num_rows:

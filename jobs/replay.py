@@ -181,7 +181,10 @@ def _run(
     extra: dict[str, Any],
 ) -> int:
     """Run the replay of ``source`` into ``output``; print the summaries."""
-    replayed = load_config(args.config, {**overrides, "cold.lake_uri": output})
+    # Into the replay's own lake only: its alerts too, never again to the live alerts topic.
+    replayed = load_config(
+        args.config, {**overrides, "cold.lake_uri": output, "alerts_topic": None}
+    )
     where = connect(args.address)
     print(f"replay: {what} -> {output} (Ray: {where})", file=sys.stderr)
     started = time.monotonic()

@@ -1,6 +1,7 @@
 """Under Ray's fake multi-node autoscaler, with cluster.yaml's node types at zero workers, the
-cold path's demand (the compaction job's tasks, on a head that sets THERMOCLINE_PATH_NODES as
-cluster.yaml's does) brings up a node of the cold_workers type and of no other type.
+cold path's demand (the compaction job's tasks, its driver given THERMOCLINE_PATH_NODES as
+cluster.yaml's head gives the drivers it starts) brings up a node of the cold_workers type and
+of no other type.
 
 The head is ``RAY_FAKE_CLUSTER=1 ray start --head --block --autoscaling-config=...`` on
 127.0.0.1 in a temporary folder (PLATFORM_NOTES); its fake nodes are processes on this machine,

@@ -343,3 +343,20 @@ def test_a_lake_in_a_folder_whose_name_needs_escaping(
     assert code == 0, err
     assert summary["days"][0]["rows_read"] == 2
     assert [(r["player_id"], r["spend"]) for r in features(root)] == [("a", 1.5), ("b", 0.0)]
+
+
+def test_numbers_read_as_the_speed_view_reads_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Text numbers with spaces are read (" 12 "), infinities, booleans and words are left out
+    and counted, in a column the lake holds as text: never a failed day."""
+    append(Lake(str(tmp_path)), [
+        event("a", "level_up", 1, level=" 12 "), event("a", "level_up", 2, level="max"),
+        event("a", "level_up", 3, level="inf"), event("a", "level_up", 4, level="true"),
+        event("a", "purchase", 5, amount="4.5\n"), event("a", "purchase", 6, amount="1e999"),
+    ], 0)  # fmt: skip
+    code, summary, err = run(capsys, "--lake", str(tmp_path), "--day", DAY)
+    assert code == 0, err
+    assert summary["days"][0]["values_unreadable"] == 4  # max, inf, true, 1e999
+    (row,) = features(str(tmp_path))
+    assert (row["max_level"], row["spend"], row["events_level_up"]) == (12.0, 4.5, 4)

@@ -174,3 +174,24 @@ def test_a_batch_of_only_unusable_rows_changes_nothing() -> None:
     bad = hostile_rows(50, seed=4).assign(quality_score=None)
     assert processor.process(batch(bad)) is None
     assert processor.state().num_rows == 0
+
+
+def test_an_event_dated_years_ahead_takes_no_ring_slot() -> None:
+    """A device clock set years ahead: that event is left out (its day is after the day after
+    its arrival), so it does not hold a slot and push out the real days mapped to it."""
+    days = [0, 3000, 1, 2, 3, 4, 5]  # day 3000 = 0 (mod 3): it would have taken day 0's slot
+    frame = pd.DataFrame(
+        {
+            "player_id": ["a"] * len(days), "event_time": [T0 + d * DAY_MS for d in days],
+            "event_type": ["custom"] * len(days), "level": [None] * len(days),
+            "amount": [None] * len(days), "engagement_score": [None] * len(days),
+            "quality_score": [0.9] * len(days), "action": [None] * len(days),
+        }
+    )  # fmt: skip
+    arrivals = [T0 + min(d, 5) * DAY_MS + 1_000 for d in days]  # arrived on its day (or today)
+    processor = DayFeatures(SCHEMA)
+    for i in range(len(days)):  # one batch per event, as they arrived
+        rows = batch(frame.iloc[i : i + 1])
+        rows = rows.append_column("arrival_time", pa.array([arrivals[i]]).cast(TIME_TYPE))
+        processor.process(rows)
+    assert sorted(d - 20_412 for _, d in per_day(processor)) == [3, 4, 5]  # the last three

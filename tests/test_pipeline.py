@@ -128,6 +128,29 @@ def test_archive_all_puts_every_good_event_in_the_lake_once_with_its_route(
     check_warm(lake, expected["warm"])  # the warm path's outputs are unchanged
 
 
+def test_an_events_own_route_field_does_not_collide_with_the_archives(tmp_path: Path) -> None:
+    """A racing game's events carry "route" (and a client sends "Source_Offset"): archived, they
+    keep their values as "route_event" and "Source_Offset_event" beside the archive's own
+    columns, instead of a duplicate column stopping the lake writer on every restart."""
+    t = int(NOW.timestamp() * 1000)
+    lines = [
+        {"event_id": "a", "player_id": "p1", "event_time": t, "event_type": "race_end",
+         "route": "A12", "Source_Offset": 5},
+        {"event_id": "b", "player_id": "p2", "event_time": t, "event_type": "purchase",
+         "route": "B7"},
+    ]  # fmt: skip
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    config = make_config(tmp_path / "lake", cold={"archive": "all"})
+    summary = Pipeline(config, source=FileSource(path), clock=lambda: NOW).run()
+    assert (summary.events_in, summary.dead_letter) == (2, 0)
+    rows = read(tmp_path / "lake", "events").sort_by("event_id").to_pylist()
+    assert [(r["route"], r["route_event"], r["source_offset"]) for r in rows] == [
+        ("warm", "A12", 0), ("hot", "B7", 1)
+    ]  # fmt: skip
+    assert rows[0]["Source_Offset_event"] == 5 and rows[1]["Source_Offset_event"] is None
+
+
 def test_every_event_lands_once_and_outputs_equal_a_recompute(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     expected, expected_dead = expected_split(synthetic())

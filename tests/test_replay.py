@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import yaml
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
 
 from engine.config import PipelineConfig, load_config
 from engine.lake import EVENTS_DIR, Lake
@@ -243,8 +245,15 @@ def test_a_kafka_range_replays_to_the_streaming_runs_outputs(
     data["cold"]["storage_options"].update(
         key=os.environ["AWS_ACCESS_KEY_ID"], secret=os.environ["AWS_SECRET_ACCESS_KEY"]
     )
+    data["alerts_topic"] = f"{topic}-alerts"  # live consumers read it: a replay must not write
+    data["hot"]["options"] = {"alert_purchases": 0}  # an alert per player-minute with purchases
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(data["alerts_topic"], num_partitions=1, replication_factor=1)])
+    admin.close()
     path.write_text(yaml.safe_dump(data))
     first = cli_runs(path, "first").result(timeout=240)
+    alerts = count_records(kafka_bootstrap, data["alerts_topic"])
+    assert first["alerts"] == alerts > 0
     config = load_config(path)
     lake = config.cold.lake_uri
     options = dict(config.cold.storage_options)
@@ -263,6 +272,9 @@ def test_a_kafka_range_replays_to_the_streaming_runs_outputs(
     assert where["from"] == "checkpoints"
     state = output.read("state/player_features")
     assert state.sort_by("player_id").to_pylist() == streamed.sort_by("player_id").to_pylist()
+    assert replayed["alerts"] == first["alerts"]  # the same alerts, into the replay's lake only
+    assert output.read("hot/player_features").num_rows == first["alerts"]
+    assert count_records(kafka_bootstrap, data["alerts_topic"]) == alerts  # none published
 
     middle = arrival_ms(lines[len(lines) // 2])
     since = datetime.fromtimestamp(middle / 1000, timezone.utc).isoformat()
@@ -277,6 +289,10 @@ def test_a_kafka_range_replays_to_the_streaming_runs_outputs(
         want += len(stamps) - first
     assert want < len(lines)
     assert result["run"]["events_in"] == want
+
+
+def count_records(bootstrap: str, topic: str) -> int:
+    return sum(len(stamps) for stamps in record_stamps(bootstrap, topic).values())
 
 
 def record_stamps(bootstrap: str, topic: str) -> dict[int, list[int]]:

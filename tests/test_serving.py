@@ -22,7 +22,7 @@ from engine.config import PipelineConfig, load_config
 from engine.pipeline import Pipeline
 from engine.processors.day_features import EVENT_TYPES
 from engine.serving import BATCH_FEATURES_TABLE, LIVE_PREFIX, ServingView
-from engine.sources import SyntheticSource
+from engine.sources import FileSource, SyntheticSource
 from jobs.daily_features import main as daily_features
 from tests.kafka_helpers import (
     CliRun,
@@ -240,3 +240,43 @@ def test_the_merged_view_equals_a_full_recompute_while_the_stream_runs(
     assert json.loads(out.out)["events"] == want[players[0]]["events"]
     assert "merged" in out.err
     run.terminate()
+
+
+def test_the_merged_view_of_a_bounded_run_reads_its_state_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bounded run keeps its day_features state in a Delta table (plain lists, not the
+    checkpoints' fixed-size ones): with no batch day yet (the batch job ran for the day before,
+    which had no events), the merged view is the speed view alone, equal to a recompute over
+    every event."""
+    columns = {"amount": "double", "level": "int64", "partner_id": "string", "session_id": "string"}
+    policy = {"schema": {"columns": columns}, "default": "hot"}
+    data = {
+        "policy": policy,
+        "hot": {"actors": 1, "key_groups": 16, "processor": "day_features"},
+        "cold": {"lake_uri": str(tmp_path / "lake"), "archive": "all"},
+        "progress_every_s": 0,
+    }
+    config = PipelineConfig.from_dict(data)
+    start = datetime(2026, 11, 21, 1, 0, tzinfo=timezone.utc)
+    lines = lines_from(start, seed=33)
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    pipeline = Pipeline(config, source=FileSource(path), clock=lambda: start)
+    pipeline.run()
+    pipeline.close()
+    lake = str(tmp_path / "lake")
+    assert daily_features(["--lake", lake, "--day", "2026-11-20"]) == 0  # a day before: empty
+    capsys.readouterr()
+    want = recompute(lines, policy)
+    players = sorted(want)[::20]
+    view = ServingView(config)
+    assert view.speed()[1] == {"from": "state/day_features"}
+    got = {r["player_id"]: r for r in view.merged(players).to_pylist()}
+    for player in players:
+        assert got[player]["batch_day"] is None
+        for name, value in want[player].items():
+            if isinstance(value, float):
+                assert got[player][name] == pytest.approx(value), (player, name)
+            else:
+                assert got[player][name] == value, (player, name)

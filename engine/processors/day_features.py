@@ -116,10 +116,22 @@ class DayFeatures(KeyedProcessor):
         keys = coerce_column(batch, s.key, pa.string())
         millis = pc.cast(coerce_column(batch, s.time, TIME_TYPE), pa.int64())
         quality = coerce_column(batch, "quality_score", pa.float64())
+        # A device clock set years ahead would take a ring slot until that day comes, and push
+        # out the real days mapped to it: an event dated after the day after its arrival is
+        # left out (the batch view has it).
+        arrival = pc.cast(coerce_column(batch, s.arrival, TIME_TYPE), pa.int64())
+        plausible = pc.fill_null(
+            pc.less(pc.divide(millis, _DAY_MS), pc.add(pc.divide(arrival, _DAY_MS), 2)), True
+        )
         keep = pc.and_(
-            pc.and_(keys.is_valid(), pc.fill_null(pc.greater(quality, self.quality_min), False)),
-            pc.fill_null(
-                pc.and_(pc.greater(millis, -_TIME_BOUND), pc.less(millis, _TIME_BOUND)), False
+            plausible,
+            pc.and_(
+                pc.and_(
+                    keys.is_valid(), pc.fill_null(pc.greater(quality, self.quality_min), False)
+                ),
+                pc.fill_null(
+                    pc.and_(pc.greater(millis, -_TIME_BOUND), pc.less(millis, _TIME_BOUND)), False
+                ),
             ),
         )
         columns = {

@@ -44,6 +44,8 @@ class KafkaRangeSource(Source):
             bootstrap_servers=bootstrap,
             group_id=None,
             enable_auto_commit=False,
+            # A start that retention removed meanwhile: read from what is left, not the end.
+            auto_offset_reset="earliest",
             max_poll_records=max_records,
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=16 << 20,
