@@ -51,6 +51,7 @@ from engine.pipeline import Pipeline
 from engine.sources.base import Source
 from engine.sources.kafka_range import KafkaRangeSource
 from engine.sources.lake import LakeSource, NotAnArchiveError
+from engine.summary import Progress
 from routers import ConfigError
 
 __all__ = ["REPLAYS_DIR", "main", "replay_uri"]
@@ -171,6 +172,13 @@ def _replay_kafka(
     return _run(args, overrides, lake, output, source, what, extra)
 
 
+def _progress(report: Progress) -> None:
+    """A progress line on stderr (every ``progress_every_s`` of the config)."""
+    routed = ", ".join(f"{n:,} {t}" for t, n in report.routed.items())
+    print(f"replay: {report.events_in:,} events in {report.elapsed_s:.0f} s: {routed}",
+          file=sys.stderr)  # fmt: skip
+
+
 def _run(
     args: argparse.Namespace,
     overrides: dict[str, Any],
@@ -188,7 +196,7 @@ def _run(
     where = connect(args.address)
     print(f"replay: {what} -> {output} (Ray: {where})", file=sys.stderr)
     started = time.monotonic()
-    summary = Pipeline(replayed, source=source).run()
+    summary = Pipeline(replayed, source=source).run(progress=_progress)
     result: dict[str, Any] = {
         "job": "replay",
         "lake": lake.uri,
