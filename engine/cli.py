@@ -554,13 +554,13 @@ def _query(args: argparse.Namespace) -> int:
         _problems(f"{path or '<defaults>'}: invalid config", problems)
         return 2
     view = ServingView(config)
-    _, speed = view.speed()
+    views = view.read(day)  # once, for the rows and the line saying where they are from
     merge = not args.side_by_side and config.hot.processor == "day_features"
-    rows = view.merged(args.keys, day) if merge else view.players(args.keys, day)
-    _, batch_day = view.batch(day)
+    rows = view.merged(args.keys, views=views) if merge else view.players(args.keys, views=views)
     print(
-        f"query: {'merged' if merge else 'side by side'}; batch view {batch_day or 'none yet'};"
-        f" speed view from {speed['from'] or 'nothing yet'}",
+        f"query: {'merged' if merge else 'side by side'}; batch view"
+        f" {views.batch_day or 'none yet'}; speed view from"
+        f" {views.speed_from['from'] or 'nothing yet'}",
         file=sys.stderr,
     )
     for row in rows.to_pylist():  # a few players

@@ -7,6 +7,7 @@ reads configuration; environment overrides are explicit arguments of it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -156,6 +157,17 @@ class HotConfig(_Frozen):
     num_cpus: float = Field(0.25, ge=0)
     #: Custom Ray resources per actor, e.g. ``{hot: 1}`` to land on cluster.yaml's hot nodes.
     resources: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def lake_name(self) -> str:
+        """The folder name of its outputs and state: ``output_name``, else the processor's
+        name with anything but letters, digits, ``_`` and ``-`` as ``_``.
+
+        Example:
+            >>> HotConfig(processor="my.module:Features").lake_name
+            'my_module_Features'
+        """
+        return self.output_name or re.sub(r"[^A-Za-z0-9_-]", "_", self.processor)
 
     @model_validator(mode="after")
     def _groups_cover_actors(self) -> HotConfig:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -452,9 +451,8 @@ class Pipeline:
 
     @property
     def hot_name(self) -> str:
-        """The hot processor's lake name: ``hot.output_name``, else its processor's name."""
-        name = self.config.hot.output_name or self.config.hot.processor
-        return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+        """The hot processor's lake name (``HotConfig.lake_name``)."""
+        return self.config.hot.lake_name
 
     def _ranges_stem(self) -> str:
         """The source ranges covered so far, as a file name: a rerun of them overwrites."""

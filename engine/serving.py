@@ -18,8 +18,8 @@ integers as their decimal digits.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final
 
@@ -36,6 +36,7 @@ __all__ = [
     "BATCH_STATS_TABLE",
     "LIVE_PREFIX",
     "ServingView",
+    "Views",
 ]
 
 #: The batch view: one partition (``dt``) per day, one row per player (jobs.daily_features).
@@ -44,6 +45,17 @@ BATCH_FEATURES_TABLE: Final[str] = "features/daily"
 BATCH_STATS_TABLE: Final[str] = "features/daily_stats"
 #: Prefix of the speed view's columns in :meth:`ServingView.players`.
 LIVE_PREFIX: Final[str] = "live_"
+
+
+@dataclass(frozen=True)
+class Views:
+    """The batch view (``features/daily`` rows of ``batch_day``) and the speed view (hot state,
+    and where it was read from: :meth:`ServingView.speed`), as read at one time."""
+
+    batch: pa.Table
+    batch_day: str | None
+    speed: pa.Table
+    speed_from: dict[str, Any]
 
 
 class ServingView:
@@ -67,9 +79,8 @@ class ServingView:
         self.pipeline = config.name or config.source.kind
         self.key = config.policy.schema.key
         self._processor = hot_processor(config.hot.processor)
-        name = config.hot.output_name or config.hot.processor
         #: Where a bounded run leaves its state (engine.pipeline: ``state/<hot name>``).
-        self.state_table = f"{STATE_DIR}/{re.sub(r'[^A-Za-z0-9_-]', '_', name)}"
+        self.state_table = f"{STATE_DIR}/{config.hot.lake_name}"
 
     def speed(self) -> tuple[pa.Table, dict[str, Any]]:
         """The hot state, one row per player, and where it is from (``checkpoints`` with each
@@ -106,11 +117,20 @@ class ServingView:
         rows = table.to_pyarrow_table(filters=[("dt", "=", day)])
         return rows, day
 
-    def players(self, ids: Sequence[str | int], day: str | None = None) -> pa.Table:
-        """One row per id asked for, in that order: batch columns, then ``live_`` speed ones."""
+    def read(self, day: str | None = None) -> Views:
+        """Both views, read once (:meth:`batch` of ``day``, :meth:`speed`)."""
+        batch, batch_day = self.batch(day)
+        speed, speed_from = self.speed()
+        return Views(batch, batch_day, speed, speed_from)
+
+    def players(
+        self, ids: Sequence[str | int], day: str | None = None, views: Views | None = None
+    ) -> pa.Table:
+        """One row per id asked for, in that order: batch columns, then ``live_`` speed ones
+        (from ``views`` when given, else read now)."""
         wanted = pa.table({self.key: pa.array([str(i) for i in ids], pa.string())})
-        batch, _ = self.batch(day)
-        speed, _ = self.speed()
+        read = views or self.read(day)
+        batch, speed = read.batch, read.speed
         out = wanted.append_column("__order", pa.array(range(len(ids)), pa.int64()))
         if batch.num_columns:  # the day's columns, also when no player has that day
             out = out.join(_keyed(batch, self.key), self.key, join_type="left outer")
@@ -122,7 +142,9 @@ class ServingView:
             out = out.join(live, self.key, join_type="left outer")
         return out.sort_by("__order").drop_columns(["__order"])
 
-    def merged(self, ids: Sequence[str | int], day: str | None = None) -> pa.Table:
+    def merged(
+        self, ids: Sequence[str | int], day: str | None = None, views: Views | None = None
+    ) -> pa.Table:
         """Per id asked for, in that order, the additive day features (engine.processors.
         day_features.ADDITIVE, ``engagement_mean``, ``max_level``) over the batch view's day
         and every later day the speed view holds: the batch row of ``day`` (default: the latest
@@ -139,8 +161,8 @@ class ServingView:
         from engine.processors.day_features import ADDITIVE
 
         wanted = [str(i) for i in ids]
-        batch, batch_day = self.batch(day)
-        speed, _ = self.speed()
+        read = views or self.read(day)
+        batch, batch_day, speed = read.batch, read.batch_day, read.speed
         if speed.num_columns and "day" not in speed.column_names:
             raise ValueError(
                 f"the serving view's merge needs hot.processor: day_features (this pipeline's is"

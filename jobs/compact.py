@@ -39,15 +39,14 @@ import pyarrow.compute as pc
 import ray
 
 from engine.cluster import connect, path_resource
-from engine.config import load_config
 from engine.delta import (
     DEFAULT_RETENTION_HOURS,
     TABLE_PROPERTIES,
     LakeTables,
 )
-from engine.lake import Lake
 from engine.lease import Lease, LeaseHeld, Leases
-from routers import ConfigError, parse_duration_ms
+from jobs.options import add_lake_arguments, config_from, lake_from
+from routers import parse_duration_ms
 
 __all__ = ["compact_table", "main"]
 
@@ -164,8 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.compact", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--lake", help="lake URI: a folder or s3://bucket/prefix")
-    parser.add_argument("--config", help="a pipeline YAML: its lake and storage options")
+    add_lake_arguments(parser)
     parser.add_argument("--table", action="append", help="a table to compact (default: all)")
     parser.add_argument("--target-size", type=int, default=_DEFAULT_TARGET, help="bytes per file")
     parser.add_argument(
@@ -175,27 +173,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lease-ttl", default="1h", help="how long the lease lasts")
     parser.add_argument("--lease-margin", default="5m", help="no task starts with less left")
     parser.add_argument("--parallel", type=int, default=2, help="partitions compacted at once")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else local)")
     args = parser.parse_args(argv)
     try:
         retention_h = parse_duration_ms(args.retention) / 3_600_000
         wait_s, ttl_s, margin_s = (
             parse_duration_ms(v) / 1000 for v in (args.wait, args.lease_ttl, args.lease_margin)
         )
-        overrides = {"cold.lake_uri": args.lake} if args.lake else {}
-        cold = load_config(args.config, overrides).cold if args.config else None
-    except (ConfigError, ValueError) as error:
-        problems = error.problems if isinstance(error, ConfigError) else [str(error)]
-        parser.error("; ".join(problems))
-    if cold is None and not args.lake:
-        parser.error("give --lake URI (or --config with a pipeline's cold.lake_uri)")
+    except ValueError as error:
+        parser.error(str(error))
+    config = config_from(parser, args)
     if retention_h < 1:
         parser.error("--retention: use 1h or more; a shorter one deletes files a running"
                      " pipeline is about to commit")  # fmt: skip
     if margin_s >= ttl_s or args.parallel < 1 or args.target_size < 1:
         parser.error("--lease-margin must be under --lease-ttl; --parallel and --target-size >= 1")
     started = time.monotonic()
-    lake = Lake(cold.lake_uri, cold.storage_options) if cold else Lake(args.lake)
+    lake = lake_from(config, args)
     tables = LakeTables(lake, "compact")
     names = args.table or tables.tables()
     where = connect(args.address)

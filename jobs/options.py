@@ -18,7 +18,14 @@ from engine.config import PipelineConfig, load_config
 from engine.lake import Lake
 from routers import ConfigError
 
-__all__ = ["add_day_arguments", "add_lake_arguments", "config_from", "days_from", "lake_from"]
+__all__ = [
+    "add_day_arguments",
+    "add_lake_arguments",
+    "config_from",
+    "days_from",
+    "lake_from",
+    "parse_day",
+]
 
 
 def add_lake_arguments(parser: argparse.ArgumentParser, config_help: str = "") -> None:
@@ -32,8 +39,10 @@ def add_lake_arguments(parser: argparse.ArgumentParser, config_help: str = "") -
 
 def add_day_arguments(parser: argparse.ArgumentParser) -> None:
     """``--day`` (default: yesterday, UTC) and ``--until`` (default: ``--day``)."""
-    parser.add_argument("--day", type=_day, help="the (first) day, YYYY-MM-DD (default: yesterday)")
-    parser.add_argument("--until", type=_day, help="the last day of a range (default: --day)")
+    parser.add_argument(
+        "--day", type=parse_day, help="the (first) day, YYYY-MM-DD (default: yesterday)"
+    )
+    parser.add_argument("--until", type=parse_day, help="the last day of a range (default: --day)")
 
 
 def config_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> PipelineConfig | None:
@@ -69,7 +78,8 @@ def days_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tupl
     return first, last
 
 
-def _day(text: str) -> str:
+def parse_day(text: str) -> str:
+    """An argument's ISO day, checked (an argparse ``type``)."""
     try:
         return date.fromisoformat(text).isoformat()
     except ValueError:

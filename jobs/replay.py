@@ -41,7 +41,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from engine.cluster import connect
@@ -52,6 +52,7 @@ from engine.sources.base import Source
 from engine.sources.kafka_range import KafkaRangeSource
 from engine.sources.lake import LakeSource, NotAnArchiveError
 from engine.summary import Progress
+from jobs.options import parse_day
 from routers import ConfigError
 
 __all__ = ["REPLAYS_DIR", "main", "replay_uri"]
@@ -68,10 +69,6 @@ def replay_uri(lake_uri: str, name: str) -> str:
         's3://bucket/lake/replays/v12-2026-11-20-2026-11-20'
     """
     return f"{lake_uri.rstrip('/')}/{REPLAYS_DIR}/{name}"
-
-
-def _day(text: str) -> str:
-    return date.fromisoformat(text).isoformat()
 
 
 def _instant(text: str) -> int | str:
@@ -92,11 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the pipeline YAML (policy, processors)")
     parser.add_argument("--lake", help="the archive lake (default: the config's cold.lake_uri)")
     span = parser.add_mutually_exclusive_group(required=True)
-    span.add_argument("--day", type=_day, help="the lake's archive: the first day, YYYY-MM-DD")
+    span.add_argument("--day", type=parse_day, help="the lake's archive: the first day, YYYY-MM-DD")
     span.add_argument(
         "--kafka-from", type=_instant, help="the config's topics from this time (ISO), or earliest"
     )
-    parser.add_argument("--until", type=_day, help="the last day (default: --day)")
+    parser.add_argument("--until", type=parse_day, help="the last day (default: --day)")
     parser.add_argument(
         "--kafka-until", type=_instant, help="the topics up to this time (default: their end now)"
     )
