@@ -471,6 +471,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--side-by-side", action="store_true", help="the two views apart, not merged"
     )
     query.set_defaults(handler=_query)
+    serve = commands.add_parser(
+        "serve",
+        help="the HTTP ingestion service: game clients post events, get pushed updates",
+        description="Serve POST /v1/events (JSON array or NDJSON, gzip optional): each event is"
+        " decoded and routed by the config's policy and produced to Kafka, one topic per"
+        " temperature (serve.topics), keyed by player; GET /v1/stream/PLAYER pushes the hot"
+        " path's output rows (WebSocket or SSE); /healthz, /readyz, /metrics. API keys come"
+        " from THERMOCLINE_API_KEYS (comma-separated). See docs/serve.md.",
+    )
+    serve.add_argument("--config", help="pipeline YAML with a serve section (default: the demo)")
+    serve.add_argument("--bootstrap", help="Kafka HOST:PORT (default: serve.bootstrap)")
+    serve.add_argument("--host", help="interface to listen on (default: serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: serve.port, 8080; 0: any free)")
+    serve.set_defaults(handler=_serve)
     vacuum = commands.add_parser(
         "vacuum",
         help="remove lake files no table version references, once past a retention",
@@ -535,6 +549,25 @@ def _schedule(args: argparse.Namespace) -> int:
     ran = scheduler.tick()
     print(json.dumps({"schedule": str(args.file), "ran": ran}))
     return 1 if any(r["status"] != "ok" for r in ran) else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.serve import serve
+
+    overrides = {
+        f"serve.{name}": value
+        for name in ("bootstrap", "host", "port")
+        if (value := getattr(args, name)) is not None
+    }
+    path = args.config or (DEMO_CONFIG if DEMO_CONFIG.exists() else None)
+    try:
+        config = load_config(path, overrides)
+    except ConfigError as exc:
+        _problems(f"{path or '<defaults>'}: invalid config", exc.problems)
+        return 2
+    serve(config)
+    return 0
 
 
 def _query(args: argparse.Namespace) -> int:

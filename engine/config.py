@@ -30,6 +30,8 @@ __all__ = [
     "ColdConfig",
     "HotConfig",
     "PipelineConfig",
+    "ServeConfig",
+    "ServeTopics",
     "SourceConfig",
     "WarmConfig",
     "load_config",
@@ -245,6 +247,79 @@ class ColdConfig(_Frozen):
         return parse_duration_ms(self.flush_interval) / 1000
 
 
+class ServeTopics(_Frozen):
+    """The Kafka topics ``thermocline serve`` writes to: one per temperature, and dead letters."""
+
+    #: Events the router sent hot, keyed by player (one player's events in one partition).
+    hot: str = "events.hot"
+    #: Events the router sent warm, keyed by player.
+    warm: str = "events.warm"
+    #: Events the router sent cold, keyed by player.
+    cold: str = "events.cold"
+    #: Dead letters: the event's exact bytes as the value, the reason in a ``reason`` header.
+    dead: str = "events.dead"
+
+
+def _rate(value: Any) -> str:
+    from limits import parse  # the rate-limit library of the service (engine.serve)
+
+    try:
+        parse(str(value))
+    except ValueError:
+        raise ValueError(
+            "expected a rate like '1000/second', '50 per minute' or '10/2 seconds'"
+        ) from None
+    return str(value)
+
+
+#: A rate like '1000/second' or '50 per minute' (the ``limits`` library's notation).
+Rate = Annotated[str, BeforeValidator(_rate)]
+
+
+class ServeConfig(_Frozen):
+    """``thermocline serve``: the HTTP ingestion service for game clients (``engine.serve``).
+
+    API keys are never part of the file's printed form; prefer the environment variable
+    (``api_keys_env``, comma-separated) to keys written in the file.
+    """
+
+    #: Interface to listen on (loopback by default; a load balancer in front for the world).
+    host: str = "127.0.0.1"
+    #: Port to listen on (0: any free one, printed at start).
+    port: int = Field(8080, ge=0, le=65_535)
+    #: Kafka ``host:port`` (default: ``source.bootstrap``).
+    bootstrap: str | None = None
+    #: Where each temperature's events and the dead letters go (the ``serve.topics.`` keys).
+    topics: ServeTopics = Field(default_factory=ServeTopics)
+    #: Topic of the hot path's output rows pushed to clients (default: ``alerts_topic``).
+    push_topic: str | None = None
+    #: Keys accepted in the ``X-API-Key`` header, besides those of ``api_keys_env``.
+    api_keys: tuple[str, ...] = Field((), repr=False)
+    #: Environment variable holding more keys, comma-separated.
+    api_keys_env: str = "THERMOCLINE_API_KEYS"
+    #: Requests per API key (per service process): e.g. '1000/second'. Over it: 429.
+    rate_limit: Rate = "1000/second"
+    #: Largest request body, after gzip decompression too. Over it: 413.
+    max_body_bytes: int = Field(4 << 20, ge=1024)
+    #: Most events in one request. Over it: 413.
+    max_events: int = Field(1000, ge=1)
+    #: Largest event; a larger one is a dead letter (``too_large``), its first bytes kept.
+    #: At most Kafka's default message size (1 MB), so every dead letter can be produced.
+    max_event_bytes: int = Field(64 << 10, ge=64, le=1_000_000)
+    #: How long the broker has to acknowledge a request's events before the request gets 503.
+    delivery_timeout: Duration = "10s"
+    #: Failed requests in a row that open the circuit breaker (503 at once, Kafka left alone).
+    breaker_failures: int = Field(3, ge=1)
+    #: How long the breaker stays open before it probes the broker to close again.
+    breaker_cooldown: Duration = "5s"
+    #: Events decoded together at most (while one group decodes, the next one gathers).
+    group_max_events: int = Field(5000, ge=1)
+    #: Pushed messages queued per connection; a client that falls this far behind is dropped.
+    push_queue: int = Field(256, ge=1)
+    #: Extra librdkafka producer settings (confluent-kafka), e.g. ``{"linger.ms": 2}``.
+    producer: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
 class PipelineConfig(_Frozen):
     """The whole pipeline: source, routing policy, and each path's settings and bounds.
 
@@ -281,6 +356,8 @@ class PipelineConfig(_Frozen):
     checkpoint_interval: Duration = "5s"
     #: Kafka topic the hot path's output rows (alerts) are produced to (None: lake only).
     alerts_topic: str | None = None
+    #: The HTTP ingestion service (``thermocline serve``; the ``serve.`` keys).
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     #: Python modules imported before the processors are looked up, so that the names their
     #: ``@register_hot``/``@register_warm`` give can be used in ``hot.processor`` and
     #: ``warm.processor``; importable from the working directory or PYTHONPATH.

@@ -18,7 +18,15 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from engine import config as config_module
-from engine.config import ColdConfig, HotConfig, PipelineConfig, SourceConfig, WarmConfig
+from engine.config import (
+    ColdConfig,
+    HotConfig,
+    PipelineConfig,
+    ServeConfig,
+    ServeTopics,
+    SourceConfig,
+    WarmConfig,
+)
 
 __all__ = ["reference"]
 
@@ -28,6 +36,8 @@ _SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("hot", HotConfig),
     ("warm", WarmConfig),
     ("cold", ColdConfig),
+    ("serve", ServeConfig),
+    ("serve.topics", ServeTopics),
 )
 
 

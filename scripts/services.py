@@ -45,13 +45,22 @@ class Service:
     workdir: Path
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: The command line and port, for :meth:`restart`.
+    argv: list[str] = field(default_factory=list)
+    port: int = 0
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def stop(self, timeout: float = 20) -> None:
-        """SIGTERM by pid, then SIGKILL if it has not exited within ``timeout`` seconds."""
+        """Stop the process (:meth:`halt`) and remove its working folder."""
+        self.halt(timeout)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def halt(self, timeout: float = 20) -> None:
+        """SIGTERM by pid, then SIGKILL if it has not exited within ``timeout`` seconds; its
+        data stays, for :meth:`restart` (an outage, as tests of recovery need)."""
         if self.process.poll() is None:
             os.kill(self.pid, signal.SIGTERM)
             try:
@@ -59,7 +68,18 @@ class Service:
             except subprocess.TimeoutExpired:
                 os.kill(self.pid, signal.SIGKILL)
                 self.process.wait(10)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self, timeout: float = 60) -> None:
+        """Start the halted process again, same command, port and data; wait until it answers."""
+        if self.process.poll() is None:
+            raise RuntimeError(f"{self.name} is still running (pid {self.pid})")
+        self.process = subprocess.Popen(
+            self.argv, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        _wait_for_port(self.port, self.process, self.log, timeout)
+        if self.name == "kafka":
+            _wait_for_broker(self.address, timeout)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -126,11 +146,11 @@ def start_kafka(timeout: float = 60) -> Service:
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     log = workdir / "kafka.log"
+    argv = [*java, "kafka.Kafka", str(config)]
     process = subprocess.Popen(
-        [*java, "kafka.Kafka", str(config)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    service = Service("kafka", f"127.0.0.1:{port}", process, workdir, log)
+        argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    service = Service("kafka", f"127.0.0.1:{port}", process, workdir, log, argv=argv, port=port)
     try:
         _wait_for_port(port, process, log, timeout)
         _wait_for_broker(service.address, timeout)

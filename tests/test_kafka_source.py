@@ -19,8 +19,8 @@ from engine.sources import ARRIVAL_COLUMN, SourceBlock
 from engine.sources.kafka import (
     KafkaSource,
     _Budget,
-    _join_lines,
     _queued_size,
+    join_records,
     records_block,
 )
 from routers import decode_ndjson
@@ -183,7 +183,7 @@ def test_one_line_per_record_whatever_the_values(seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(200):
         values = random_values(rng)
-        data, raw = _join_lines(tuple(values))
+        data, raw = join_records(tuple(values))
         assert data.count(b"\n") == len(values) - 1
         for i, line in enumerate(data.split(b"\n")):
             assert line.strip(), (values, i)  # never blank: blank lines are skipped, not counted

@@ -33,7 +33,6 @@ as upstream issues #3106 and #3121).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import multiprocessing
 import os
@@ -51,6 +50,7 @@ from kafka.errors import CommitFailedError, KafkaTimeoutError, RebalanceInProgre
 
 from engine.sources.base import ARRIVAL_COLUMN, Source, SourceBlock
 from engine.sources.spawn import child_signals, held_signals
+from routers.records import join_records
 
 __all__ = ["KafkaSource", "partition_name", "records_block"]
 
@@ -654,7 +654,7 @@ def records_block(tp: TopicPartition, records: list[Any]) -> SourceBlock:
     values, offsets, stamps, keys = zip(
         *[(r.value, r.offset, r.timestamp, r.key) for r in records], strict=True
     )
-    data, raw_lines = _join_lines(values)
+    data, raw_lines = join_records(values)
     stamps_ms = np.array(stamps, dtype=np.int64)
     timestamps = pa.array(stamps_ms).cast(META_TYPES["kafka_timestamp"])
     meta = {
@@ -676,69 +676,3 @@ def records_block(tp: TopicPartition, records: list[Any]) -> SourceBlock:
         raw_lines=raw_lines,
         due_ms=due_ms,
     )
-
-
-_SPACE = np.frombuffer(b" \t\r\n", dtype=np.uint8)
-#: The line that stands for a record which cannot be one line of JSON: certainly invalid JSON,
-#: never blank (a blank line is skipped, not a dead letter), and one byte.
-_INVALID_LINE = b"\x00"
-
-
-def _join_lines(values: tuple[bytes | None, ...]) -> tuple[bytes, dict[int, bytes]]:
-    """Values joined by newlines, exactly one line per record, and the records that had to be
-    replaced by an invalid line (line index -> exact bytes; ``b""`` for a tombstone).
-
-    Checked in bulk on the joined bytes: as many newlines as separators, and no line empty or
-    starting with whitespace. Only when that fails are the records holding a newline, and the
-    empty, blank and ``None`` ones, looked at one by one:
-
-    - a JSON object spread over lines (newlines between tokens, which JSON reads as whitespace)
-      is one event: its ``\\n``/``\\r`` become spaces, which changes nothing it says (its
-      exact bytes go to ``raw_lines`` too, for its dead letter should it be one);
-    - anything else (a raw newline inside a string, which JSON forbids; not JSON; not an
-      object; empty, blank or ``None``: not an event) becomes :data:`_INVALID_LINE`, so it is a
-      dead letter, and its exact bytes go to ``raw_lines``.
-    """
-    try:
-        data = b"\n".join(values)  # type: ignore[arg-type]
-    except TypeError:  # a None value (tombstone)
-        pass
-    else:
-        arr = np.frombuffer(data, dtype=np.uint8)
-        starts = np.concatenate(([0], np.flatnonzero(arr == ord("\n")) + 1))
-        one_per_record = len(starts) == len(values) and len(arr) and (starts < len(arr)).all()
-        if one_per_record and not np.isin(arr[starts], _SPACE).any():
-            return data, {}
-    lines: list[bytes] = []
-    raw_lines: dict[int, bytes] = {}
-    for i, value in enumerate(values):
-        if value and b"\n" not in value and value.strip():
-            lines.append(value)  # one line already (maybe padded: the decoder decides)
-            continue
-        line = _one_line(value) if value else None
-        if line is None:
-            lines.append(_INVALID_LINE)
-            raw_lines[i] = value or b""
-        else:
-            lines.append(line)
-            raw_lines[i] = value or b""  # exact, should it be dead
-    return b"\n".join(lines), raw_lines
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _one_line(value: bytes) -> bytes | None:
-    """``value`` as one line if it is one JSON object (newlines only between tokens), else None.
-
-    As strict as the decoder: UTF-8 only (``json.loads`` on bytes would also take UTF-16/32),
-    no NaN or Infinity; raw control characters in strings are rejected by ``json`` itself.
-    """
-    try:
-        parsed = json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
-    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
-        return None
-    if not isinstance(parsed, dict):
-        return None  # a dead letter either way; this way it keeps its exact bytes
-    return value.replace(b"\n", b" ").replace(b"\r", b" ")
