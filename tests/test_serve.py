@@ -9,17 +9,24 @@ import asyncio
 import functools
 import gzip
 import json
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pyarrow as pa
 import pytest
+import websockets
 import yaml
 
+from engine.config import PipelineConfig
+from engine.lake import Lake
+from engine.pipeline import Pipeline
 from engine.sources import SyntheticSource
 from routers import Router, decode_ndjson
 from routers.records import NotAJsonArray, join_records, split_json_array
@@ -279,3 +286,77 @@ def test_many_concurrent_clients_lose_nothing(
     after = read_topics(kafka_bootstrap, [topics[t] for t in (*TEMPERATURES, "dead")])
     assert {t: len(after[topics[t]]) - counted[t] for t in (*TEMPERATURES, "dead")} == accepted
     assert sum(accepted.values()) == sum(len(split_json_array(b)) for b in bodies)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_posted_events_reach_the_lake_and_hot_state_and_alerts_come_back_pushed(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    names = topic_names()
+    create_topics(kafka_bootstrap, names.values(), partitions=2)
+    player = f"whale-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(timezone.utc)
+    purchases = [
+        {"event_id": f"buy-{i}", "player_id": player, "event_time": now.isoformat(),
+         "event_type": "purchase", "amount": 4.99, "currency": "EUR", "item": "gems"}
+        for i in range(5)
+    ]  # fmt: skip
+    others = [x for x in telemetry(400, seed=31) if _framable(x)]
+    policy = yaml.safe_load(DEMO.read_text())["policy"]
+    pipeline_config = PipelineConfig.from_dict(
+        {
+            "name": "http-e2e",
+            "source": {"kind": "kafka", "bootstrap": kafka_bootstrap, "start": "earliest",
+                       "topics": [names[t] for t in TEMPERATURES],
+                       "group": f"e2e-{uuid.uuid4().hex[:6]}", "idle_timeout": "4s"},
+            "policy": policy,
+            "alerts_topic": names["push"],
+            "hot": {"processor": "player_features", "options": {"alert_purchases": 3}},
+            "cold": {"lake_uri": str(tmp_path / "lake")},
+            "checkpoint_interval": "1s",
+            "progress_every_s": 0,
+        }
+    )  # fmt: skip
+    config = serve_config(tmp_path, kafka_bootstrap, names)
+    with running_service(config, tmp_path) as service:
+
+        async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+            ws_url = service.url.replace("http://", "ws://") + f"/v1/stream/{player}"
+            async with (
+                websockets.connect(ws_url, additional_headers={"x-api-key": KEY}) as ws,
+                httpx.AsyncClient(timeout=120) as http,
+                http.stream("GET", f"{service.url}/v1/stream/{player}",
+                            headers={"x-api-key": KEY}) as sse,
+            ):  # fmt: skip
+                body = (
+                    b"[" + b",".join([*others, *map(str.encode, map(json.dumps, purchases))]) + b"]"
+                )
+                posted = await http.post(f"{service.url}/v1/events", content=body,
+                                         headers={"x-api-key": KEY})  # fmt: skip
+                assert posted.status_code == 200, posted.text
+                run = threading.Thread(target=pipeline.run, daemon=True)
+                run.start()
+                pushed = [json.loads(await asyncio.wait_for(ws.recv(), 90))]
+                streamed = []
+                async for line in sse.aiter_lines():
+                    if line.startswith("data: "):
+                        streamed.append(json.loads(line.removeprefix("data: ")))
+                        break
+                await asyncio.to_thread(run.join, 120)
+                return pushed, streamed, posted.json()
+
+        pipeline = Pipeline(pipeline_config)
+        try:
+            pushed, streamed, answer = asyncio.run(scenario())
+            hot = {r["player_id"]: r for r in pipeline.hot_state().to_pylist()}
+        finally:
+            pipeline.close()
+    assert pushed[0]["player_id"] == player and pushed[0]["purchases"] == 5
+    assert streamed == pushed  # the SSE fallback carries the same update
+    assert hot[player]["purchases_total"] == 5
+    # Every event the service accepted reached its path: cold ones in the lake, exactly.
+    cold = Lake(str(tmp_path / "lake")).read("events")
+    assert cold.num_rows == answer["cold"]
+    accepted = answer["accepted"]
+    assert sum(int(r["events_total"]) for r in hot.values()) == answer["hot"]
+    assert accepted == answer["hot"] + answer["warm"] + answer["cold"]
