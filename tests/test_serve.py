@@ -23,10 +23,12 @@ import pyarrow as pa
 import pytest
 import websockets
 import yaml
+from confluent_kafka import Producer
 
 from engine.config import PipelineConfig
 from engine.lake import Lake
 from engine.pipeline import Pipeline
+from engine.serve import SLOW_CLIENT_CLOSE
 from engine.sources import SyntheticSource
 from routers import Router, decode_ndjson
 from routers.records import NotAJsonArray, join_records, split_json_array
@@ -360,3 +362,42 @@ def test_posted_events_reach_the_lake_and_hot_state_and_alerts_come_back_pushed(
     accepted = answer["accepted"]
     assert sum(int(r["events_total"]) for r in hot.values()) == answer["hot"]
     assert accepted == answer["hot"] + answer["warm"] + answer["cold"]
+
+
+def test_a_client_that_falls_behind_is_dropped_with_a_close_code(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    names = topic_names()
+    create_topics(kafka_bootstrap, names.values(), partitions=1)
+    config = serve_config(tmp_path, kafka_bootstrap, names, push_queue=4)
+    slow, fast = "slow-reader", "fast-reader"
+    update = b'{"player_id": "%s", "pad": "' + b"x" * 200_000 + b'"}'
+    with running_service(config, tmp_path) as service:
+        url = service.url.replace("http://", "ws://") + "/v1/stream/"
+        headers = {"x-api-key": KEY}
+
+        async def scenario() -> tuple[int | None, int]:
+            async with (
+                websockets.connect(url + slow, additional_headers=headers, max_queue=1) as ws,
+                websockets.connect(url + fast, additional_headers=headers) as other,
+            ):
+                producer = Producer({"bootstrap.servers": kafka_bootstrap})
+                for _ in range(100):  # ~20 MB for the reader that does not read
+                    producer.produce(names["push"], update % slow.encode(), slow)
+                producer.produce(names["push"], update % fast.encode(), fast)
+                producer.flush(30)
+                received = len(await asyncio.wait_for(other.recv(), 30))
+                deadline = time.monotonic() + 60
+                while not service.metric("thermocline_serve_push_dropped_total"):
+                    assert time.monotonic() < deadline, "the slow reader was never dropped"
+                    await asyncio.sleep(0.2)
+                try:
+                    while True:  # what was sent before the drop, then the close
+                        await asyncio.wait_for(ws.recv(), 30)
+                except websockets.ConnectionClosed as closed:
+                    return (closed.rcvd.code if closed.rcvd else None), received
+
+        code, received = asyncio.run(scenario())
+        assert code == SLOW_CLIENT_CLOSE
+        assert received == len(update % fast.encode())  # the other connection unaffected
+        assert service.metric("thermocline_serve_push_dropped_total") == 1

@@ -341,7 +341,7 @@ class IngestService:
                 tasks[0].cancel()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(
-                        websocket.close(SLOW_CLIENT_CLOSE, "too slow: fell behind"), 2
+                        websocket.close(SLOW_CLIENT_CLOSE, "too slow: fell behind"), 10
                     )
         finally:
             for task in tasks:
