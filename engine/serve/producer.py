@@ -14,8 +14,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -24,9 +23,8 @@ __all__ = ["DeliveryFailed", "EventProducer", "Message"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Message:
-    """One record to produce."""
+class Message(NamedTuple):
+    """One record to produce (a tuple: a request makes one per event)."""
 
     topic: str
     value: bytes
@@ -133,9 +131,9 @@ class EventProducer:
         produce = self._producer.produce
         queued = 0
         try:
-            for m in messages:
-                produce(m.topic, m.value, m.key, on_delivery=delivery, timestamp=timestamp_ms,
-                        headers=m.headers)  # fmt: skip
+            for topic, value, key, headers in messages:
+                produce(topic, value, key, on_delivery=delivery, timestamp=timestamp_ms,
+                        headers=headers)  # fmt: skip
                 queued += 1
         except (BufferError, KafkaException) as exc:
             if queued == 0:
