@@ -186,6 +186,49 @@ def _producer_round(bootstrap: str, topic: str, values: list[bytes], library: st
     return len(values) / elapsed
 
 
+def _framework_round(requests: int = 20_000) -> dict[str, float]:
+    """Microseconds per request of the framework alone: Starlette's routing and response vs a
+    bare ASGI callable, both driven in-process (no socket), for a POST with a small body."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def endpoint(request: Request) -> Response:
+        await request.body()
+        return Response(b"{}", media_type="application/json")
+
+    starlette_app = Starlette(routes=[Route("/v1/events", endpoint, methods=["POST"])])
+
+    async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/events", "raw_path": b"/v1/events",
+             "query_string": b"", "root_path": "", "headers": [(b"x-api-key", b"k")],
+             "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 1)}  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"[]", "more_body": False}
+
+    async def send(_message: dict[str, Any]) -> None:
+        return None
+
+    async def drive(app: Any) -> float:
+        started = time.perf_counter()
+        for _ in range(requests):
+            await app(dict(scope), receive, send)
+        return (time.perf_counter() - started) / requests * 1e6
+
+    out = {}
+    for name, app in (("starlette", starlette_app), ("bare_asgi", bare_app)):
+        out[f"{name}_us"] = round(min(asyncio.run(drive(app)) for _ in range(3)), 1)
+    return out
+
+
 def _plot(sweep: list[dict[str, Any]], paced: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -227,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paced-connections", type=int, default=64)
     parser.add_argument("--producer-events", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3, help="producer rounds")
+    parser.add_argument("--framework-requests", type=int, default=20_000)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -266,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline or service.poll() is not None:
                 raise RuntimeError((tmp / "serve.log").read_text())
             time.sleep(0.2)
-        bodies = _bodies(500)
+        bodies = _bodies(min(500, max(20, int(max(args.rates) * args.seconds / 100))))
         requests = [_request(port, b) for b in bodies]
         asyncio.run(_closed_loop(port, requests, 8, 1.0))  # warm-up
         sweep = []
@@ -294,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if broker is not None:
         broker.stop()
 
+    framework = _framework_round(args.framework_requests)
     within = [s for s in sweep if s["p99_ms"] is not None and s["p99_ms"] <= TARGET_P99_MS]
     knee = max(within, key=lambda s: s["events_s"]) if within else None
     paced_ok = [
@@ -310,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_paced_within_target": max((p["target_events_s"] for p in paced_ok), default=None),
         "target": {"events_s": TARGET_EVENTS_S, "p99_ms": TARGET_P99_MS},
         "target_met": bool(knee and knee["events_s"] >= TARGET_EVENTS_S),
+        "framework_us_per_request": framework,
         "producers": {
             "rounds": rounds,
             "median_ratio_confluent_over_kafka_python": round(statistics.median(ratios), 2),
