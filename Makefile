@@ -14,9 +14,9 @@ export RAY_USAGE_STATS_ENABLED := 0
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.installed
 
-.PHONY: setup setup-run setup-bench run test fuzz lint typecheck bench bench-router bench-kafka bench-checkpoint bench-files bench-cold kafka-jars clean
+.PHONY: setup setup-run setup-bench run test fuzz lint typecheck bench bench-router bench-kafka bench-checkpoint bench-files bench-cold bench-ingest kafka-jars mono clean
 
-setup: $(STAMP) $(KAFKA_STAMP)
+setup: $(STAMP) $(KAFKA_STAMP) mono
 
 # The demo needs only the venv: no JDK or Maven (those are for the tests' Kafka broker).
 setup-run: $(STAMP)
@@ -27,6 +27,15 @@ kafka-jars: $(KAFKA_STAMP)
 $(KAFKA_STAMP): scripts/kafka/pom.xml
 	mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS)
 	touch $(KAFKA_STAMP)
+
+# Debian's Mono, for the Unity client's test (tests/test_unity_client.py compiles clients/unity/
+# with mcs and runs it): installed only when mcs is missing; the package lists are refreshed only
+# when apt cannot install from the ones it has. ClientWebSocket and GZipStream come with these.
+MONO_PACKAGES := mono-mcs mono-runtime libmono-system-net-http4.0-cil
+mono:
+	@command -v mcs >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $(MONO_PACKAGES) \
+	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(MONO_PACKAGES); }; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +83,10 @@ bench-checkpoint: setup-run
 
 bench-files: setup-run  # ~12 minutes: a 10-minute paced run
 	$(BIN)/python -m benchmarks.cold_files
+
+# The ingestion service under load (thermocline serve + a real broker): ~3 minutes.
+bench-ingest: setup
+	$(BIN)/python -m benchmarks.ingest_http
 
 # 20M events: ~4 minutes to generate the lake (kept in .cache/bench-cold, reused), then ~3 minutes.
 bench-cold: setup-bench

@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections import defaultdict
 
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 __all__ = ["PushHub", "PushFeed", "Subscription"]
 
@@ -116,7 +116,7 @@ class PushFeed:
         self._thread.start()
 
     def _run(self) -> None:
-        self._consumer.subscribe([self.topic], on_assign=lambda _c, _p: self.assigned.set())
+        self._consumer.subscribe([self.topic], on_assign=self._on_assign)
         try:
             while not self._stop.is_set():
                 messages = self._consumer.consume(num_messages=1000, timeout=0.1)
@@ -135,6 +135,14 @@ class PushFeed:
                     self._loop.call_soon_threadsafe(self._hub.publish, batch)
         finally:
             self._consumer.close()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The topic's end now, explicitly: "latest" alone is looked up after the assignment,
+        # so an update produced between the two (after /readyz said ready) would be skipped.
+        for partition in partitions:
+            partition.offset = consumer.get_watermark_offsets(partition, timeout=10)[1]
+        consumer.assign(partitions)
+        self.assigned.set()
 
     def close(self) -> None:
         self._stop.set()
