@@ -401,3 +401,25 @@ def test_a_client_that_falls_behind_is_dropped_with_a_close_code(
         assert code == SLOW_CLIENT_CLOSE
         assert received == len(update % fast.encode())  # the other connection unaffected
         assert service.metric("thermocline_serve_push_dropped_total") == 1
+
+
+def test_concatenated_gzip_members_and_a_byte_order_mark_lose_no_event(
+    service: RunningService, topics: dict[str, str], kafka_bootstrap: str
+) -> None:
+    now = int(time.time() * 1000)
+    events = [e for e in telemetry(60, seed=41) if _framable(e) and reference(e, now)[0] != "dead"]
+    first, second = events[:10], events[10:25]
+    # What `cat a.gz b.gz` and some client libraries send: two gzip members, one body.
+    body = gzip.compress(b"\n".join(first) + b"\n") + gzip.compress(b"\n".join(second))
+    answer = post(service, body, **{"content-encoding": "gzip",
+                                    "content-type": "application/x-ndjson"})  # fmt: skip
+    assert answer.status_code == 200 and answer.json()["accepted"] == 25, answer.text
+    with_bom = b"\xef\xbb\xbf[" + b",".join(events[25:30]) + b"]"
+    answer = post(service, with_bom)
+    assert answer.status_code == 200 and answer.json()["accepted"] == 5, answer.text
+    values = {
+        r.value
+        for records in read_topics(kafka_bootstrap, [topics[t] for t in TEMPERATURES]).values()
+        for r in records
+    }
+    assert set(events[:30]) <= values

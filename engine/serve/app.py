@@ -234,19 +234,12 @@ class IngestService:
             chunks.append(chunk)
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        if encoding == "gzip":
-            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            try:
-                body = inflate.decompress(body, limit + 1)  # never more than the limit + 1
-            except zlib.error as exc:
-                raise _Refused(400, "bad_body", f"body is not valid gzip: {exc}") from None
-            if len(body) > limit:
-                raise _Refused(413, "body_too_large", f"body over {limit} bytes decompressed")
-            if not inflate.eof:
-                raise _Refused(400, "bad_body", "gzip body is truncated")
+        if encoding in ("gzip", "x-gzip"):
+            body = _gunzip(body, limit)
         elif encoding not in ("identity", ""):
             raise _Refused(415, "bad_body", f"Content-Encoding {encoding!r}: use gzip or none")
-        return body
+        # A UTF-8 byte order mark (some .NET and Windows writers add one) is not part of JSON.
+        return body[3:] if body.startswith(b"\xef\xbb\xbf") else body
 
     def _records(self, body: bytes, content_type: str) -> list[bytes]:
         if "ndjson" not in content_type and body.lstrip()[:1] == b"[":
@@ -410,6 +403,28 @@ class IngestService:
 
     async def metrics_page(self, _request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Every member of a gzip body (writers may concatenate several), never more than
+    ``limit`` + 1 bytes inflated (a gzip bomb stops there)."""
+    out: list[bytes] = []
+    size = 0
+    while True:
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = inflate.decompress(data, limit + 1 - size)
+        except zlib.error as exc:
+            raise _Refused(400, "bad_body", f"body is not valid gzip: {exc}") from None
+        size += len(chunk)
+        out.append(chunk)
+        if size > limit:
+            raise _Refused(413, "body_too_large", f"body over {limit} bytes decompressed")
+        if not inflate.eof:
+            raise _Refused(400, "bad_body", "gzip body is truncated")
+        data = inflate.unused_data
+        if not data.strip(b"\x00"):  # padding after the last member, as gzip(1) allows
+            return b"".join(out)
 
 
 def _renumbered(routed: Routed, kept: np.ndarray) -> Routed:
