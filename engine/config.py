@@ -304,8 +304,9 @@ class ServeConfig(_Frozen):
     #: Most events in one request. Over it: 413.
     max_events: int = Field(1000, ge=1)
     #: Largest event; a larger one is a dead letter (``too_large``), its first bytes kept.
-    #: At most Kafka's default message size (1 MB), so every dead letter can be produced.
-    max_event_bytes: int = Field(64 << 10, ge=64, le=1_000_000)
+    #: Keep it below the topics' ``max.message.bytes`` (1 MB by default) with room for the key
+    #: and headers: an event the broker refuses gets 413 for its whole request.
+    max_event_bytes: int = Field(64 << 10, ge=64, le=900_000)
     #: How long the broker has to acknowledge a request's events before the request gets 503.
     delivery_timeout: Duration = "10s"
     #: Failed requests in a row that open the circuit breaker (503 at once, Kafka left alone).
@@ -316,6 +317,8 @@ class ServeConfig(_Frozen):
     group_max_events: int = Field(5000, ge=1)
     #: Pushed messages queued per connection; a client that falls this far behind is dropped.
     push_queue: int = Field(256, ge=1)
+    #: Open push connections at most (per process); more are refused (503, Retry-After).
+    push_connections: int = Field(10_000, ge=1)
     #: Extra librdkafka producer settings (confluent-kafka), e.g. ``{"linger.ms": 2}``.
     producer: dict[str, Any] = Field(default_factory=dict, repr=False)
 

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from routers.contract import SchemaContract, combined, concat_conformed
+from routers.records import max_depth
 from routers.schema import TIME_TYPE, EventSchema
 
 __all__ = [
@@ -59,6 +60,12 @@ _RECOVERY_MIN_LINES: Final[int] = 32
 #: Below this many lines, per-line Python work (slicing, joining) beats a pass over the block.
 _FEW_LINES: Final[int] = 64
 _RECOVERY_MAX_LINES: Final[int] = 4096
+#: Deepest nesting an event may have (``{``/``[`` outside strings); deeper is ``too_deep``.
+#: Telemetry nests a few levels; Arrow's reader crashes the process (stack overflow) near
+#: 10,000 levels and Python's json raises near 1,000, so a hostile line never reaches them.
+MAX_DEPTH: Final[int] = 64
+# Bytes kept to count a line's openers: anything else is deleted (bytes.translate, C speed).
+_OPENERS_AND_NEWLINES: Final[bytes] = bytes(b for b in range(256) if b not in b"[{\n")
 
 
 @dataclass(frozen=True)
@@ -477,6 +484,25 @@ def _invalid_utf8(lines: _Lines) -> list[tuple[int, str]]:
     return found
 
 
+def _too_deep(data: bytes) -> list[int]:
+    """Physical line numbers (blank lines counted) of lines nested deeper than MAX_DEPTH.
+
+    One C pass keeps only the ``{``, ``[`` and newline bytes; a line with fewer openers than
+    the limit (every line of real telemetry) cannot be too deep. Only the others are scanned
+    exactly, strings left out.
+    """
+    openers = np.frombuffer(data.translate(None, _OPENERS_AND_NEWLINES), dtype=np.uint8)
+    newlines = np.flatnonzero(openers == ord("\n"))
+    counts = np.diff(np.concatenate(([-1], newlines, [len(openers)]))) - 1
+    candidates = np.flatnonzero(counts > MAX_DEPTH)
+    if not len(candidates):
+        return []
+    arr = np.frombuffer(data, dtype=np.uint8)
+    starts = np.concatenate(([0], np.flatnonzero(arr == ord("\n")) + 1))
+    ends = np.concatenate((starts[1:] - 1, [len(arr)]))
+    return [int(i) for i in candidates.tolist() if max_depth(data[starts[i] : ends[i]]) > MAX_DEPTH]
+
+
 def _line_count(data: bytes) -> int:
     """Lines in ``data``, blank ones included (a trailing newline ends the last line)."""
     if not data:
@@ -723,8 +749,8 @@ def decode_ndjson(
 
     Returns:
         A :class:`Decoded` with the good events and the dead letters (raw line and a reason:
-        ``invalid_json``, ``invalid_utf8``, ``not_an_object``, ``missing_field:<col>``,
-        ``bad_type:<col>``, ``bad_value:<col>``).
+        ``invalid_json``, ``invalid_utf8``, ``too_deep`` (nested over :data:`MAX_DEPTH`),
+        ``not_an_object``, ``missing_field:<col>``, ``bad_type:<col>``, ``bad_value:<col>``).
 
     Example:
         >>> good = b'{"event_id":"e1","player_id":7,"event_time":1764000000,"event_type":"login"}'
@@ -749,13 +775,14 @@ def decode_ndjson(
     integer_kind = {schema.id, schema.key} | {n for n, kind in schema.columns if kind == "string"}
     quoted = _Quoted(hints.quoted, contract, integer_kind)
     valid_utf8 = _valid_utf8(data)
+    deep = _too_deep(data)
     original = data
     if quoted and valid_utf8:
         # Columns earlier blocks showed mixing numbers in: quoted once for every read below
         # (lines stay lines; dead letters still take their bytes from ``original``).
         data = _quote_numbers(pa.py_buffer(data), quoted).to_pybytes()
         quoted.applied = set(quoted)
-    if not hints.dirty and valid_utf8:
+    if not hints.dirty and valid_utf8 and not deep:
         try:
             fast = _read(pa.py_buffer(data), schema, quoted)
         except pa.ArrowInvalid:
@@ -771,12 +798,21 @@ def decode_ndjson(
     if fast is None:
         lines = lines or _Lines(data)
         whole = not hints.dirty
-        if not valid_utf8:
-            invalid = _invalid_utf8(lines)
-            bad += [(int(lines.index[i]), reason) for i, reason in invalid]
-            subset = lines.without([i for i, _ in invalid]) if invalid else lines
-        else:
-            subset = lines
+        invalid = _invalid_utf8(lines) if not valid_utf8 else []
+        if deep:  # physical line numbers to positions among the non-blank lines
+            physical = (
+                np.searchsorted(
+                    np.concatenate(([0], np.flatnonzero(np.frombuffer(data, np.uint8) == 10) + 1)),
+                    lines.starts,
+                    side="right",
+                )
+                - 1
+            )
+            at = {int(p): i for i, p in enumerate(physical.tolist())}
+            seen = {i for i, _ in invalid}
+            invalid += [(at[p], "too_deep") for p in deep if p in at and at[p] not in seen]
+        bad += [(int(lines.index[i]), reason) for i, reason in invalid]
+        subset = lines.without([i for i, _ in invalid]) if invalid else lines
         more_segments, more_bad = _read_lines(subset, schema, quoted, whole=whole)
         segments, bad = more_segments, bad + more_bad
     # A stream whose blocks keep having bad lines skips the whole-block read that would fail.

@@ -22,7 +22,14 @@ from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["NotAJsonArray", "join_records", "split_json_array", "split_lines"]
+__all__ = [
+    "NotAJsonArray",
+    "TooManyElements",
+    "join_records",
+    "max_depth",
+    "split_json_array",
+    "split_lines",
+]
 
 _SPACE: Final[np.ndarray] = np.frombuffer(b" \t\r\n", dtype=np.uint8)
 _SPACE_BYTES: Final[bytes] = b" \t\r\n"
@@ -38,7 +45,11 @@ class NotAJsonArray(ValueError):
     """The body is not framed as one JSON array (its elements cannot be told apart)."""
 
 
-def split_json_array(body: bytes) -> list[bytes]:
+class TooManyElements(ValueError):
+    """The array has more elements than allowed (found before any is sliced out)."""
+
+
+def split_json_array(body: bytes, max_elements: int | None = None) -> list[bytes]:
     """The exact bytes of each element of a JSON array (surrounding whitespace removed).
 
     Only the framing is checked here: brackets, braces and string quotes must balance. What an
@@ -49,6 +60,7 @@ def split_json_array(body: bytes) -> list[bytes]:
     Raises:
         NotAJsonArray: the body does not start with ``[`` and end with its matching ``]``, or a
             string is not terminated.
+        TooManyElements: more than ``max_elements`` elements.
 
     Example:
         >>> split_json_array(b' [ ] ')
@@ -65,31 +77,23 @@ def split_json_array(body: bytes) -> list[bytes]:
     if not len(solid) or arr[solid[0]] != ord("["):
         raise NotAJsonArray("the body does not start with '['")
     first, last = int(solid[0]), int(solid[-1])
-    # A quote is a string delimiter unless an odd run of backslashes precedes it.
-    quotes = np.flatnonzero(arr == _QUOTE)
-    outside = np.ones(len(arr), dtype=bool)
-    if len(quotes):
-        index = np.arange(len(arr))
-        last_plain = np.maximum.accumulate(np.where(arr == _BACKSLASH, -1, index))
-        before = quotes - 1
-        run = np.where(before >= 0, before - last_plain[np.maximum(before, 0)], 0)
-        delimiters = quotes[run % 2 == 0]
-        if len(delimiters) % 2:
-            raise NotAJsonArray("a string is not terminated")
-        toggles = np.zeros(len(arr), dtype=np.int8)
-        toggles[delimiters] = 1
-        outside = np.cumsum(toggles) % 2 == 0
-        outside[delimiters] = False
+    delimiters = _delimiters(arr)
+    if len(delimiters) % 2:
+        raise NotAJsonArray("a string is not terminated")
+    outside = _outside(arr, delimiters)
     opens = np.isin(arr, _OPEN) & outside
     closes = np.isin(arr, _CLOSE) & outside
     depth = np.cumsum(opens.astype(np.int32) - closes.astype(np.int32))
+    closed = np.flatnonzero(depth[first:last] < 1)
+    if len(closed):  # the array ended before the last byte
+        raise NotAJsonArray(f"text follows the array's closing ']' at byte {first + closed[0]}")
     if depth[last] != 0 or arr[last] != ord("]"):
         raise NotAJsonArray("the array is not closed: a ']' or '}' is missing")
-    if (depth[first:last] < 1).any():
-        raise NotAJsonArray("text follows the array's closing ']'")
     commas = np.flatnonzero(
         (arr[first:last] == _COMMA) & outside[first:last] & (depth[first:last] == 1)
     )
+    if max_elements is not None and len(commas) + 1 > max_elements:
+        raise TooManyElements(f"{len(commas) + 1} events, at most {max_elements}")
     bounds = [first + 1, *(commas + first + 1).tolist()]
     ends = [*(commas + first).tolist(), last]
     elements = [
@@ -98,6 +102,46 @@ def split_json_array(body: bytes) -> list[bytes]:
     if len(elements) == 1 and not elements[0]:
         return []  # "[]"
     return elements
+
+
+def max_depth(text: bytes) -> int:
+    """How deep a JSON text nests (``{``/``[`` outside strings), vectorized.
+
+    Example:
+        >>> max_depth(b'{"a": [1, {"b": "[[[["}]}'), max_depth(b'"x"')
+        (3, 0)
+    """
+    arr = np.frombuffer(text, dtype=np.uint8)
+    outside = _outside(arr, _delimiters(arr))
+    steps = (np.isin(arr, _OPEN) & outside).astype(np.int32) - (
+        np.isin(arr, _CLOSE) & outside
+    ).astype(np.int32)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _delimiters(arr: np.ndarray) -> np.ndarray:
+    """Positions of the quotes that open or close a string: those not escaped by an odd run of
+    backslashes before them."""
+    quotes = np.flatnonzero(arr == _QUOTE)
+    if not len(quotes):
+        return quotes
+    index = np.arange(len(arr))
+    last_plain = np.maximum.accumulate(np.where(arr == _BACKSLASH, -1, index))
+    before = quotes - 1
+    run = np.where(before >= 0, before - last_plain[np.maximum(before, 0)], 0)
+    return quotes[run % 2 == 0]
+
+
+def _outside(arr: np.ndarray, delimiters: np.ndarray) -> np.ndarray:
+    """Which bytes are outside strings (the quotes themselves count as inside; after an
+    unterminated string, everything is inside)."""
+    if not len(delimiters):
+        return np.ones(len(arr), dtype=bool)
+    toggles = np.zeros(len(arr), dtype=np.int8)
+    toggles[delimiters] = 1
+    outside = np.cumsum(toggles) % 2 == 0
+    outside[delimiters] = False
+    return outside
 
 
 def split_lines(body: bytes) -> list[bytes]:
@@ -172,7 +216,7 @@ def _one_line(value: bytes) -> bytes | None:
     """
     try:
         parsed = json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
-    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError; nested deep
         return None
     if not isinstance(parsed, dict):
         return None  # a dead letter either way; this way it keeps its exact bytes

@@ -28,9 +28,9 @@ KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
 
 
-def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 3) -> None:
+def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 3, **config: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    futures = admin.create_topics([NewTopic(n, partitions, 1, config=config) for n in names])
     for future in futures.values():
         future.result(30)
 

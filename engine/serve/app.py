@@ -34,7 +34,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -43,10 +43,10 @@ from engine.config import ServeConfig
 from engine.serve.breaker import CircuitBreaker
 from engine.serve.ingest import GroupDecoder, Routed
 from engine.serve.metrics import ServeMetrics
-from engine.serve.producer import DeliveryFailed, EventProducer, Message
+from engine.serve.producer import DeliveryFailed, EventProducer, Message, MessageRefused
 from engine.serve.push import PushFeed, PushHub, Subscription
 from routers import Router, parse_duration_ms
-from routers.records import NotAJsonArray, split_json_array, split_lines
+from routers.records import NotAJsonArray, TooManyElements, split_json_array, split_lines
 
 __all__ = ["API_KEY_HEADER", "SLOW_CLIENT_CLOSE", "IngestService"]
 
@@ -61,6 +61,8 @@ _ITEMIZED = 100
 #: How often the broker is checked for readiness while all is well (seconds).
 _CHECK_EVERY = 10.0
 _NO_KEY = f"missing or wrong API key (header {API_KEY_HEADER})"
+#: gzip members read from one body at most.
+_GZIP_MEMBERS = 16
 
 
 class _Refused(Exception):
@@ -200,13 +202,20 @@ class IngestService:
                 headers["Retry-After"] = str(max(1, math.ceil(refused.retry_after)))
             response = _json({"error": str(refused), "reason": refused.reason},
                              refused.status, headers)  # fmt: skip
+        except ClientDisconnect:  # gone mid-upload (mobile networks): nobody to answer
+            self.metrics.rejects.labels("client_gone").inc()
+            response = Response(status_code=400)
+        except Exception:  # a bug: logged, counted, answered; the service goes on
+            log.exception("POST /v1/events failed")
+            response = _json({"error": "internal error; retry later", "reason": "internal"}, 500)
         self.metrics.requests.labels("/v1/events", str(response.status_code)).inc()
         self.metrics.latency.observe(time.perf_counter() - started)
         return response
 
     def _authorize(self, given: str | None) -> None:
         # Every key is compared, in constant time, whichever matches: the timing says nothing.
-        candidate = (given or "").encode()
+        # Starlette decodes header bytes as latin-1: back to the bytes the client sent.
+        candidate = (given or "").strip().encode("latin-1", "replace")
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
@@ -215,7 +224,7 @@ class IngestService:
 
     def _limit(self, key: str) -> None:
         # The limiter's key is a digest-free stand-in: the key's index among the configured ones.
-        slot = str(self._keys.index(key.encode()))
+        slot = str(self._keys.index(key.strip().encode("latin-1", "replace")))
         if not self._limiter.hit(self._rate, slot):
             reset, _ = self._limiter.get_window_stats(self._rate, slot)
             raise _Refused(429, "rate_limited", f"over the rate limit of {self.config.rate_limit}",
@@ -242,9 +251,11 @@ class IngestService:
         return body[3:] if body.startswith(b"\xef\xbb\xbf") else body
 
     def _records(self, body: bytes, content_type: str) -> list[bytes]:
-        if "ndjson" not in content_type and body.lstrip()[:1] == b"[":
+        if "ndjson" not in content_type.lower() and body.lstrip()[:1] == b"[":
             try:
-                records = split_json_array(body)
+                records = split_json_array(body, max_elements=self.config.max_events)
+            except TooManyElements as exc:
+                raise _Refused(413, "too_many_events", str(exc)) from None
             except NotAJsonArray as exc:
                 raise _Refused(
                     400,
@@ -253,7 +264,8 @@ class IngestService:
                     " dead-lettered alone",
                 ) from None
         else:
-            records = split_lines(body)
+            # CRLF-delimited NDJSON: the CR ends the line, it is not part of the event.
+            records = split_lines(body.replace(b"\r\n", b"\n") if b"\r" in body else body)
         if len(records) > self.config.max_events:
             limit = self.config.max_events
             raise _Refused(413, "too_many_events", f"{len(records)} events, at most {limit}")
@@ -285,6 +297,13 @@ class IngestService:
         assert self.producer is not None
         try:
             await self.producer.send(messages, receive_ms)
+        except MessageRefused as exc:  # the event, not the broker: no retry helps
+            raise _Refused(
+                413,
+                "event_too_large",
+                f"Kafka refused an event as too large ({exc}); lower serve.max_event_bytes"
+                " below the topics' max.message.bytes",
+            ) from None
         except DeliveryFailed as exc:
             self.breaker.record_failure()
             if self.breaker.state == "open":
@@ -313,6 +332,9 @@ class IngestService:
     async def stream_ws(self, websocket: WebSocket) -> None:
         if not self._key_ok(websocket.headers.get(API_KEY_HEADER)):
             await websocket.send_denial_response(_json({"error": _NO_KEY}, 401))
+            return
+        if self.hub.connections >= self.config.push_connections:
+            await websocket.send_denial_response(self._full())
             return
         await websocket.accept()
         subscription = self._subscribe(websocket.path_params["player_id"])
@@ -345,6 +367,8 @@ class IngestService:
     async def stream_sse(self, request: Request) -> Response:
         if not self._key_ok(request.headers.get(API_KEY_HEADER)):
             return _json({"error": _NO_KEY}, 401)
+        if self.hub.connections >= self.config.push_connections:
+            return self._full()
         subscription = self._subscribe(request.path_params["player_id"])
 
         async def events() -> AsyncIterator[bytes]:
@@ -356,13 +380,20 @@ class IngestService:
                     except asyncio.TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
-                    yield b"data: " + payload.replace(b"\n", b" ") + b"\n\n"
+                    line = payload.replace(b"\r", b" ").replace(b"\n", b" ")
+                    yield b"data: " + line + b"\n\n"
                 self.metrics.push_dropped.inc()  # fell behind: the stream ends
             finally:
                 self._unsubscribe(subscription)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    def _full(self) -> Response:
+        self.metrics.rejects.labels("push_full").inc()
+        limit = self.config.push_connections
+        return _json({"error": f"{limit} push connections open; retry later"}, 503,
+                     {"Retry-After": "5"})  # fmt: skip
 
     def _key_ok(self, given: str | None) -> bool:
         try:
@@ -406,11 +437,12 @@ class IngestService:
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
-    """Every member of a gzip body (writers may concatenate several), never more than
-    ``limit`` + 1 bytes inflated (a gzip bomb stops there)."""
+    """Every member of a gzip body (writers may concatenate several, at most
+    ``_GZIP_MEMBERS``), never more than ``limit`` + 1 bytes inflated (a gzip bomb stops
+    there)."""
     out: list[bytes] = []
     size = 0
-    while True:
+    for _ in range(_GZIP_MEMBERS):
         inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             chunk = inflate.decompress(data, limit + 1 - size)
@@ -425,6 +457,8 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         data = inflate.unused_data
         if not data.strip(b"\x00"):  # padding after the last member, as gzip(1) allows
             return b"".join(out)
+    # Each member copies the rest of the body: many tiny ones would cost quadratic time.
+    raise _Refused(400, "bad_body", f"more than {_GZIP_MEMBERS} gzip members in one body")
 
 
 def _renumbered(routed: Routed, kept: np.ndarray) -> Routed:

@@ -100,10 +100,19 @@ class GroupDecoder:
                 size += len(request.records)
             try:
                 results = await asyncio.to_thread(self._route_group, group)
-            except Exception as exc:  # a bug, not the data: each request of the group gets it
+            except Exception:
+                # Data should never raise here (it becomes dead letters), but should one
+                # request's events hit a bug, the others of its group must not share its fate:
+                # each is decoded again on its own.
                 for request in group:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
+                    try:
+                        routed = (await asyncio.to_thread(self._route_group, [request]))[0]
+                    except Exception as exc:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
+                    else:
+                        if not request.future.done():
+                            request.future.set_result(routed)
                 continue
             for request, routed in zip(group, results, strict=True):
                 if not request.future.done():

@@ -11,7 +11,7 @@ import uvicorn
 from engine.config import PipelineConfig
 from engine.preflight import StartupError
 from engine.serve.app import IngestService
-from routers import Router
+from routers import Router, parse_duration_ms
 
 __all__ = ["api_keys", "build_service", "serve"]
 
@@ -79,6 +79,10 @@ def serve(config: PipelineConfig) -> None:
             access_log=False,  # requests carry API keys in headers; counts are in /metrics
             log_level="warning",
             ws_max_size=1 << 16,  # clients say nothing on the push channel
+            # SIGTERM: in-flight requests get their delivery timeout to finish; open push
+            # streams (SSE never ends by itself) are closed after it.
+            timeout_graceful_shutdown=int(parse_duration_ms(config.serve.delivery_timeout) / 1000)
+            + 5,
         )
     )
     server.run(sockets=[sock])

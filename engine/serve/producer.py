@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-__all__ = ["DeliveryFailed", "EventProducer", "Message"]
+__all__ = ["DeliveryFailed", "EventProducer", "Message", "MessageRefused"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ class Message(NamedTuple):
 
 class DeliveryFailed(Exception):
     """The broker did not acknowledge every message of a request (the first error named)."""
+
+
+class MessageRefused(DeliveryFailed):
+    """The broker refused a message for what it is (too large for the topic), not for being
+    unavailable: retrying cannot help, and the broker is fine."""
+
+
+#: Errors that are about the message, not the broker.
+_REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE})
 
 
 class _Delivery:
@@ -147,6 +156,8 @@ class EventProducer:
         except asyncio.TimeoutError:
             raise DeliveryFailed("no delivery report in time") from None
         if error is not None:
+            if error.code() in _REFUSED:
+                raise MessageRefused(error.str())
             raise DeliveryFailed(error.str())
 
     def topics(self, timeout: float) -> set[str]:
