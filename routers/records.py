@@ -37,6 +37,12 @@ _SPACE_BYTES: Final[bytes] = b" \t\r\n"
 #: never blank (a blank line is skipped, not a dead letter), and one byte.
 _INVALID_LINE: Final[bytes] = b"\x00"
 _QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
+#: Bytes that shape an array (besides quotes), and the depth step of each.
+_STRUCTURE: Final[np.ndarray] = np.zeros(256, dtype=bool)
+_STRUCTURE[list(b"[]{},")] = True
+_STEP: Final[np.ndarray] = np.zeros(256, dtype=np.int64)
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
 _OPEN: Final[np.ndarray] = np.frombuffer(b"[{", dtype=np.uint8)
 _CLOSE: Final[np.ndarray] = np.frombuffer(b"]}", dtype=np.uint8)
 
@@ -72,30 +78,34 @@ def split_json_array(body: bytes, max_elements: int | None = None) -> list[bytes
         ...
         routers.records.NotAJsonArray: the array is not closed: a ']' or '}' is missing
     """
-    arr = np.frombuffer(body, dtype=np.uint8)
-    solid = np.flatnonzero(~np.isin(arr, _SPACE))
-    if not len(solid) or arr[solid[0]] != ord("["):
+    # Only the structural bytes matter: the quotes, then brackets and commas outside strings.
+    # Working on their positions (a few per event) rather than on every byte keeps this to one
+    # pass over the body plus small arrays.
+    stripped = body.lstrip(_SPACE_BYTES)
+    if not stripped.startswith(b"["):
         raise NotAJsonArray("the body does not start with '['")
-    first, last = int(solid[0]), int(solid[-1])
-    delimiters = _delimiters(arr)
+    first = len(body) - len(stripped)
+    last = len(body.rstrip(_SPACE_BYTES)) - 1
+    arr = np.frombuffer(body, dtype=np.uint8)
+    delimiters = _delimiters(arr, escapes=b"\\" in body)
     if len(delimiters) % 2:
         raise NotAJsonArray("a string is not terminated")
-    outside = _outside(arr, delimiters)
-    opens = np.isin(arr, _OPEN) & outside
-    closes = np.isin(arr, _CLOSE) & outside
-    depth = np.cumsum(opens.astype(np.int32) - closes.astype(np.int32))
-    closed = np.flatnonzero(depth[first:last] < 1)
-    if len(closed):  # the array ended before the last byte
-        raise NotAJsonArray(f"text follows the array's closing ']' at byte {first + closed[0]}")
-    if depth[last] != 0 or arr[last] != ord("]"):
+    marks = np.flatnonzero(_STRUCTURE[arr])
+    # Outside strings: an even number of delimiters before it.
+    marks = marks[np.searchsorted(delimiters, marks) % 2 == 0]
+    steps = _STEP[arr[marks]]
+    depth = np.cumsum(steps, dtype=np.int64)
+    inner = (marks >= first) & (marks < last)
+    early = marks[inner & (depth < 1)]
+    if len(early):  # the array ended before the last byte
+        raise NotAJsonArray(f"text follows the array's closing ']' at byte {early[0]}")
+    if not len(marks) or marks[-1] != last or depth[-1] != 0 or arr[last] != ord("]"):
         raise NotAJsonArray("the array is not closed: a ']' or '}' is missing")
-    commas = np.flatnonzero(
-        (arr[first:last] == _COMMA) & outside[first:last] & (depth[first:last] == 1)
-    )
+    commas = marks[inner & (steps == 0) & (depth == 1)]
     if max_elements is not None and len(commas) + 1 > max_elements:
         raise TooManyElements(f"{len(commas) + 1} events, at most {max_elements}")
-    bounds = [first + 1, *(commas + first + 1).tolist()]
-    ends = [*(commas + first).tolist(), last]
+    bounds = [first + 1, *(commas + 1).tolist()]
+    ends = [*commas.tolist(), last]
     elements = [
         body[start:end].strip(_SPACE_BYTES) for start, end in zip(bounds, ends, strict=True)
     ]
@@ -119,11 +129,11 @@ def max_depth(text: bytes) -> int:
     return int(np.cumsum(steps).max(initial=0))
 
 
-def _delimiters(arr: np.ndarray) -> np.ndarray:
+def _delimiters(arr: np.ndarray, escapes: bool = True) -> np.ndarray:
     """Positions of the quotes that open or close a string: those not escaped by an odd run of
-    backslashes before them."""
+    backslashes before them (``escapes=False``: the text has no backslash at all)."""
     quotes = np.flatnonzero(arr == _QUOTE)
-    if not len(quotes):
+    if not len(quotes) or not escapes:
         return quotes
     index = np.arange(len(arr))
     last_plain = np.maximum.accumulate(np.where(arr == _BACKSLASH, -1, index))
