@@ -285,13 +285,13 @@ class IngestService:
         else:
             routed = await self.decoder.route(records, receive_ms)
         topics = self.config.topics
-        messages = [
-            Message(getattr(topics, temperature), records[index], key)
+        messages: list[Message] = [
+            (getattr(topics, temperature), records[index], key, None)
             for temperature, rows in routed.good.items()
             for index, key in rows
         ]
         messages += [
-            Message(topics.dead, raw, None, [("reason", reason.encode())])
+            (topics.dead, raw, None, [("reason", reason.encode())])
             for _, raw, reason in routed.dead
         ]
         assert self.producer is not None

