@@ -193,7 +193,11 @@ def _run(
     where = connect(args.address)
     print(f"replay: {what} -> {output} (Ray: {where})", file=sys.stderr)
     started = time.monotonic()
-    summary = Pipeline(replayed, source=source).run(progress=_progress)
+    pipeline = Pipeline(replayed, source=source)
+    try:
+        summary = pipeline.run(progress=_progress)
+    finally:
+        pipeline.close()  # its actors' CPUs back now, not when the collector gets to it
     result: dict[str, Any] = {
         "job": "replay",
         "lake": lake.uri,

@@ -126,7 +126,8 @@ def test_the_child_ends_with_a_killed_driver() -> None:
     mark = uuid.uuid4().hex
     code = (
         "from engine.sources import BackgroundSource, SyntheticSource\n"
-        "s = BackgroundSource(SyntheticSource(events=10**7, block_rows=1000, rate=100.0))\n"
+        # A block every 2 s for 27 hours: the child outlives the test unless it sees its driver die.
+        "s = BackgroundSource(SyntheticSource(events=10**7, block_rows=200, rate=100.0))\n"
         "b = s.blocks(); next(b); print('READY', flush=True)\nimport time; time.sleep(60)\n"
     )
     root = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ def test_ingest_http_smoke(
     monkeypatch.setenv("KAFKA_BOOTSTRAP", kafka_bootstrap)  # the session's broker, not a new one
     record = run_benchmark(
         "benchmarks.ingest_http", "--seconds", "1", "--concurrency", "1", "4",
-        "--rates", "2000", "--producer-events", "2000", "--rounds", "1", "--framework-requests", "500",
-        results=tmp_path,
+        "--rates", "2000", "--producer-events", "2000", "--rounds", "1",
+        "--framework-requests", "500", results=tmp_path,
     )  # fmt: skip
     assert [s["connections"] for s in record["sweep"]] == [1, 4]
     assert all(set(s["statuses"]) == {"200"} and s["requests"] > 0 for s in record["sweep"])
