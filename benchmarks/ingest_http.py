@@ -271,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--producer-events", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3, help="producer rounds")
     parser.add_argument("--framework-requests", type=int, default=20_000)
+    parser.add_argument(
+        "--producer", action="append", default=[], metavar="KEY=VALUE",
+        help="a librdkafka setting for the service's producer (serve.producer), repeatable",
+    )  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -279,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     if not bootstrap:
         broker = start_kafka()
         bootstrap = broker.address
+    try:
+        return _measure(args, bootstrap)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def _measure(args: argparse.Namespace, bootstrap: str) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tc-bench-ingest-"))
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     topics = {t: f"{prefix}.{t}" for t in ("hot", "warm", "cold", "dead", "producers")}
@@ -291,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "topics": {t: topics[t] for t in ("hot", "warm", "cold", "dead")},
         "api_keys": [KEY],
         "rate_limit": "1000000/second",
+        "producer": dict(setting.split("=", 1) for setting in args.producer),
     }
     (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
@@ -335,8 +348,6 @@ def main(argv: list[str] | None = None) -> int:
             pair[library] = _producer_round(bootstrap, topics["producers"], values, library)
         rounds.append(pair)
     ratios = [r["confluent-kafka"] / r["kafka-python"] for r in rounds]
-    if broker is not None:
-        broker.stop()
 
     framework = _framework_round(args.framework_requests)
     within = [s for s in sweep if s["p99_ms"] is not None and s["p99_ms"] <= TARGET_P99_MS]
@@ -347,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     record = {
         "cpus": os.cpu_count(),
+        "producer_settings": config["serve"]["producer"],
         "events_per_request": 100,
         "bytes_per_request": round(statistics.mean(map(len, bodies))),
         "sweep": sweep,

