@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,27 +163,25 @@ def _summary(
 
 def _producer_round(bootstrap: str, topic: str, values: list[bytes], library: str) -> float:
     """Events/s producing ``values`` in acknowledged batches of 100 (as the service does)."""
+    send: Callable[[bytes, bytes], object]
     if library == "confluent-kafka":
         producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 2,
                              "enable.idempotence": True, "compression.type": "lz4"})  # fmt: skip
-        started = time.perf_counter()
-        for i in range(0, len(values), 100):
-            for value in values[i : i + 100]:
-                producer.produce(topic, value, b"k%d" % (i % 977))
-            producer.flush()
-        elapsed = time.perf_counter() - started
+        send, flush, close = (lambda v, k: producer.produce(topic, v, k)), producer.flush, None
     else:
         from kafka import KafkaProducer
 
-        producer_kp = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2,
-                                    compression_type="lz4")  # fmt: skip
-        started = time.perf_counter()
-        for i in range(0, len(values), 100):
-            for value in values[i : i + 100]:
-                producer_kp.send(topic, value, b"k%d" % (i % 977))
-            producer_kp.flush()
-        elapsed = time.perf_counter() - started
-        producer_kp.close()
+        other = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2,
+                              compression_type="lz4")  # fmt: skip
+        send, flush, close = (lambda v, k: other.send(topic, v, k)), other.flush, other.close
+    started = time.perf_counter()
+    for i in range(0, len(values), 100):
+        for value in values[i : i + 100]:
+            send(value, b"k%d" % (i % 977))
+        flush()
+    elapsed = time.perf_counter() - started
+    if close is not None:
+        close()
     return len(values) / elapsed
 
 
