@@ -79,13 +79,16 @@ def fake_autoscaling_config(folder: Path, gcs_address: str) -> Path:
 def alive_nodes(address: str) -> list[dict[str, float]]:
     script = (
         f"import json, ray; ray.init(address={address!r}, logging_level='ERROR');"
-        " print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
+        " print('NODES', json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
         env={**environment(), "RAY_AUTH_MODE": "token"}, timeout=120, check=True,
     )  # fmt: skip
-    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+    # The driver may print the autoscaler's events ("(autoscaler +4s) Resized to 0 CPUs.")
+    # around our line, in any order: ours is the one with the marker.
+    line = next(x for x in done.stdout.splitlines() if x.startswith("NODES "))
+    return list(json.loads(line.removeprefix("NODES ")))
 
 
 def test_cold_demand_brings_up_a_cold_node_and_no_other(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def serve(config: PipelineConfig) -> None:
             # SIGTERM: in-flight requests get their delivery timeout to finish; open push
             # streams (SSE never ends by itself) are closed after it.
             timeout_graceful_shutdown=int(parse_duration_ms(config.serve.delivery_timeout) / 1000)
-            + 5,
+            + 1,
         )
     )
     server.run(sockets=[sock])
