@@ -200,3 +200,38 @@ def test_a_type_that_comes_later_in_a_flush_makes_one_committable_file(tmp_path:
     assert tables.commit(EVENTS_DIR, staged, {"p": {COLD: 2}}, (COLD,), ("dt", "hour")) == []
     back = Lake(str(tmp_path)).read(EVENTS_DIR).sort_by("event_id")
     assert back["tags"].to_pylist() == [[], [1.5, 2.0], None]
+
+
+def test_blocks_sent_together_are_written_and_acknowledged_as_one_by_one(tmp_path: Path) -> None:
+    """The driver joins a partition's small blocks into one call (engine.cold._SEND_ROWS): a
+    drifting, late stream sent so, with each block's dead letters, gives the same rows, every
+    block done once, every dead letter with its offset."""
+    blocks = drifting_blocks(seed=7)
+    dead = [
+        pa.table({"raw": [f"bad {i}".encode()], "reason": ["invalid_json"], "line": [600],
+                  "offset": [i * 601 + 600]})
+        for i in range(len(blocks))
+    ]  # fmt: skip
+    cold = writer(tmp_path, target=20_000)
+    staged, done = [], []
+    for i in range(0, len(blocks), 3):  # as the driver sends them: 3, 3, 2 blocks per call
+        group = range(i, min(i + 3, len(blocks)))
+        report = cold.write_blocks(
+            "p",
+            [(j, j * 601, j * 601 + 600) for j in group],
+            concat_conformed([blocks[j] for j in group]).combine_chunks().to_batches()[0],
+            concat_conformed([dead[j] for j in group]),
+        )
+        staged, done = staged + report.staged, done + report.seqs
+    final = cold.flush()
+    staged, done = staged + final.staged, done + final.seqs
+    assert sorted(done) == list(range(len(blocks)))  # every block once
+    events = [f for f in staged if not f.table.startswith("_dead")]
+    got = concat_conformed([pq.read_table(tmp_path / f.table / f.path) for f in events])
+    sent = concat_conformed(blocks)
+    assert got.num_rows == sent.num_rows == 8 * 600
+    assert sorted(got["event_id"].to_pylist()) == sorted(sent["event_id"].to_pylist())
+    (letters,) = [f for f in staged if f.table.startswith("_dead")]
+    back = pq.read_table(tmp_path / letters.table / letters.path)
+    assert back["offset"].to_pylist() == [i * 601 + 600 for i in range(len(blocks))]
+    assert set(back["partition"].to_pylist()) == {"p"}

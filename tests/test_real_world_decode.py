@@ -190,3 +190,55 @@ def test_numeric_ids_with_whitespace_around_the_colon() -> None:
     spaced = b'{"event_id":"e1", "player_id" : 5 ,"event_time":1764000000000,"event_type":"x"}'
     (out,) = stream([[line(0), spaced, line(2, player_id=7)]])
     assert out.good["player_id"].to_pylist() == ["p0", "5", "7"]
+
+
+@pytest.mark.parametrize("hostile", [False, True])
+def test_a_block_read_in_pieces_on_threads_decodes_as_small_blocks_do(
+    hostile: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blocks past routers.decode._THREADED_MIN_BYTES are read by Arrow in pieces on its thread
+    # pool. Realistic telemetry (numeric ids, missing fields, epoch seconds, with `hostile` also
+    # drifted types, ISO times, bad lines and a pretty-printed event, which the piecewise read
+    # rejects) must decode to the same rows and dead letters as in blocks too small for it.
+    from engine.sources import SyntheticSource
+    from routers import decode as decoder
+
+    source = SyntheticSource(
+        events=40_000, block_rows=40_000, seed=4, numeric_id_share=0.3, epoch_seconds_share=0.05,
+        iso_time_share=0.01 if hostile else 0, drift=0.5 if hostile else 0,
+        malformed_share=0.002 if hostile else 0,
+    )  # fmt: skip
+    data = next(b for b in source.blocks() if b is not None).data or b""
+    lines = data.rstrip(b"\n").split(b"\n")
+    if hostile:
+        pretty = {"event_id": "pp", "player_id": 7, "event_time": T, "event_type": "x"}
+        lines[25_000:25_000] = [json.dumps(pretty).replace(", ", ",\n").encode()]  # 4 lines
+    whole = b"\n".join(lines)
+    assert len(whole) >= 2 * decoder._THREADED_MIN_BYTES
+    # Which reads ran in pieces and returned (the test must cover the path it is about).
+    threaded: list[int] = []
+    read = decoder._arrow_read
+
+    def recorded(buffer: pa.Buffer, schema: EventSchema, piece_bytes: int | None) -> pa.Table:
+        table = read(buffer, schema, piece_bytes)
+        if piece_bytes is not None:
+            threaded.append(table.num_rows)
+        return table
+
+    monkeypatch.setattr(decoder, "_arrow_read", recorded)
+    schema = EventSchema(columns=(("amount", "double"), ("level", "int64")))
+    big = decode_ndjson(whole, schema, DecodeHints(), new_contract(schema))
+    if not hostile:
+        assert threaded and max(threaded) == 40_000  # the whole block, read in pieces
+    step = 400  # ~100 KB blocks: each read in one piece on the calling thread
+    contract, hints = new_contract(schema), DecodeHints()
+    small = [
+        decode_ndjson(b"\n".join(lines[i : i + step]), schema, hints, contract)
+        for i in range(0, len(lines), step)
+    ]
+    assert big.lines == sum(o.lines for o in small) == 40_000 + (4 if hostile else 0)
+    assert big.good.num_rows > 39_000
+    rows = concat_conformed([o.good for o in small])
+    assert pa.Table.from_batches([big.good]).equals(rows.select(big.good.schema.names))
+    dead = [pair for o in small for pair in zip(o.dead["raw"], o.dead["reason"], strict=True)]
+    assert list(zip(big.dead["raw"], big.dead["reason"], strict=True)) == dead
