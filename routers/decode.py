@@ -43,8 +43,9 @@ DEAD_LETTER_SCHEMA: Final[pa.Schema] = pa.schema(
 # Arrow reads the block as one piece so that an error's row number is exact (1 GiB is a cap, not
 # an allocation: Arrow sizes its buffers to the data).
 _WHOLE_BLOCK: Final[int] = 1 << 30
-#: Reads of at least this many bytes run on Arrow's thread pool, in pieces of the second size.
-_THREADED_MIN_BYTES: Final[int] = 4 << 20
+#: Reads of at least this many bytes run on Arrow's thread pool, in about four pieces of at
+#: most the second size (four keep two cores busy to the end of a read).
+_THREADED_MIN_BYTES: Final[int] = 256 << 10
 _THREADED_PIECE_BYTES: Final[int] = 2 << 20
 _ROW = re.compile(r"in row (\d+)")
 _TYPE_CHANGE = re.compile(r"Column\(([^)]*)\) changed from (\w+) to (\w+)")
@@ -122,6 +123,18 @@ class _Lines:
         """Zero-copy bytes of lines ``first`` to ``stop - 1``."""
         begin = int(self.starts[first])
         return self.buffer.slice(begin, int(self.ends[stop - 1]) - begin)
+
+    def shaped(self) -> bool:
+        """Whether every line is ``{...}`` (a CRLF end allowed), vectorized: a block with a
+        truncated or garbage line (the usual corruption) would fail a whole read."""
+        if not len(self):
+            return True
+        arr = np.frombuffer(self.data, dtype=np.uint8)
+        last = arr[self.ends - 1]
+        crlf = last == ord("\r")
+        if crlf.any():
+            last = np.where(crlf, arr[np.maximum(self.ends - 2, self.starts)], last)
+        return bool((arr[self.starts] == ord("{")).all() and (last == ord("}")).all())
 
     def misshapen(self) -> list[tuple[int, str]]:
         """Positions (in this set) of lines that cannot be a JSON object, with their reason.
@@ -220,19 +233,21 @@ class _Lines:
         )
 
 
-def _read(buffer: pa.Buffer, schema: EventSchema, quoted: _Quoted) -> pa.Table:
+def _read(buffer: pa.Buffer, schema: EventSchema, quoted: _Quoted, exact: bool = False) -> pa.Table:
     """One Arrow read; the id and key roles may be JSON integers (quoted first, exactly).
 
     Args:
         quoted: role columns whose integer values are put in quotes before reading; a read
             that fails on another of them adds it (a stream's :class:`DecodeHints` keep the set,
             so later blocks quote at once instead of failing first).
+        exact: read in one piece, on this thread (a caller that places errors by their row,
+            where reads often fail: see :func:`_read_arrow_json`).
     """
     pending = quoted.pending()
     data = _quote_numbers(buffer, pending) if pending else buffer
     while True:
         try:
-            return _read_json(data, schema)
+            return _read_json(data, schema, exact)
         except pa.ArrowInvalid as exc:
             column = _numeric_column(str(exc), schema, quoted.contract)
             if column is None or column in quoted:
@@ -243,8 +258,8 @@ def _read(buffer: pa.Buffer, schema: EventSchema, quoted: _Quoted) -> pa.Table:
             data = _quote_numbers(buffer, quoted.pending())
 
 
-def _read_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
-    table = _read_arrow_json(buffer, schema)
+def _read_json(buffer: pa.Buffer, schema: EventSchema, exact: bool = False) -> pa.Table:
+    table = _read_arrow_json(buffer, schema, exact)
     # Arrow 26's reader can build an invalid nested array from valid JSON (a list holding null
     # and then a string, found by fuzzing): such a read is not used.
     for name, column in zip(table.column_names, table.columns, strict=True):
@@ -256,16 +271,17 @@ def _read_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
     return table
 
 
-def _read_arrow_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
+def _read_arrow_json(buffer: pa.Buffer, schema: EventSchema, exact: bool = False) -> pa.Table:
     """Arrow's read of ``buffer``: a large one in pieces on Arrow's thread pool (a 12 MB block
     of 50K events: 170 -> 90 ms on 2 idle cores), others in one piece on this thread (for
     small blocks a pool only adds a hand-off). Pieces are cut at newlines and their columns
     joined as one read's; an error's row number would count from its piece, so a failed read
     is made again in one piece, which raises the exact error (or reads an object that spans
     lines, as one piece does)."""
-    if buffer.size >= _THREADED_MIN_BYTES:
+    if buffer.size >= _THREADED_MIN_BYTES and not exact:
         try:
-            return _arrow_read(buffer, schema, _THREADED_PIECE_BYTES)
+            piece = min(_THREADED_PIECE_BYTES, buffer.size // 4 + 1)
+            return _arrow_read(buffer, schema, piece)
         except pa.ArrowInvalid:
             pass
     return _arrow_read(buffer, schema, None)
@@ -392,7 +408,7 @@ def _read_exact(
     lines: _Lines, first: int, stop: int, schema: EventSchema, quoted: _Quoted
 ) -> pa.Table:
     """Lines ``first`` to ``stop - 1`` read as exactly one row each (else :class:`_Misaligned`)."""
-    table = _read(lines.span(first, stop), schema, quoted)
+    table = _read(lines.span(first, stop), schema, quoted, exact=True)
     if table.num_rows != stop - first:
         raise _Misaligned
     return table
@@ -519,13 +535,6 @@ def _too_deep(data: bytes) -> list[int]:
     starts = np.concatenate(([0], np.flatnonzero(arr == ord("\n")) + 1))
     ends = np.concatenate((starts[1:] - 1, [len(arr)]))
     return [int(i) for i in candidates.tolist() if max_depth(data[starts[i] : ends[i]]) > MAX_DEPTH]
-
-
-def _line_count(data: bytes) -> int:
-    """Lines in ``data``, blank ones included (a trailing newline ends the last line)."""
-    if not data:
-        return 0
-    return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
 
 
 def _valid_utf8(data: bytes) -> bool:
@@ -802,22 +811,26 @@ def decode_ndjson(
         # (lines stay lines; dead letters still take their bytes from ``original``).
         data = _quote_numbers(pa.py_buffer(data), quoted).to_pybytes()
         quoted.applied = set(quoted)
+    # The whole block as it is was read (and failed), or would fail for a misshapen line: the
+    # recovery below does not read it whole again (same bytes, same answer).
+    whole_done = False
     if not hints.dirty and not hints.mixed_times and valid_utf8 and not deep:
-        try:
-            fast = _read(pa.py_buffer(data), schema, quoted)
-        except pa.ArrowInvalid:
-            fast = None
-        # Row i is line i only if Arrow saw as many objects as there are lines (it does not
-        # respect line boundaries: two objects on a line, one over two lines).
-        if fast is not None and fast.num_rows != _line_count(data):
-            lines = _Lines(data)
-            if fast.num_rows != len(lines):
+        lines = _Lines(data)
+        whole_done = True
+        if lines.shaped():
+            try:
+                fast = _read(pa.py_buffer(data), schema, quoted)
+            except pa.ArrowInvalid:
                 fast = None
-        if fast is not None:
-            segments = [(np.arange(fast.num_rows, dtype=np.int64), fast)]
+            # Row i is line i only if Arrow saw as many objects as there are lines (it does
+            # not respect line boundaries: two objects on a line, one over two lines).
+            if fast is not None and fast.num_rows != len(lines):
+                fast = None
+            if fast is not None:
+                segments = [(np.arange(fast.num_rows, dtype=np.int64), fast)]
     if fast is None:
         lines = lines or _Lines(data)
-        whole = not hints.dirty and not hints.mixed_times
+        whole = not hints.dirty and not hints.mixed_times and not whole_done
         invalid = _invalid_utf8(lines) if not valid_utf8 else []
         if deep:  # physical line numbers to positions among the non-blank lines
             physical = (
