@@ -43,10 +43,6 @@ DEAD_LETTER_SCHEMA: Final[pa.Schema] = pa.schema(
 # Arrow reads the block as one piece so that an error's row number is exact (1 GiB is a cap, not
 # an allocation: Arrow sizes its buffers to the data).
 _WHOLE_BLOCK: Final[int] = 1 << 30
-#: Reads of at least this many bytes run on Arrow's thread pool, in about four pieces of at
-#: most the second size (four keep two cores busy to the end of a read).
-_THREADED_MIN_BYTES: Final[int] = 256 << 10
-_THREADED_PIECE_BYTES: Final[int] = 2 << 20
 _ROW = re.compile(r"in row (\d+)")
 _TYPE_CHANGE = re.compile(r"Column\(([^)]*)\) changed from (\w+) to (\w+)")
 #: Per unit: epoch numbers below this magnitude are read in it (``time_unit: auto``).
@@ -233,21 +229,19 @@ class _Lines:
         )
 
 
-def _read(buffer: pa.Buffer, schema: EventSchema, quoted: _Quoted, exact: bool = False) -> pa.Table:
+def _read(buffer: pa.Buffer, schema: EventSchema, quoted: _Quoted) -> pa.Table:
     """One Arrow read; the id and key roles may be JSON integers (quoted first, exactly).
 
     Args:
         quoted: role columns whose integer values are put in quotes before reading; a read
             that fails on another of them adds it (a stream's :class:`DecodeHints` keep the set,
             so later blocks quote at once instead of failing first).
-        exact: read in one piece, on this thread (a caller that places errors by their row,
-            where reads often fail: see :func:`_read_arrow_json`).
     """
     pending = quoted.pending()
     data = _quote_numbers(buffer, pending) if pending else buffer
     while True:
         try:
-            return _read_json(data, schema, exact)
+            return _read_json(data, schema)
         except pa.ArrowInvalid as exc:
             column = _numeric_column(str(exc), schema, quoted.contract)
             if column is None or column in quoted:
@@ -258,8 +252,8 @@ def _read(buffer: pa.Buffer, schema: EventSchema, quoted: _Quoted, exact: bool =
             data = _quote_numbers(buffer, quoted.pending())
 
 
-def _read_json(buffer: pa.Buffer, schema: EventSchema, exact: bool = False) -> pa.Table:
-    table = _read_arrow_json(buffer, schema, exact)
+def _read_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
+    table = _read_arrow_json(buffer, schema)
     # Arrow 26's reader can build an invalid nested array from valid JSON (a list holding null
     # and then a string, found by fuzzing): such a read is not used.
     for name, column in zip(table.column_names, table.columns, strict=True):
@@ -271,28 +265,15 @@ def _read_json(buffer: pa.Buffer, schema: EventSchema, exact: bool = False) -> p
     return table
 
 
-def _read_arrow_json(buffer: pa.Buffer, schema: EventSchema, exact: bool = False) -> pa.Table:
-    """Arrow's read of ``buffer``: a large one in pieces on Arrow's thread pool (a 12 MB block
-    of 50K events: 170 -> 90 ms on 2 idle cores), others in one piece on this thread (for
-    small blocks a pool only adds a hand-off). Pieces are cut at newlines and their columns
-    joined as one read's; an error's row number would count from its piece, so a failed read
-    is made again in one piece, which raises the exact error (or reads an object that spans
-    lines, as one piece does)."""
-    if buffer.size >= _THREADED_MIN_BYTES and not exact:
-        try:
-            piece = min(_THREADED_PIECE_BYTES, buffer.size // 4 + 1)
-            return _arrow_read(buffer, schema, piece)
-        except pa.ArrowInvalid:
-            pass
-    return _arrow_read(buffer, schema, None)
-
-
-def _arrow_read(buffer: pa.Buffer, schema: EventSchema, piece_bytes: int | None) -> pa.Table:
+def _read_arrow_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
     return pj.read_json(
         pa.BufferReader(buffer),
-        read_options=pj.ReadOptions(
-            use_threads=piece_bytes is not None, block_size=piece_bytes or _WHOLE_BLOCK
-        ),
+        # One piece, on this thread. Arrow's reader in pieces (use_threads with a smaller
+        # block_size, ~1.9x faster on 2 cores) is unsafe on telemetry: a field whose JSON kind
+        # changes between two pieces crashes the process (array then number) or reads as nulls
+        # with no error (object then number), and column order follows thread timing (found by
+        # review, 2026-11-28; tests/test_real_world_decode.py keeps both inputs).
+        read_options=pj.ReadOptions(use_threads=False, block_size=_WHOLE_BLOCK),
         parse_options=pj.ParseOptions(
             explicit_schema=pa.schema([(name, pa.string()) for name in schema.string_roles]),
             unexpected_field_behavior="infer",
@@ -408,7 +389,7 @@ def _read_exact(
     lines: _Lines, first: int, stop: int, schema: EventSchema, quoted: _Quoted
 ) -> pa.Table:
     """Lines ``first`` to ``stop - 1`` read as exactly one row each (else :class:`_Misaligned`)."""
-    table = _read(lines.span(first, stop), schema, quoted, exact=True)
+    table = _read(lines.span(first, stop), schema, quoted)
     if table.num_rows != stop - first:
         raise _Misaligned
     return table

@@ -193,15 +193,11 @@ def test_numeric_ids_with_whitespace_around_the_colon() -> None:
 
 
 @pytest.mark.parametrize("hostile", [False, True])
-def test_a_block_read_in_pieces_on_threads_decodes_as_small_blocks_do(
-    hostile: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Blocks past routers.decode._THREADED_MIN_BYTES are read by Arrow in pieces on its thread
-    # pool. Realistic telemetry (numeric ids, missing fields, epoch seconds, with `hostile` also
-    # drifted types, ISO times, bad lines and a pretty-printed event, which the piecewise read
-    # rejects) must decode to the same rows and dead letters as in blocks too small for it.
+def test_a_large_block_decodes_as_the_same_lines_in_small_blocks(hostile: bool) -> None:
+    # Realistic telemetry (numeric ids, missing fields, epoch seconds; `hostile` adds drifted
+    # types, ISO times, bad lines and a pretty-printed event) decodes to the same rows and the
+    # same dead letters in one 40K-event block as in 400-line ones.
     from engine.sources import SyntheticSource
-    from routers import decode as decoder
 
     source = SyntheticSource(
         events=40_000, block_rows=40_000, seed=4, numeric_id_share=0.3, epoch_seconds_share=0.05,
@@ -213,32 +209,40 @@ def test_a_block_read_in_pieces_on_threads_decodes_as_small_blocks_do(
     if hostile:
         pretty = {"event_id": "pp", "player_id": 7, "event_time": T, "event_type": "x"}
         lines[25_000:25_000] = [json.dumps(pretty).replace(", ", ",\n").encode()]  # 4 lines
-    whole = b"\n".join(lines)
-    assert len(whole) >= 2 * decoder._THREADED_MIN_BYTES
-    # Which reads ran in pieces and returned (the test must cover the path it is about).
-    threaded: list[int] = []
-    read = decoder._arrow_read
-
-    def recorded(buffer: pa.Buffer, schema: EventSchema, piece_bytes: int | None) -> pa.Table:
-        table = read(buffer, schema, piece_bytes)
-        if piece_bytes is not None:
-            threaded.append(table.num_rows)
-        return table
-
-    monkeypatch.setattr(decoder, "_arrow_read", recorded)
     schema = EventSchema(columns=(("amount", "double"), ("level", "int64")))
-    big = decode_ndjson(whole, schema, DecodeHints(), new_contract(schema))
-    if not hostile:
-        assert threaded and max(threaded) == 40_000  # the whole block, read in pieces
-    step = 400  # ~100 KB blocks: each read in one piece on the calling thread
+    big = decode_ndjson(b"\n".join(lines), schema, DecodeHints(), new_contract(schema))
     contract, hints = new_contract(schema), DecodeHints()
     small = [
-        decode_ndjson(b"\n".join(lines[i : i + step]), schema, hints, contract)
-        for i in range(0, len(lines), step)
+        decode_ndjson(b"\n".join(lines[i : i + 400]), schema, hints, contract)
+        for i in range(0, len(lines), 400)
     ]
     assert big.lines == sum(o.lines for o in small) == 40_000 + (4 if hostile else 0)
     assert big.good.num_rows > 39_000
+    # Column order follows first appearance, which differs with how lines are grouped into
+    # reads (a contract's order never matters); names, types and values may not.
     rows = concat_conformed([o.good for o in small])
     assert pa.Table.from_batches([big.good]).equals(rows.select(big.good.schema.names))
     dead = [pair for o in small for pair in zip(o.dead["raw"], o.dead["reason"], strict=True)]
     assert list(zip(big.dead["raw"], big.dead["reason"], strict=True)) == dead
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [("[1]", "222"), ('{"a": 1}', "2222222"), ('{"a": 1}', "[1, 2, 3]")],
+)
+@pytest.mark.parametrize("dirty", [False, True])
+def test_a_field_whose_kind_changes_mid_block_is_dead_lettered(
+    first: str, then: str, dirty: bool
+) -> None:
+    # 4,000 events with one JSON kind in a payload field, then 4,000 with another, in one
+    # ~700 KB block (a client release changing a field). Arrow's reader in pieces crashed the
+    # process on the first pair and read the second as {"a": null} without an error; the
+    # decoder must keep the first kind and dead-letter the others, with their bytes.
+    body = '{"event_id":"e%05d","player_id":"p","event_time":1764000000,"event_type":"x","s":%s}'
+    lines = [(body % (i, first)).encode() for i in range(4_000)]
+    lines += [(body % (i, then)).encode() for i in range(4_000, 8_000)]
+    out = decode_ndjson(b"\n".join(lines), EventSchema(), DecodeHints(dirty=dirty))
+    assert out.good.num_rows == 4_000 and out.dead.num_rows == 4_000
+    assert set(out.dead["reason"].to_pylist()) == {"bad_type:s"}
+    assert out.dead["raw"].to_pylist() == lines[4_000:]
+    assert out.good["s"].to_pylist() == [json.loads(first)] * 4_000
