@@ -53,6 +53,7 @@ _MS_PER_UNIT: Final[dict[str, float]] = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns
 _NO_TIME: Final[int] = 0
 _JSON_NUMBER: Final[str] = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
 _JSON_NUMBER_FULL: Final[str] = rf"^{_JSON_NUMBER}$"
+_BOM: Final[bytes] = b"\xef\xbb\xbf"
 _WHITESPACE_BYTES: Final[np.ndarray] = np.frombuffer(b" \t\r\n", dtype=np.uint8)
 #: Piece sizes once a block needs recovery: a piece halves after a failure and doubles after a
 #: clean read, so dense errors cost small re-reads and sparse ones few Arrow calls (~30 us each).
@@ -787,6 +788,8 @@ def decode_ndjson(
     valid_utf8 = _valid_utf8(data)
     deep = _too_deep(data)
     original = data
+    if data.startswith(_BOM):  # a file saved with a byte order mark: not part of its first event
+        data = b"   " + data[len(_BOM) :]  # read as padding (raw bytes stay the original's)
     if quoted and valid_utf8:
         # Columns earlier blocks showed mixing numbers in: quoted once for every read below
         # (lines stay lines; dead letters still take their bytes from ``original``).

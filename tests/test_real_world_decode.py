@@ -246,3 +246,16 @@ def test_a_field_whose_kind_changes_mid_block_is_dead_lettered(
     assert set(out.dead["reason"].to_pylist()) == {"bad_type:s"}
     assert out.dead["raw"].to_pylist() == lines[4_000:]
     assert out.good["s"].to_pylist() == [json.loads(first)] * 4_000
+
+
+@pytest.mark.parametrize("dirty", [False, True])
+def test_a_byte_order_mark_before_the_first_event_is_not_part_of_it(dirty: bool) -> None:
+    # Files saved by Windows tools start with a UTF-8 byte order mark; the first event is an
+    # event like the others, whatever the stream's hints.
+    first, second = line(1, level=3), line(2)
+    out = decode_ndjson(b"\xef\xbb\xbf" + first + b"\n" + second, hints=DecodeHints(dirty=dirty))
+    assert out.dead.num_rows == 0
+    assert out.good["event_id"].to_pylist() == ["e1", "e2"]
+    assert out.good["level"].to_pylist() == [3, None]
+    broken = decode_ndjson(b"\xef\xbb\xbf{oops\n" + second, hints=DecodeHints(dirty=dirty))
+    assert broken.dead["raw"].to_pylist() == [b"\xef\xbb\xbf{oops"]  # its exact bytes
