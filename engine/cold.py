@@ -335,8 +335,6 @@ class ColdPath:
         self._inflight: dict[ray.ObjectRef, int] = {}
         #: Blocks not sent yet, per source partition (see :data:`_SEND_ROWS`).
         self._pending: dict[str, _Pending] = {}
-        #: Blocks found done while :meth:`flush_soon` sent (it returns nothing): :meth:`drain`'s.
-        self._acked_early: list[int] = []
         self._ticked = 0.0
         #: Files the writer staged, for the pipeline to commit (engine.delta).
         self.staged: list[StagedFile] = []
@@ -376,8 +374,7 @@ class ColdPath:
             or sum(self._inflight.values()) + pending.size > self.max_rows
         ):
             done += self._collect(timeout=None, num_returns=1)
-        rows = pending.rows[0] if len(pending.rows) == 1 else concat_conformed(pending.rows)
-        dead = pending.dead[0] if len(pending.dead) == 1 else concat_conformed(pending.dead)
+        rows, dead = concat_conformed(pending.rows), concat_conformed(pending.dead)
         ref = self.writer.write_blocks.remote(partition, pending.blocks, pack(rows), pack(dead))
         self._inflight[ref] = pending.size
         return done
@@ -395,7 +392,7 @@ class ColdPath:
         """Blocks the writer made durable, without waiting; pending blocks that waited
         :data:`_SEND_S` are sent; the writer's age trigger, once a second, while no call is in
         flight (a quiet stream)."""
-        done, self._acked_early = self._acked_early + self._send_all(older_than=_SEND_S), []
+        done = self._send_all(older_than=_SEND_S)
         done += self._collect(timeout=0, num_returns=len(self._inflight))
         now = time.monotonic()
         if not self._inflight and now - self._ticked >= _TICK_S:
@@ -403,18 +400,20 @@ class ColdPath:
             self._inflight[self.writer.tick.remote()] = 0
         return done
 
-    def flush_soon(self) -> None:
+    def flush_soon(self) -> list[int]:
         """Have the writer stage everything it buffers once the calls sent before are done,
         without waiting: its report is collected like a write's (:meth:`poll`, :meth:`drain`),
-        so the flush runs while the other paths drain. Pending blocks are sent first."""
-        self._acked_early += self._send_all()
+        so the flush runs while the other paths drain. Pending blocks are sent first; returns
+        the blocks done meanwhile."""
+        done = self._send_all()
         self._inflight[self.writer.flush.remote()] = 0
+        return done
 
     def drain(self) -> list[int]:
         """Send the pending blocks and wait for every call (a flush asked for with
         :meth:`flush_soon` included); the writer keeps the buffers nothing asked it to stage
         (see engine.coordinator)."""
-        done, self._acked_early = self._acked_early + self._send_all(), []
+        done = self._send_all()
         return done + self._collect(timeout=None, num_returns=len(self._inflight))
 
     def _collect(self, timeout: float | None, num_returns: int) -> list[int]:

@@ -425,7 +425,7 @@ class Pipeline:
         :meth:`checkpoint`). Every file staged is handed to the committer."""
         assert self.hot is not None and self.warm is not None and self.cold is not None
         if flush_cold:  # the lake writer stages its buffers while the paths below drain
-            self.cold.flush_soon()
+            self._acked_cold(self.cold.flush_soon())
         self._acked(self.warm.drain())
         self._acked(self.hot.drain())
         self._acked_cold(self.cold.drain())
