@@ -39,24 +39,27 @@ def to_batch(df: pd.DataFrame) -> pa.RecordBatch:
 
 
 def expected_features(df: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for player, g in df.groupby("player_id"):
-        last = g.event_time.max()
-        window = g[g.event_time // 60_000 > last // 60_000 - 5]
-        starts = g[g.event_type == "session_start"].event_time
-        ups = g[g.event_type == "level_up"].level
-        rows.append(
-            {
-                "player_id": player,
-                "events_total": len(g),
-                "purchases_total": int((g.event_type == "purchase").sum()),
-                "events_5m": len(window),
-                "purchases_5m": int((window.event_type == "purchase").sum()),
-                "session_length_s": (last - starts.max()) / 1000 if len(starts) else 0.0,
-                "last_level": int(ups.max()) if len(ups) else 0,
-            }
-        )
-    return pd.DataFrame(rows).set_index("player_id").sort_index()
+    """Each player's features recomputed from all of its events, by pandas group-bys."""
+    player = df.player_id
+    last = df.groupby(player)["event_time"].transform("max")
+    recent = df.event_time // 60_000 > last // 60_000 - 5  # the last 5 minutes of the player's
+    purchase = df.event_type == "purchase"
+    by_player = df.groupby(player)
+    starts = df[df.event_type == "session_start"].groupby("player_id")["event_time"].max()
+    ups = df[df.event_type == "level_up"].groupby("player_id")["level"].max()
+    out = pd.DataFrame(
+        {
+            "events_total": by_player.size(),
+            "purchases_total": purchase.groupby(player).sum().astype(int),
+            "events_5m": recent.groupby(player).sum().astype(int),
+            "purchases_5m": (recent & purchase).groupby(player).sum().astype(int),
+        }
+    )
+    last_time = by_player["event_time"].max()
+    out["session_length_s"] = ((last_time - starts) / 1000).reindex(out.index).fillna(0.0)
+    out["last_level"] = ups.reindex(out.index).fillna(0).astype(int)
+    out.index.name = "player_id"
+    return out.sort_index()
 
 
 def test_player_features_equal_pandas_with_out_of_order_batches() -> None:
