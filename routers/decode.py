@@ -45,10 +45,11 @@ DEAD_LETTER_SCHEMA: Final[pa.Schema] = pa.schema(
 _WHOLE_BLOCK: Final[int] = 1 << 30
 _ROW = re.compile(r"in row (\d+)")
 _TYPE_CHANGE = re.compile(r"Column\(([^)]*)\) changed from (\w+) to (\w+)")
-#: Per unit: epoch numbers below this magnitude are read in it (``time_unit: auto``).
-_AUTO_UNITS: Final[tuple[tuple[float, str], ...]] = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
-#: Milliseconds per unit (a fraction for units below a millisecond).
+#: Milliseconds per unit (a fraction for units below a millisecond), smallest magnitude first.
 _MS_PER_UNIT: Final[dict[str, float]] = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
+#: ``time_unit: auto``: an epoch number below the i-th limit (and not below the one before) is in
+#: the i-th unit of :data:`_MS_PER_UNIT`; from the last limit on, nanoseconds.
+_AUTO_LIMITS: Final[np.ndarray] = np.array([1e11, 1e14, 1e17])
 #: Placeholder time of rows whose time is unusable (they are dead letters, dropped afterwards).
 _NO_TIME: Final[int] = 0
 _JSON_NUMBER: Final[str] = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
@@ -541,15 +542,15 @@ def _epoch_ms(values: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
     usable = np.isfinite(magnitude)
     # Beyond int64 milliseconds in any unit: a time, but not a plausible one (bad_value later).
     huge = usable & (magnitude >= 9.2e18)
-    if unit == "auto":
-        units = np.full(len(values), "ns", dtype=object)
-        for limit, name in reversed(_AUTO_UNITS):
-            units[magnitude < limit] = name
+    units = list(_MS_PER_UNIT)
+    if unit == "auto":  # the unit's position, per value (NaN sorts last: unusable anyway)
+        codes = np.searchsorted(_AUTO_LIMITS, magnitude, side="right")
     else:
-        units = np.full(len(values), unit, dtype=object)
+        codes = np.full(len(values), units.index(unit))
     out = np.zeros(len(values), dtype=np.int64)
-    for name, per in _MS_PER_UNIT.items():
-        rows = (units == name) & usable & ~huge
+    for code in np.unique(codes).tolist():
+        per = _MS_PER_UNIT[units[code]]
+        rows = (codes == code) & usable & ~huge
         if not rows.any():
             continue
         chosen = values[rows]
@@ -566,26 +567,34 @@ def _epoch_ms(values: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _normalize_time(
     column: pa.ChunkedArray | None, n: int, schema: EventSchema
-) -> tuple[pa.Array, np.ndarray]:
-    """Event times as ``timestamp[ms, UTC]``, and which rows had a usable time.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Event times as epoch milliseconds (int64), and which rows had a usable time.
 
     Unusable rows (no time, a value of another kind, a number too large) get a placeholder time
     and ``False``; the caller makes them dead letters.
     """
-    placeholder = pa.array(np.full(n, _NO_TIME), pa.int64()).cast(TIME_TYPE)
-    kind = column.type if column is not None else pa.null()
-    timelike = pa.types.is_integer(kind) or pa.types.is_floating(kind)
-    timelike = timelike or pa.types.is_timestamp(kind) or pa.types.is_string(kind)
-    if column is None or not (timelike or pa.types.is_large_string(kind)):
-        # Objects, lists, booleans: no time (and Arrow cannot always combine sliced structs).
-        return placeholder, np.zeros(n, bool)
-    arr = combined(column)
     millis = np.full(n, _NO_TIME, dtype=np.int64)
     usable = np.zeros(n, dtype=bool)
+    kind = column.type if column is not None else pa.null()
+    if column is None or not (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_timestamp(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+    ):
+        # Objects, lists, booleans: no time (and Arrow cannot always combine sliced structs).
+        return millis, usable
+    arr = combined(column)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        valid = arr.is_valid().to_numpy(zero_copy_only=False)
         raw = arr.to_numpy(zero_copy_only=False)
-        raw = np.where(valid, raw, 0)
+        valid = (
+            np.ones(n, bool)
+            if not arr.null_count
+            else arr.is_valid().to_numpy(zero_copy_only=False)
+        )
+        if arr.null_count:
+            raw = np.where(valid, raw, 0)
         millis, usable = _epoch_ms(
             raw.astype(np.int64 if pa.types.is_integer(kind) else np.float64), schema.time_unit
         )
@@ -594,7 +603,7 @@ def _normalize_time(
         ms = pc.cast(pc.cast(arr, pa.timestamp("ms", kind.tz), safe=False), pa.int64())
         usable = ms.is_valid().to_numpy(zero_copy_only=False)
         millis = ms.fill_null(_NO_TIME).to_numpy(zero_copy_only=False)
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+    else:  # strings
         numeric = pc.fill_null(
             pc.match_substring_regex(arr, r"^\s*-?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?\s*$"), False
         )
@@ -626,7 +635,7 @@ def _normalize_time(
         got = parsed_ms.is_valid().to_numpy(zero_copy_only=False)
         millis = np.where(got, parsed_ms.fill_null(0).to_numpy(zero_copy_only=False), millis)
         usable = usable | got
-    return pa.array(millis, pa.int64()).cast(TIME_TYPE), usable
+    return millis, usable
 
 
 def normalize_time(
@@ -642,7 +651,8 @@ def normalize_time(
         (['2025-11-24 16:00:00+00:00', '2026-01-01 00:00:00+00:00'], [True, True, False])
     """
     chunked = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
-    return _normalize_time(chunked, len(column), schema)
+    millis, usable = _normalize_time(chunked, len(column), schema)
+    return pa.array(millis, pa.int64()).cast(TIME_TYPE), usable
 
 
 def _cast_or_null(arr: pa.Array, target: pa.DataType) -> pa.Array:
@@ -662,35 +672,47 @@ def _check_roles(table: pa.Table, schema: EventSchema) -> tuple[pa.Table, pa.Arr
     """Normalize the time role and return (table, reason per row: null when the row is good).
 
     Reasons, first that applies: ``missing_field:<role>`` (absent or null), ``bad_type:<time>``
-    (a value that is no time), ``bad_value:<time>`` (outside ``schema.time_range``).
+    (a value that is no time), ``bad_value:<time>`` (outside ``schema.time_range``). Masks in
+    numpy, one Arrow array at the end: this runs on every block, and most blocks are all good.
     """
     n = table.num_rows
     original = table.column(schema.time) if schema.time in table.column_names else None
-    times, usable = _normalize_time(original, n, schema)
+    millis, usable = _normalize_time(original, n, schema)
+    times = pa.array(millis, pa.int64()).cast(TIME_TYPE)
     if original is None:
         table = table.append_column(pa.field(schema.time, TIME_TYPE), times)
     else:
         table = table.set_column(
             table.column_names.index(schema.time), pa.field(schema.time, TIME_TYPE), times
         )
-    reason = pa.nulls(n, pa.string())
+    reasons: list[str] = []
+    code = np.zeros(n, dtype=np.int8)  # per row: 0 if good, else 1 + its reason's position
+
+    def flag(rows: np.ndarray, reason: str) -> None:
+        rows = rows & (code == 0)
+        if rows.any():
+            reasons.append(reason)
+            code[rows] = len(reasons)
+
     for role in schema.required:
+        column = original if role == schema.time else None
+        if role != schema.time and role in table.column_names:
+            column = table.column(role)
+        if column is None:  # columnar input without the column at all (NDJSON reads have it)
+            present = np.zeros(n, dtype=bool)
+        elif column.null_count:
+            present = column.is_valid().to_numpy(zero_copy_only=False)
+        else:
+            present = np.ones(n, dtype=bool)
+        flag(~present, f"missing_field:{role}")
         if role == schema.time:
-            present = original.is_valid() if original is not None else pa.array(np.zeros(n, bool))
-        elif role in table.column_names:
-            present = table.column(role).is_valid()
-        else:  # columnar input without the column at all (NDJSON reads always have it)
-            present = pa.array(np.zeros(n, bool))
-        missing = pc.invert(present)
-        reason = pc.if_else(pc.and_(reason.is_null(), missing), f"missing_field:{role}", reason)
-        if role == schema.time:
-            unusable = pc.and_(present, pa.array(~usable))
-            reason = pc.if_else(pc.and_(reason.is_null(), unusable), f"bad_type:{role}", reason)
+            flag(present & ~usable, f"bad_type:{role}")
             low, high = schema.time_range
-            ms = np.asarray(times.cast(pa.int64()).to_numpy(zero_copy_only=False))
-            outside = pa.array(usable & ((ms < low) | (ms >= high)))
-            reason = pc.if_else(pc.and_(reason.is_null(), outside), f"bad_value:{role}", reason)
-    return table, reason
+            flag(usable & ((millis < low) | (millis >= high)), f"bad_value:{role}")
+    if not reasons:
+        return table, pa.nulls(n, pa.string())
+    text = np.array([None, *reasons], dtype=object)[code]
+    return table, pa.array(text, pa.string())
 
 
 def _one_batch(table: pa.Table) -> pa.RecordBatch:
