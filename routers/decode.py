@@ -45,10 +45,11 @@ DEAD_LETTER_SCHEMA: Final[pa.Schema] = pa.schema(
 _WHOLE_BLOCK: Final[int] = 1 << 30
 _ROW = re.compile(r"in row (\d+)")
 _TYPE_CHANGE = re.compile(r"Column\(([^)]*)\) changed from (\w+) to (\w+)")
-#: Milliseconds per unit (a fraction for units below a millisecond), smallest magnitude first.
+#: Milliseconds per unit (a fraction for units below a millisecond). The order matters: an
+#: epoch number in the i-th unit has a magnitude below the i-th of :data:`_AUTO_LIMITS`.
 _MS_PER_UNIT: Final[dict[str, float]] = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
-#: ``time_unit: auto``: an epoch number below the i-th limit (and not below the one before) is in
-#: the i-th unit of :data:`_MS_PER_UNIT`; from the last limit on, nanoseconds.
+#: ``time_unit: auto``: an epoch number whose absolute value is below the i-th limit (and not
+#: below the one before) is in the i-th unit of :data:`_MS_PER_UNIT`; from the last on, in ns.
 _AUTO_LIMITS: Final[np.ndarray] = np.array([1e11, 1e14, 1e17])
 #: Placeholder time of rows whose time is unusable (they are dead letters, dropped afterwards).
 _NO_TIME: Final[int] = 0
@@ -568,7 +569,8 @@ def _epoch_ms(values: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
 def _normalize_time(
     column: pa.ChunkedArray | None, n: int, schema: EventSchema
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Event times as epoch milliseconds (int64), and which rows had a usable time.
+    """Event times as epoch milliseconds (int64), and which rows had a usable time (numpy
+    arrays, possibly read-only views of Arrow's buffers).
 
     Unusable rows (no time, a value of another kind, a number too large) get a placeholder time
     and ``False``; the caller makes them dead letters.
@@ -700,10 +702,8 @@ def _check_roles(table: pa.Table, schema: EventSchema) -> tuple[pa.Table, pa.Arr
             column = table.column(role)
         if column is None:  # columnar input without the column at all (NDJSON reads have it)
             present = np.zeros(n, dtype=bool)
-        elif column.null_count:
+        else:  # is_valid, not null_count: a dictionary or union column holds nulls beside it
             present = column.is_valid().to_numpy(zero_copy_only=False)
-        else:
-            present = np.ones(n, dtype=bool)
         flag(~present, f"missing_field:{role}")
         if role == schema.time:
             flag(present & ~usable, f"bad_type:{role}")
@@ -973,6 +973,13 @@ def decode_arrow(
     schema = schema or EventSchema()
     contract = contract or new_contract(schema)
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    for role in (*schema.string_roles, schema.time):
+        column = table.column(role) if role in table.column_names else None
+        if column is not None and pa.types.is_dictionary(column.type):
+            # Parquet and Arrow IPC keep dictionary-encoded columns (pandas categoricals, say):
+            # a role is checked on its values (a null in the dictionary becomes a plain null).
+            values = column.cast(column.type.value_type)
+            table = table.set_column(table.column_names.index(role), role, values)
     n = table.num_rows
     reason: pa.Array = pa.nulls(n, pa.string())
     for role in schema.string_roles:

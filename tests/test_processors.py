@@ -42,7 +42,8 @@ def expected_features(df: pd.DataFrame) -> pd.DataFrame:
     """Each player's features recomputed from all of its events, by pandas group-bys."""
     player = df.player_id
     last = df.groupby(player)["event_time"].transform("max")
-    recent = df.event_time // 60_000 > last // 60_000 - 5  # the last 5 minutes of the player's
+    # Each player's own last 5 minutes, up to its newest event.
+    recent = df.event_time // 60_000 > last // 60_000 - 5
     purchase = df.event_type == "purchase"
     by_player = df.groupby(player)
     starts = df[df.event_type == "session_start"].groupby("player_id")["event_time"].max()

@@ -18,6 +18,7 @@ from routers import (
     Router,
     SchemaContract,
     concat_conformed,
+    decode_arrow,
     decode_ndjson,
     new_contract,
 )
@@ -259,3 +260,27 @@ def test_a_byte_order_mark_before_the_first_event_is_not_part_of_it(dirty: bool)
     assert out.good["level"].to_pylist() == [3, None]
     broken = decode_ndjson(b"\xef\xbb\xbf{oops\n" + second, hints=DecodeHints(dirty=dirty))
     assert broken.dead["raw"].to_pylist() == [b"\xef\xbb\xbf{oops"]  # its exact bytes
+
+
+def test_dictionary_encoded_roles_are_read_by_their_values() -> None:
+    """Parquet and Arrow IPC hand over dictionary-encoded columns (a pandas categorical player
+    id, say), a null possibly inside the dictionary (not in the validity bitmap): the roles are
+    checked on their values, and such a null is a missing field like a plain one."""
+    times = pa.array(["2025-11-24T16:00:00Z", None, "2025-11-24T16:00:01Z"]).dictionary_encode(
+        null_encoding="encode"
+    )
+    assert times.null_count == 0  # the null is a dictionary entry, not in the bitmap
+    table = pa.table(
+        {"event_id": ["a", "b", "c"],
+         "player_id": pa.array(["p1", "p2", "p1"]).dictionary_encode(),
+         "event_type": pa.array([1, 1, 1]).dictionary_encode(), "event_time": times}
+    )  # fmt: skip
+    out = decode_arrow(table)
+    assert out.good.column("event_id").to_pylist() == ["a", "c"]
+    assert out.good.column("player_id").to_pylist() == ["p1", "p1"]
+    assert out.good.column("event_type").to_pylist() == ["1", "1"]
+    assert [str(t) for t in out.good.column("event_time").to_pylist()] == [
+        "2025-11-24 16:00:00+00:00", "2025-11-24 16:00:01+00:00"
+    ]  # fmt: skip
+    assert out.dead.column("reason").to_pylist() == ["missing_field:event_time"]
+    assert out.dead.column("line").to_pylist() == [1]
