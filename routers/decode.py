@@ -606,6 +606,8 @@ def _normalize_time(
         usable = ms.is_valid().to_numpy(zero_copy_only=False)
         millis = ms.fill_null(_NO_TIME).to_numpy(zero_copy_only=False)
     else:  # strings
+        if pa.types.is_large_string(kind):  # pandas writes them: the kernels below take string
+            arr = arr.cast(pa.string())
         numeric = pc.fill_null(
             pc.match_substring_regex(arr, r"^\s*-?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?\s*$"), False
         )
@@ -973,13 +975,12 @@ def decode_arrow(
     schema = schema or EventSchema()
     contract = contract or new_contract(schema)
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    for role in (*schema.string_roles, schema.time):
-        column = table.column(role) if role in table.column_names else None
-        if column is not None and pa.types.is_dictionary(column.type):
+    for i, column in enumerate(table.columns):
+        if pa.types.is_dictionary(column.type):
             # Parquet and Arrow IPC keep dictionary-encoded columns (pandas categoricals, say):
-            # a role is checked on its values (a null in the dictionary becomes a plain null).
-            values = column.cast(column.type.value_type)
-            table = table.set_column(table.column_names.index(role), role, values)
+            # events carry the values (a null in the dictionary becomes a plain null), so roles
+            # are checked on them and the lake's files unify whatever each file's dictionary.
+            table = table.set_column(i, table.field(i).name, column.cast(column.type.value_type))
     n = table.num_rows
     reason: pa.Array = pa.nulls(n, pa.string())
     for role in schema.string_roles:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -284,3 +285,34 @@ def test_dictionary_encoded_roles_are_read_by_their_values() -> None:
     ]  # fmt: skip
     assert out.dead.column("reason").to_pylist() == ["missing_field:event_time"]
     assert out.dead.column("line").to_pylist() == [1]
+
+
+def test_a_parquet_file_written_by_pandas_decodes_and_unifies_with_plain_columns(
+    tmp_path: Path,
+) -> None:
+    """pandas writes strings as large_string and categoricals as dictionaries: ISO times are
+    read (a large_string time column raised in an Arrow kernel), and a categorical payload
+    column joins the stream's contract as its values, so a later file without it agrees."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame(
+        {"event_id": ["a", "b", "c"], "player_id": pd.Categorical(["p1", "p2", "p1"]),
+         "event_time": ["2025-11-24T16:00:00Z", None, "2025-11-24T16:00:01Z"],
+         "event_type": pd.Categorical(["login", "social", "login"]),
+         "tier": pd.Categorical(["gold", None, "silver"])}
+    )  # fmt: skip
+    frame.to_parquet(tmp_path / "a.parquet")
+    frame.assign(tier=["bronze", "gold", None]).to_parquet(tmp_path / "b.parquet")
+    contract = new_contract(EventSchema())
+    outs = [
+        decode_arrow(next(pq.ParquetFile(tmp_path / f).iter_batches()), contract=contract)
+        for f in ("a.parquet", "b.parquet")
+    ]
+    for out in outs:
+        assert out.good.column("event_id").to_pylist() == ["a", "c"]
+        assert out.dead.column("reason").to_pylist() == ["missing_field:event_time"]
+        assert out.good.schema.field("tier").type == pa.string()
+    assert concat_conformed([o.good for o in outs]).column("tier").to_pylist() == [
+        "gold", "silver", "bronze", None
+    ]  # fmt: skip
