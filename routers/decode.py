@@ -980,7 +980,11 @@ def decode_arrow(
             # Parquet and Arrow IPC keep dictionary-encoded columns (pandas categoricals, say):
             # events carry the values (a null in the dictionary becomes a plain null), so roles
             # are checked on them and the lake's files unify whatever each file's dictionary.
-            table = table.set_column(i, table.field(i).name, column.cast(column.type.value_type))
+            try:
+                values = column.cast(column.type.value_type)
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+                continue  # values Arrow cannot cast to (structs, lists): kept as they are
+            table = table.set_column(i, table.field(i).name, values)
     n = table.num_rows
     reason: pa.Array = pa.nulls(n, pa.string())
     for role in schema.string_roles:

@@ -285,6 +285,10 @@ def test_dictionary_encoded_roles_are_read_by_their_values() -> None:
     ]  # fmt: skip
     assert out.dead.column("reason").to_pylist() == ["missing_field:event_time"]
     assert out.dead.column("line").to_pylist() == [1]
+    # A dictionary of objects (Arrow IPC can carry one; Arrow has no cast for it) stays as it is.
+    objects = pa.DictionaryArray.from_arrays(pa.array([0, 0, 0], pa.int32()), pa.array([{"a": 1}]))
+    out = decode_arrow(table.append_column("meta", objects))
+    assert out.good.column("meta").to_pylist() == [{"a": 1}, {"a": 1}]
 
 
 def test_a_parquet_file_written_by_pandas_decodes_and_unifies_with_plain_columns(
