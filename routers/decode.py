@@ -589,14 +589,8 @@ def _normalize_time(
         return millis, usable
     arr = combined(column)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        raw = arr.to_numpy(zero_copy_only=False)
-        valid = (
-            np.ones(n, bool)
-            if not arr.null_count
-            else arr.is_valid().to_numpy(zero_copy_only=False)
-        )
-        if arr.null_count:
-            raw = np.where(valid, raw, 0)
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        raw = np.where(valid, arr.to_numpy(zero_copy_only=False), 0)
         millis, usable = _epoch_ms(
             raw.astype(np.int64 if pa.types.is_integer(kind) else np.float64), schema.time_unit
         )
@@ -699,9 +693,10 @@ def _check_roles(table: pa.Table, schema: EventSchema) -> tuple[pa.Table, pa.Arr
             code[rows] = len(reasons)
 
     for role in schema.required:
-        column = original if role == schema.time else None
-        if role != schema.time and role in table.column_names:
-            column = table.column(role)
+        if role == schema.time:
+            column = original
+        else:
+            column = table.column(role) if role in table.column_names else None
         if column is None:  # columnar input without the column at all (NDJSON reads have it)
             present = np.zeros(n, dtype=bool)
         else:  # is_valid, not null_count: a dictionary or union column holds nulls beside it
