@@ -9,7 +9,7 @@ import pytest
 from deltalake import DeltaTable
 
 from engine.cli import main
-from engine.delta import LakeSchemaError, LakeTables, app_id
+from engine.delta import LakeSchemaError, LakeTables, app_id, delta_storage_options
 from engine.lake import COLD, EVENTS_DIR, Lake, StagedFile
 
 T0 = pa.scalar(1_764_000_000_000, pa.timestamp("ms", "UTC"))
@@ -47,6 +47,29 @@ def test_staged_files_are_invisible_until_committed_and_commits_are_idempotent(
     assert sorted(lake.read(EVENTS_DIR)["event_id"].to_pylist()) == ["a", "b", "c"]
     assert tables.version(EVENTS_DIR, "p") == 2
     assert LakeTables(lake, "other").version(EVENTS_DIR, "p") is None  # another pipeline's
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_size_a_committed_file_is_listed_with_is_its_size(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Delta readers seek from the listed size to a Parquet footer: it must be exact. The
+    writer counts the bytes it wrote (no HEAD after the PUT), on the real S3 server too."""
+    if where == "s3":
+        uri, storage = request.getfixturevalue("s3_lake")
+        lake = Lake(uri, storage)
+    else:
+        lake = Lake(str(tmp_path))
+    tables = LakeTables(lake, "pipe")
+    many = [f"e{i}" for i in range(20_000)]  # several row groups' worth of pages
+    files = stage(lake, events(many, note=["x" * (i % 97) for i in range(20_000)]))
+    assert commit(tables, files, 1) == []
+    options = delta_storage_options(lake.uri, lake.storage_options) or None
+    adds = DeltaTable(f"{lake.uri}/{EVENTS_DIR}", storage_options=options)
+    listed = pa.table(adds.get_add_actions(flatten=True))
+    paths, sizes = listed["path"].to_pylist(), listed["size_bytes"].to_pylist()
+    assert sizes == [lake.fs.size(lake.path(EVENTS_DIR, p)) for p in paths] and min(sizes) > 0
+    assert sorted(lake.read(EVENTS_DIR)["event_id"].to_pylist()) == sorted(many)
 
 
 def test_a_claimed_partition_fences_off_its_former_owner(tmp_path: Path) -> None:
