@@ -23,17 +23,32 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+import time
+import uuid
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from routers.errors import ThermoclineError
 
-__all__ = ["DEFAULT_ADDRESS", "JobFailed", "entrypoint", "job_names", "submit"]
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "JobFailed",
+    "NoJobAgent",
+    "entrypoint",
+    "job_names",
+    "submit",
+    "submit_job",
+]
 
 #: The Jobs API of a head on this machine (the dashboard's port).
 DEFAULT_ADDRESS: Final[str] = "http://127.0.0.1:8265"
 ROOT: Final[Path] = Path(__file__).resolve().parents[1]
+#: Waits between submissions a head refused for want of a job agent (see :func:`submit_job`).
+BUSY_WAITS_S: Final[tuple[float, ...]] = (1, 2, 4, 8, 15, 30)
+#: What Ray's job head answers while no agent can take a job: the head is up, its node's
+#: dashboard agent is not yet (a cluster just started, or a loaded head).
+_NO_AGENT: Final[str] = "please try again later"
 
 
 class JobFailed(ThermoclineError):
@@ -42,6 +57,12 @@ class JobFailed(ThermoclineError):
     def __init__(self, job: str, status: str, message: str, code: int) -> None:
         super().__init__(f"job {job} {status}: {message}")
         self.exit_code = code
+
+
+class NoJobAgent(ThermoclineError, RuntimeError):
+    """The Ray head kept answering that no job agent could take the job."""
+
+    retriable = True
 
 
 def job_names(root: Path = ROOT) -> list[str]:
@@ -91,7 +112,7 @@ def submit(
     runtime_env: dict[str, Any] = {"working_dir": str(ROOT)}
     if env_vars:
         runtime_env["env_vars"] = dict(env_vars)
-    submission = client.submit_job(entrypoint=entrypoint(job, args), runtime_env=runtime_env)
+    submission = submit_job(client, entrypoint(job, args), runtime_env, f"thermocline-{job}")
     print(f"submitted {submission} to {address}: jobs.{job}", file=sys.stderr, flush=True)
     if not wait:
         return submission
@@ -106,6 +127,57 @@ def submit(
         found = re.search(r"exit code (\d+)", message)
         raise JobFailed(submission, str(info.status), message, int(found[1]) if found else 1)
     return submission
+
+
+def submit_job(
+    client: Any,
+    command: str,
+    runtime_env: Mapping[str, Any],
+    prefix: str = "thermocline",
+    waits_s: Sequence[float] = BUSY_WAITS_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """``client.submit_job`` under one submission id, again after each of ``waits_s`` while the
+    head answers that no job agent is available (Ray asks the caller to try again later; it
+    does so for ~60 s after ``ray start`` on a loaded machine). One id for every attempt: a
+    job can never be started twice. Other errors are raised at once.
+
+    Returns:
+        The submission id.
+
+    Raises:
+        NoJobAgent: the head refused every attempt for want of an agent.
+
+    Example:
+        >>> class Head:  # answers the second attempt
+        ...     calls = 0
+        ...     def submit_job(self, **kwargs):
+        ...         self.calls += 1
+        ...         if self.calls == 1:
+        ...             raise RuntimeError("No available agent..., please try again later.")
+        ...         return kwargs["submission_id"]
+        >>> submit_job(Head(), "python -m jobs.compact", {}, "doc", sleep=lambda s: None)[:4]
+        'doc-'
+    """
+    submission_id = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    for wait in (*waits_s, None):
+        try:
+            job = client.submit_job(
+                entrypoint=command, runtime_env=dict(runtime_env), submission_id=submission_id
+            )
+            return str(job)
+        except RuntimeError as exc:
+            if _NO_AGENT not in str(exc):
+                raise
+            if wait is None:
+                raise NoJobAgent(
+                    f"the Ray head had no job agent to take the job for {sum(waits_s):.0f} s:"
+                    " check that its dashboard agent runs (its logs: dashboard_agent.log)"
+                ) from exc
+            print(f"the Ray head has no job agent yet: trying again in {wait:.0f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            sleep(wait)
+    raise AssertionError("unreachable")
 
 
 async def _follow(client: Any, submission: str) -> None:

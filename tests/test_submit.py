@@ -139,3 +139,52 @@ def test_the_jobs_own_arguments_reach_it_unabbreviated() -> None:
     )
     assert args.job == "compact" and args.address == "http://h:8265" and not args.no_wait
     assert extra == ["--lake", "l", "--addr", "x", "--no"]
+
+
+class BusyHead:
+    """A Jobs API client whose head answers "no agent" ``busy`` times, then accepts.
+
+    A fake: a real head refuses only while its dashboard agent is still starting (a cluster
+    just started, or a loaded machine), a moment no test can time. The message is Ray 2.60's
+    own (ray/dashboard/modules/job/job_head.py, through JobSubmissionClient._raise_error)."""
+
+    REFUSAL = (
+        "Request failed with status code 500: No available agent to submit job, please try"
+        " again later.."
+    )
+
+    def __init__(self, busy: int, error: Exception | None = None) -> None:
+        self.busy, self.error = busy, error
+        self.ids: list[str] = []
+
+    def submit_job(self, entrypoint: str, runtime_env: dict, submission_id: str) -> str:
+        self.ids.append(submission_id)
+        if self.error is not None:
+            raise self.error
+        if len(self.ids) <= self.busy:
+            raise RuntimeError(self.REFUSAL)
+        return submission_id
+
+
+def test_a_head_without_a_job_agent_yet_gets_the_same_job_again_until_it_takes_it() -> None:
+    from engine.submit import submit_job
+
+    waited: list[float] = []
+    head = BusyHead(busy=3)
+    job = submit_job(head, "python -m jobs.compact", {}, "thermocline-compact", sleep=waited.append)
+    assert job == head.ids[-1] and job.startswith("thermocline-compact-")
+    assert len(head.ids) == 4 and len(set(head.ids)) == 1  # one id: never two jobs
+    assert waited == [1, 2, 4]
+
+
+def test_a_head_that_never_gets_an_agent_or_fails_otherwise_stops_the_submit() -> None:
+    from engine.submit import NoJobAgent, submit_job
+
+    waited: list[float] = []
+    with pytest.raises(NoJobAgent, match="no job agent to take the job for 7 s"):
+        submit_job(BusyHead(busy=99), "x", {}, waits_s=(1, 2, 4), sleep=waited.append)
+    assert waited == [1, 2, 4]
+    other = BusyHead(busy=0, error=RuntimeError("Request failed with status code 400: bad"))
+    with pytest.raises(RuntimeError, match="status code 400"):
+        submit_job(other, "x", {}, sleep=waited.append)
+    assert len(other.ids) == 1 and waited == [1, 2, 4]  # not retried
