@@ -172,7 +172,9 @@ def submit_job(
             if wait is None:
                 raise NoJobAgent(
                     f"the Ray head had no job agent to take the job for {sum(waits_s):.0f} s:"
-                    " check that its dashboard agent runs (its logs: dashboard_agent.log)"
+                    " its dashboard agent is down, often because another Ray on that machine"
+                    " holds the agent's port (ray start --dashboard-agent-listen-port, default"
+                    " 52365; its logs: dashboard_agent.log)"
                 ) from exc
             print(f"the Ray head has no job agent yet: trying again in {wait:.0f} s",
                   file=sys.stderr, flush=True)  # fmt: skip

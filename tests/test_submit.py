@@ -52,6 +52,9 @@ def head() -> Iterator[str]:
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp}",
+         # Not the agent's default port (52365): another Ray on this machine (the session's
+         # ray_local, another test process) holding it leaves this head with no job agent.
+         f"--dashboard-agent-listen-port={free_port()}",
          "--disable-usage-stats"],
         env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: stopped by id, with its children
