@@ -488,10 +488,12 @@ class Lake:
         target = self.path(directory, inner)
 
         def attempt() -> int:
-            # One request on an object store: no folders to make there (s3fs's makedirs asks
-            # whether the bucket exists), and the size is what was written (no HEAD after
-            # the PUT). The lake writer stages a file per flush per partition, so these two
-            # requests were two thirds of its traffic.
+            # One request on an object store (the lake is a local folder or an object store):
+            # no folders to make there (s3fs's makedirs asks whether the bucket exists, and
+            # made a missing one: a missing bucket now fails the write), and the size is what
+            # was written (no HEAD after the PUT). One PUT below s3fs's 50 MiB block size, so
+            # for files of the default target size. The lake writer stages a file per flush
+            # per partition: these two requests were two thirds of its traffic.
             if is_local(self.fs):
                 self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             with self.fs.open(target, "wb") as handle:

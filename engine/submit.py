@@ -45,10 +45,10 @@ __all__ = [
 DEFAULT_ADDRESS: Final[str] = "http://127.0.0.1:8265"
 ROOT: Final[Path] = Path(__file__).resolve().parents[1]
 #: Waits between submissions a head refused for want of a job agent (see :func:`submit_job`).
-BUSY_WAITS_S: Final[tuple[float, ...]] = (1, 2, 4, 8, 15, 30)
-#: What Ray's job head answers while no agent can take a job: the head is up, its node's
-#: dashboard agent is not yet (a cluster just started, or a loaded head).
-_NO_AGENT: Final[str] = "please try again later"
+_BUSY_WAITS_S: Final[tuple[float, ...]] = (1, 2, 4, 8, 15, 30)
+#: What Ray's job head answers when no agent took the job within its own 10 s wait: the head
+#: is up, its node's dashboard agent is not (still starting, or down: see :class:`NoJobAgent`).
+_NO_AGENT: Final[str] = "No available agent to submit job"
 
 
 class JobFailed(ThermoclineError):
@@ -134,13 +134,15 @@ def submit_job(
     command: str,
     runtime_env: Mapping[str, Any],
     prefix: str = "thermocline",
-    waits_s: Sequence[float] = BUSY_WAITS_S,
+    waits_s: Sequence[float] = _BUSY_WAITS_S,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
     """``client.submit_job`` under one submission id, again after each of ``waits_s`` while the
-    head answers that no job agent is available (Ray asks the caller to try again later; it
-    does so for ~60 s after ``ray start`` on a loaded machine). One id for every attempt: a
-    job can never be started twice. Other errors are raised at once.
+    head answers that no job agent is available (Ray asks the caller to try again later: its
+    node's agent may still be starting). One id for every attempt, so a job never starts twice:
+    should an attempt the head timed out have reached the agent after all, the next one is
+    refused as a duplicate of our own id, which means the job was submitted. Other errors are
+    raised at once.
 
     Returns:
         The submission id.
@@ -154,30 +156,37 @@ def submit_job(
         ...     def submit_job(self, **kwargs):
         ...         self.calls += 1
         ...         if self.calls == 1:
-        ...             raise RuntimeError("No available agent..., please try again later.")
+        ...             raise RuntimeError("No available agent to submit job, try again later.")
         ...         return kwargs["submission_id"]
         >>> submit_job(Head(), "python -m jobs.compact", {}, "doc", sleep=lambda s: None)[:4]
         'doc-'
     """
     submission_id = f"{prefix}-{uuid.uuid4().hex[:12]}"
-    for wait in (*waits_s, None):
+    started = time.monotonic()
+    for attempt, wait in enumerate((*waits_s, None)):
         try:
             job = client.submit_job(
                 entrypoint=command, runtime_env=dict(runtime_env), submission_id=submission_id
             )
             return str(job)
         except RuntimeError as exc:
+            if attempt and f"submission_id {submission_id} already exists" in str(exc):
+                return submission_id  # our earlier attempt did reach the agent
             if _NO_AGENT not in str(exc):
                 raise
             if wait is None:
+                took = time.monotonic() - started
                 raise NoJobAgent(
-                    f"the Ray head had no job agent to take the job for {sum(waits_s):.0f} s:"
+                    f"the Ray head had no job agent to take the job for {took:.0f} s:"
                     " its dashboard agent is down, often because another Ray on that machine"
                     " holds the agent's port (ray start --dashboard-agent-listen-port, default"
                     " 52365; its logs: dashboard_agent.log)"
                 ) from exc
-            print(f"the Ray head has no job agent yet: trying again in {wait:.0f} s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"the Ray head has no job agent yet: trying again in {wait:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
             sleep(wait)
     raise AssertionError("unreachable")
 

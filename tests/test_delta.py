@@ -61,7 +61,7 @@ def test_the_size_a_committed_file_is_listed_with_is_its_size(
     else:
         lake = Lake(str(tmp_path))
     tables = LakeTables(lake, "pipe")
-    many = [f"e{i}" for i in range(20_000)]  # several row groups' worth of pages
+    many = [f"e{i}" for i in range(20_000)]  # files of ~100 KB, not a few bytes
     files = stage(lake, events(many, note=["x" * (i % 97) for i in range(20_000)]))
     assert commit(tables, files, 1) == []
     options = delta_storage_options(lake.uri, lake.storage_options) or None

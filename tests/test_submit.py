@@ -145,27 +145,36 @@ def test_the_jobs_own_arguments_reach_it_unabbreviated() -> None:
 
 
 class BusyHead:
-    """A Jobs API client whose head answers "no agent" ``busy`` times, then accepts.
+    """A Jobs API client whose head answers "no agent" ``busy`` times, then accepts (or says
+    the id is taken, as when a timed-out attempt did reach the agent: ``taken``).
 
-    A fake: a real head refuses only while its dashboard agent is still starting (a cluster
-    just started, or a loaded machine), a moment no test can time. The message is Ray 2.60's
-    own (ray/dashboard/modules/job/job_head.py, through JobSubmissionClient._raise_error)."""
+    A fake: a real head refuses for a while only while its dashboard agent is still starting,
+    a moment no test can time (one whose agent is down for good, e.g. another Ray holding its
+    port, is what the ``head`` fixture above avoids). The messages are Ray 2.60's own
+    (ray/dashboard/modules/job/job_head.py and job_manager.py, through
+    JobSubmissionClient._raise_error)."""
 
     REFUSAL = (
         "Request failed with status code 500: No available agent to submit job, please try"
         " again later.."
     )
 
-    def __init__(self, busy: int, error: Exception | None = None) -> None:
-        self.busy, self.error = busy, error
+    def __init__(self, busy: int, error: Exception | None = None, taken: bool = False) -> None:
+        self.busy, self.error, self.taken = busy, error, taken
         self.ids: list[str] = []
 
-    def submit_job(self, entrypoint: str, runtime_env: dict, submission_id: str) -> str:
+    def submit_job(self, entrypoint: str, runtime_env: dict[str, Any], submission_id: str) -> str:
         self.ids.append(submission_id)
         if self.error is not None:
             raise self.error
         if len(self.ids) <= self.busy:
             raise RuntimeError(self.REFUSAL)
+        if self.taken:
+            raise RuntimeError(
+                "Request failed with status code 400: Traceback ... ValueError: Job with"
+                f" submission_id {submission_id} already exists. Please use a different"
+                " submission_id.."
+            )
         return submission_id
 
 
@@ -178,15 +187,22 @@ def test_a_head_without_a_job_agent_yet_gets_the_same_job_again_until_it_takes_i
     assert job == head.ids[-1] and job.startswith("thermocline-compact-")
     assert len(head.ids) == 4 and len(set(head.ids)) == 1  # one id: never two jobs
     assert waited == [1, 2, 4]
+    # A refused attempt that reached the agent after all: the job is ours, submitted once.
+    late = BusyHead(busy=1, taken=True)
+    assert submit_job(late, "x", {}, "thermocline-compact", sleep=waited.append) == late.ids[0]
+    assert len(late.ids) == 2 and len(set(late.ids)) == 1
 
 
 def test_a_head_that_never_gets_an_agent_or_fails_otherwise_stops_the_submit() -> None:
     from engine.submit import NoJobAgent, submit_job
 
     waited: list[float] = []
-    with pytest.raises(NoJobAgent, match="no job agent to take the job for 7 s"):
+    with pytest.raises(NoJobAgent, match="another Ray on that machine holds the agent's port"):
         submit_job(BusyHead(busy=99), "x", {}, waits_s=(1, 2, 4), sleep=waited.append)
     assert waited == [1, 2, 4]
+    taken = BusyHead(busy=0, taken=True)  # on the first attempt: not ours, an error
+    with pytest.raises(RuntimeError, match="already exists"):
+        submit_job(taken, "x", {}, sleep=waited.append)
     other = BusyHead(busy=0, error=RuntimeError("Request failed with status code 400: bad"))
     with pytest.raises(RuntimeError, match="status code 400"):
         submit_job(other, "x", {}, sleep=waited.append)
