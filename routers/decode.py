@@ -96,10 +96,12 @@ class _Lines:
     of the bytes: Arrow skips blank lines, so its row numbers still count this subset's lines.
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, newlines: np.ndarray | None = None) -> None:
+        """``newlines``: the positions of ``data``'s newline bytes, when known already."""
         self.data: bytes | bytearray = data
         arr = np.frombuffer(data, dtype=np.uint8)
-        newlines = np.flatnonzero(arr == ord("\n"))
+        if newlines is None:
+            newlines = np.flatnonzero(arr == ord("\n"))
         starts = np.concatenate(([0], newlines + 1))
         ends = np.concatenate((newlines, [len(arr)]))
         # Only a line that is empty or starts with whitespace can be blank; those are rare, so
@@ -326,7 +328,15 @@ def _numeric_column(message: str, schema: EventSchema, contract: SchemaContract)
 
 
 def _quote_numbers(buffer: pa.Buffer, columns: _Quoted) -> pa.Buffer:
-    """``"col": 123`` becomes ``"col": "123"``, the digits exactly as sent.
+    """``"col": 123`` becomes ``"col": "123"``, the digits exactly as sent (see
+    :func:`_quote_numbers_lines`)."""
+    return _quote_numbers_lines(buffer, columns)[0]
+
+
+def _quote_numbers_lines(buffer: pa.Buffer, columns: _Quoted) -> tuple[pa.Buffer, np.ndarray]:
+    """``"col": 123`` becomes ``"col": "123"``, the digits exactly as sent; also the positions
+    of the result's newline bytes (its line offsets, which :class:`_Lines` then need not scan
+    for again).
 
     One RE2 pass per kind over a zero-copy view of the block's lines (each with its newline):
     per-line matching is ~1.6x faster than over the block as one value. Lines stay lines, so
@@ -337,7 +347,8 @@ def _quote_numbers(buffer: pa.Buffer, columns: _Quoted) -> pa.Buffer:
     roles = sorted(c for c in columns if c in columns.integers)
     payload = sorted(c for c in columns if c not in columns.integers)
     arr = np.frombuffer(buffer, dtype=np.uint8)
-    offsets = np.concatenate(([0], np.flatnonzero(arr == ord("\n")) + 1))
+    newlines = np.flatnonzero(arr == ord("\n"))
+    offsets = np.concatenate(([0], newlines + 1))
     if offsets[-1] != len(arr):
         offsets = np.append(offsets, len(arr))
     lines = _line_view(buffer, offsets)
@@ -348,7 +359,10 @@ def _quote_numbers(buffer: pa.Buffer, columns: _Quoted) -> pa.Buffer:
                 lines, rf"((?:{keys})\s*:\s*)({number})(\s*[,}}])", r'\1"\2"\3'
             )
     ends = np.frombuffer(lines.buffers()[1], dtype=np.int64)
-    return lines.buffers()[2].slice(int(ends[0]), int(ends[-1] - ends[0]))
+    # Line i ends with its newline for every i below the count of newlines (the last line may
+    # have none): at the line's new end, less one.
+    quoted_newlines = ends[1 : len(newlines) + 1] - ends[0] - 1
+    return lines.buffers()[2].slice(int(ends[0]), int(ends[-1] - ends[0])), quoted_newlines
 
 
 def _bad_reason(message: str, explicit: tuple[str, ...]) -> tuple[str, bool]:
@@ -809,16 +823,18 @@ def decode_ndjson(
     original = data
     if data.startswith(_BOM):  # a file saved with a byte order mark: not part of its first event
         data = b"   " + data[len(_BOM) :]  # read as padding (raw bytes stay the original's)
+    newlines = None  # of ``data``, when quoting found them
     if quoted and valid_utf8:
         # Columns earlier blocks showed mixing numbers in: quoted once for every read below
         # (lines stay lines; dead letters still take their bytes from ``original``).
-        data = _quote_numbers(pa.py_buffer(data), quoted).to_pybytes()
+        done, newlines = _quote_numbers_lines(pa.py_buffer(data), quoted)
+        data = done.to_pybytes()
         quoted.applied = set(quoted)
     # The whole block as it is was read (and failed), or would fail for a misshapen line: the
     # recovery below does not read it whole again (same bytes, same answer).
     whole_done = False
     if not hints.dirty and not hints.mixed_times and valid_utf8 and not deep:
-        lines = _Lines(data)
+        lines = _Lines(data, newlines)
         whole_done = True
         if lines.shaped():
             try:
@@ -832,7 +848,7 @@ def decode_ndjson(
             if fast is not None:
                 segments = [(np.arange(fast.num_rows, dtype=np.int64), fast)]
     if fast is None:
-        lines = lines or _Lines(data)
+        lines = lines or _Lines(data, newlines)
         whole = not hints.dirty and not hints.mixed_times and not whole_done
         invalid = _invalid_utf8(lines) if not valid_utf8 else []
         if deep:  # physical line numbers to positions among the non-blank lines
