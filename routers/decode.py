@@ -973,8 +973,10 @@ def decode_arrow(
     """Check and normalize events that arrive columnar (Parquet files, Arrow IPC) as NDJSON is.
 
     The same rules as :func:`decode_ndjson`: roles present and typed (id and key integers become
-    strings), times normalized and within range, payload conformed to the stream's contract. A
-    bad row's ``raw`` is the row as one JSON object (columnar input has no bytes of its own).
+    strings), times normalized and within range, payload conformed to the stream's contract;
+    and, as Arrow does not check them, strings are UTF-8 (else ``invalid_utf8``). Two columns of
+    one name make every row ``duplicate_field:<name>``. A bad row's ``raw`` is the row as one
+    JSON object, every column kept (columnar input has no bytes of its own).
 
     Example:
         >>> t = pa.table({"event_id": [1, 2], "player_id": [7, None],
@@ -985,19 +987,29 @@ def decode_arrow(
     """
     schema = schema or EventSchema()
     contract = contract or new_contract(schema)
-    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    for i, column in enumerate(table.columns):
-        if pa.types.is_dictionary(column.type):
-            # Parquet and Arrow IPC keep dictionary-encoded columns (pandas categoricals, say):
-            # events carry the values (a null in the dictionary becomes a plain null), so roles
-            # are checked on them and the lake's files unify whatever each file's dictionary.
-            try:
-                values = column.cast(column.type.value_type)
-            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-                continue  # values Arrow cannot cast to (structs, lists): kept as they are
-            table = table.set_column(i, table.field(i).name, values)
-    n = table.num_rows
-    reason: pa.Array = pa.nulls(n, pa.string())
+    original = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    n = original.num_rows
+    names = original.column_names
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        # Which of two same-named columns is the field cannot be told: every row is a dead
+        # letter, both values kept in its raw JSON (Spark refuses such a file whole).
+        index = np.arange(n, dtype=np.int64)
+        dead = pa.RecordBatch.from_arrays(
+            [_raw_json(original), pa.array([f"duplicate_field:{twice[0]}"] * n), pa.array(index)],
+            schema=DEAD_LETTER_SCHEMA,
+        )
+        good = _one_batch(contract.conform(pa.table({}))[0])
+        return Decoded(good=good, dead=dead, good_lines=index[:0], lines=n)
+    table = plain = _plain_columns(original)
+    # Arrow IPC and Parquet carry strings unchecked: a row with invalid UTF-8 anywhere is a
+    # dead letter (as in NDJSON), and the checks below never see it.
+    invalid = _invalid_utf8_rows(table)
+    kept = np.flatnonzero(~invalid)
+    if invalid.any():
+        table = table.filter(pa.array(~invalid))
+    m = table.num_rows
+    reason: pa.Array = pa.nulls(m, pa.string())
     for role in schema.string_roles:
         if role not in table.column_names:
             continue
@@ -1005,9 +1017,9 @@ def decode_arrow(
         kind = column.type
         if pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind):
             text = pc.cast(column, pa.string())
-            wrong = pa.array(np.zeros(n, dtype=bool))
+            wrong = pa.array(np.zeros(m, dtype=bool))
         else:  # floats, bools, structs: not an id (a float id would lose its digits)
-            text = pa.nulls(n, pa.string())
+            text = pa.nulls(m, pa.string())
             wrong = column.is_valid()
         reason = pc.if_else(pc.and_(reason.is_null(), wrong), f"bad_type:{role}", reason)
         table = table.set_column(table.column_names.index(role), role, text)
@@ -1015,19 +1027,175 @@ def decode_arrow(
     # A role's own problem (missing, bad) comes first, as in decode_ndjson.
     reason = combined(pc.coalesce(checked, reason))
     is_bad = reason.is_valid().to_numpy(zero_copy_only=False)
-    index = np.arange(n, dtype=np.int64)
-    dead = _empty(DEAD_LETTER_SCHEMA)
+    bad = [(int(i), "invalid_utf8") for i in np.flatnonzero(invalid)]
     if is_bad.any():
-        original = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        rows = original.filter(pa.array(is_bad)).to_pylist()
-        raw = pa.array([row_json(r) for r in rows], pa.binary())
+        bad += zip(kept[is_bad].tolist(), reason.filter(pa.array(is_bad)).to_pylist(), strict=True)
+        table = table.filter(pa.array(~is_bad))
+    dead = _empty(DEAD_LETTER_SCHEMA)
+    if bad:
+        bad.sort()
+        index = np.array([i for i, _ in bad], dtype=np.int64)
         dead = pa.RecordBatch.from_arrays(
-            [raw, reason.filter(pa.array(is_bad)), pa.array(index[is_bad])],
+            [_raw_json(plain.take(pa.array(index))), pa.array([r for _, r in bad]), index],
             schema=DEAD_LETTER_SCHEMA,
         )
-        table = table.filter(pa.array(~is_bad))
     good = _one_batch(table)
-    return Decoded(good=good, dead=dead, good_lines=index[~is_bad], lines=n)
+    return Decoded(good=good, dead=dead, good_lines=kept[~is_bad], lines=n)
+
+
+def _plain_type(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with Arrow's view layouts (``string_view``, ``binary_view``, list views: what
+    Polars and DuckDB hand out) as the classic ones, which every Arrow kernel takes."""
+    if kind == pa.string_view():
+        return pa.string()
+    if kind == pa.binary_view():
+        return pa.binary()
+    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
+        item = kind.value_field.with_type(_plain_type(kind.value_type))
+        return pa.list_(item) if pa.types.is_list_view(kind) else pa.large_list(item)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        item = kind.value_field.with_type(_plain_type(kind.value_type))
+        return pa.list_(item) if pa.types.is_list(kind) else pa.large_list(item)
+    if pa.types.is_struct(kind):
+        return pa.struct([f.with_type(_plain_type(f.type)) for f in kind])
+    return kind
+
+
+def _plain_columns(table: pa.Table) -> pa.Table:
+    """Dictionary columns as their values and view layouts as classic ones (see
+    :func:`_plain_type`); a column Arrow cannot cast stays as it is."""
+    for i, column in enumerate(table.columns):
+        kind = column.type
+        if pa.types.is_dictionary(kind):
+            # Parquet and Arrow IPC keep dictionary-encoded columns (pandas categoricals, say):
+            # events carry the values (a null in the dictionary becomes a plain null), so roles
+            # are checked on them and the lake's files unify whatever each file's dictionary.
+            kind = kind.value_type
+        kind = _plain_type(kind)
+        if kind == column.type:
+            continue
+        try:
+            values = column.cast(kind)
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            continue  # values Arrow cannot cast to (dictionaries of structs, lists)
+        table = table.set_column(i, table.field(i).name, values)
+    return table
+
+
+def _has_text(kind: pa.DataType) -> bool:
+    """Whether values of ``kind`` hold strings anywhere (nested included)."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or kind == pa.string_view():
+        return True
+    if pa.types.is_dictionary(kind):
+        return _has_text(kind.value_type)
+    return any(_has_text(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _invalid_utf8_rows(table: pa.Table) -> np.ndarray:
+    """Rows holding a string that is not valid UTF-8, in any column: one full validation per
+    text column (valid data, the usual case, costs that pass alone); halving only around bad
+    rows."""
+    invalid = np.zeros(table.num_rows, dtype=bool)
+
+    def find(values: pa.Array, offset: int) -> None:
+        try:
+            values.validate(full=True)
+            return
+        except pa.ArrowInvalid:
+            pass
+        if len(values) == 1:
+            invalid[offset] = True
+            return
+        half = len(values) // 2
+        for start, stop in ((0, half), (half, len(values))):
+            # A slice of a nested array validates its children whole: taken rows do not.
+            part = values.slice(start, stop - start)
+            if pa.types.is_nested(values.type):
+                part = values.take(pa.array(np.arange(start, stop)))
+            find(part, offset + start)
+
+    for column in table.columns:
+        if _has_text(column.type):
+            for chunk, start in zip(column.chunks, _chunk_starts(column), strict=True):
+                find(chunk, start)
+    return invalid
+
+
+def _text_as_bytes(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with every string type as binary (values that are not UTF-8 become bytes)."""
+    if pa.types.is_string(kind) or kind == pa.string_view():
+        return pa.binary()
+    if pa.types.is_large_string(kind):
+        return pa.large_binary()
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        item = kind.value_field.with_type(_text_as_bytes(kind.value_type))
+        return pa.list_(item) if pa.types.is_list(kind) else pa.large_list(item)
+    if pa.types.is_struct(kind):
+        return pa.struct([f.with_type(_text_as_bytes(f.type)) for f in kind])
+    return kind
+
+
+def _chunk_starts(column: pa.ChunkedArray) -> list[int]:
+    starts, at = [], 0
+    for chunk in column.chunks:
+        starts.append(at)
+        at += len(chunk)
+    return starts
+
+
+def _raw_json(rows: pa.Table) -> pa.Array:
+    """Each row as one JSON object (the ``raw`` of a columnar dead letter), every column kept:
+    same-named columns both, and values Python cannot hold (a time past year 9999, a zone it
+    does not know, invalid UTF-8) as Arrow shows them (see :func:`_py_values`)."""
+    names = [json.dumps(name, ensure_ascii=False) for name in rows.column_names]
+    columns = [_py_values(column) for column in rows.columns]
+    return pa.array(
+        [
+            (
+                "{"
+                + ",".join(
+                    f"{name}:{json.dumps(value, default=str, ensure_ascii=False)}"
+                    for name, value in zip(names, values, strict=True)
+                )
+                + "}"
+            ).encode()
+            for values in zip(*columns, strict=True)
+        ]
+        if columns
+        else [b"{}"] * rows.num_rows,
+        pa.binary(),
+    )
+
+
+def _py_values(column: pa.ChunkedArray) -> list[object]:
+    """A column's values as Python objects; one by one only where the column has a value
+    Python cannot hold: then that value as bytes (invalid UTF-8) or as Arrow prints it (a time
+    out of Python's range prints as its stored number)."""
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError, UnicodeDecodeError, pa.ArrowException):
+        pass
+    values: list[object] = []
+    for scalar in column:
+        try:
+            values.append(scalar.as_py())
+            continue
+        except (OverflowError, ValueError, UnicodeDecodeError, pa.ArrowException):
+            pass
+        one = pa.array([scalar], scalar.type)
+        if _has_text(one.type):  # its strings as their bytes
+            try:
+                values.append(one.cast(_text_as_bytes(one.type)).to_pylist()[0])
+                continue
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+                pass
+        if pa.types.is_temporal(one.type):  # its stored number, in the column's unit
+            values.append(
+                one.view(pa.int64() if one.type.bit_width == 64 else pa.int32())[0].as_py()
+            )
+        else:
+            values.append(one.to_string(indent=0, window=1, skip_new_lines=True))
+    return values
 
 
 def row_json(row: Mapping[str, object]) -> bytes:

@@ -514,6 +514,39 @@ def test_parquet_file_without_a_role_column_is_dead_lettered(tmp_path: Path) -> 
     assert [d["reason"] for d in dead] == ["missing_field:player_id"]
 
 
+def test_a_parquet_file_of_views_far_times_and_invalid_utf8_runs_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """A file written from Polars-style string_view columns, with a clock gone past year 9999
+    and a byte that is not UTF-8: each of these stopped the run; now those rows are dead
+    letters with their values and the others reach the lake, which reads back valid."""
+    data = tmp_path / "parquet"
+    data.mkdir()
+    at = int((NOW - timedelta(minutes=1)).timestamp() * 1000)
+    far = 253_402_300_800_000 * 5  # ms past year 9999
+    note = pa.array([b"gg", b"gg", b"bad \xff", b"gg"], pa.binary()).view(pa.string())
+    table = pa.table(
+        {"event_id": pa.array(["e0", "e1", "e2", "e3"], pa.string_view()),
+         "player_id": pa.array(["p0", "p1", "p2", "p3"], pa.string_view()),
+         "event_time": pa.array([at, far, at, at], pa.timestamp("ms", "UTC")),
+         "event_type": pa.array(["social", "social", "social", "level_up"], pa.string_view()),
+         "region": ["eu", "eu", "eu", "eu"], "note": note}
+    )  # fmt: skip
+    pq.write_table(table, data / "0000.parquet")
+    lake = tmp_path / "lake"
+    summary = Pipeline(make_config(lake), source=FileSource(data), clock=lambda: NOW).run()
+    assert (summary.events_in, summary.dead_letter) == (4, 2)
+    assert summary.hot + summary.warm + summary.cold == 2
+    dead = sorted(pq.read_table(lake / "_dead_letter").to_pylist(), key=lambda d: d["reason"])
+    assert [d["reason"] for d in dead] == ["bad_value:event_time", "invalid_utf8"]
+    assert json.loads(dead[0]["raw"])["event_time"] == far
+    assert json.loads(dead[1]["raw"])["event_id"] == "e2"
+    social = Lake(str(lake)).read("events")  # the social rule sends e0 to the lake
+    social.validate(full=True)
+    assert social.column("event_id").to_pylist() == ["e0"]
+    assert social.column("note").to_pylist() == ["gg"]
+
+
 # -- fuzz -------------------------------------------------------------------------------------
 
 # FUZZ_NO_SHRINK=1 reports the first failure as found (shrinking reruns the pipeline hundreds of

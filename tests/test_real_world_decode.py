@@ -320,3 +320,73 @@ def test_a_parquet_file_written_by_pandas_decodes_and_unifies_with_plain_columns
     assert concat_conformed([o.good for o in outs]).column("tier").to_pylist() == [
         "gold", "silver", "bronze", None
     ]  # fmt: skip
+
+
+# -- columnar input (Parquet files, Arrow IPC) that decode_arrow raised on ---------------------
+
+BASE = {"event_id": ["a", "b", "c"], "player_id": ["p1", "p2", "p3"], "event_type": ["x"] * 3}
+FAR = 253_402_300_800_000 * 5  # past year 9999 in ms: a time Python's datetime cannot hold
+
+
+def test_a_columnar_time_python_cannot_hold_is_a_bad_value_with_its_stored_number() -> None:
+    times = pa.array([T, FAR, T + 1], pa.timestamp("ms", "UTC"))
+    out = decode_arrow(pa.table({**BASE, "event_time": times}))
+    assert out.good.column("event_id").to_pylist() == ["a", "c"]
+    assert out.dead.column("reason").to_pylist() == ["bad_value:event_time"]
+    assert json.loads(out.dead.column("raw")[0].as_py())["event_time"] == FAR
+    # A zone Python does not know: the instants are still exact (Arrow stores UTC).
+    zoned = pa.array([T, 1, T + 1], pa.timestamp("ms", "Mars/Olympus"))
+    out = decode_arrow(pa.table({**BASE, "event_time": zoned}))
+    assert [t.timestamp() * 1000 for t in out.good.column("event_time").to_pylist()] == [T, T + 1]
+    assert out.dead.column("reason").to_pylist() == ["bad_value:event_time"]
+    assert json.loads(out.dead.column("raw")[0].as_py())["event_time"] == 1
+
+
+def test_view_layouts_decode_as_the_classic_ones() -> None:
+    """Polars and DuckDB hand out string_view and binary_view columns; Arrow's take kernel has
+    none for them, so a block with one bad row raised."""
+    batch = pa.table(
+        {"event_id": pa.array(["a", None, "c"], pa.string_view()),
+         "player_id": pa.array(["p1", "p2", "p3"], pa.string_view()),
+         "event_time": pa.array(["2025-11-24T16:00:00Z", "x", "soon"], pa.string_view()),
+         "event_type": BASE["event_type"],
+         "blob": pa.array([b"\x00", b"\xff", b"ok"], pa.binary_view())}
+    )  # fmt: skip
+    out = decode_arrow(batch)
+    assert out.good.column("event_id").to_pylist() == ["a"]
+    assert out.good.column("player_id").type == pa.string()
+    assert out.good.column("blob").to_pylist() == [b"\x00"]
+    assert out.dead.column("reason").to_pylist() == [
+        "missing_field:event_id", "bad_type:event_time"
+    ]  # fmt: skip
+    assert out.good.num_rows + out.dead.num_rows == 3
+
+
+def test_invalid_utf8_in_a_columnar_string_is_a_dead_letter_with_its_bytes() -> None:
+    """Arrow IPC and Parquet do not check strings: invalid UTF-8 reached the lake unchecked."""
+    note = pa.array([b"fine", b"bad \xff\xfe", b"ok"], pa.binary()).view(pa.string())
+    inner = pa.array([b"x", b"y", b"\xc3"], pa.binary()).view(pa.string())
+    nested = pa.StructArray.from_arrays([inner], ["name"])
+    out = decode_arrow(pa.table({**BASE, "event_time": [T] * 3, "note": note, "meta": nested}))
+    assert out.good.column("event_id").to_pylist() == ["a"]
+    assert out.dead.column("reason").to_pylist() == ["invalid_utf8", "invalid_utf8"]
+    assert out.dead.column("line").to_pylist() == [1, 2]
+    # The bytes as Python writes them (JSON has no form for them), never replaced.
+    raws = [json.loads(raw) for raw in out.dead.column("raw").to_pylist()]
+    assert raws[0]["note"] == repr(b"bad \xff\xfe")
+    assert raws[1]["meta"] == {"name": repr(b"\xc3")}
+    out.good.validate(full=True)
+
+
+def test_same_named_columns_make_every_row_a_dead_letter_keeping_both_values() -> None:
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b"]), pa.array(["p1", "p2"]), pa.array(["P1", "P2"]),
+         pa.array([T, T]), pa.array(["x", "y"])],
+        names=["event_id", "player_id", "player_id", "event_time", "event_type"],
+    )  # fmt: skip
+    out = decode_arrow(batch)
+    assert out.good.num_rows == 0
+    assert out.dead.column("reason").to_pylist() == ["duplicate_field:player_id"] * 2
+    assert out.dead.column("raw")[0].as_py() == (
+        b'{"event_id":"a","player_id":"p1","player_id":"P1","event_time":%d,"event_type":"x"}' % T
+    )
