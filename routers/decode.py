@@ -1064,12 +1064,22 @@ def _plain_type(kind: pa.DataType) -> pa.DataType:
 def _plain_columns(table: pa.Table) -> pa.Table:
     """Dictionary columns as their values and view layouts as classic ones (see
     :func:`_plain_type`); a column Arrow cannot cast stays as it is."""
+    typeless = _empty_categoricals(table.schema)
     for i, column in enumerate(table.columns):
         kind = column.type
+        if table.field(i).name in typeless and column.null_count == len(column):
+            # pandas writes a categorical without categories as a double column: its type says
+            # nothing, so the column is null and takes the type of the first values that come
+            # (a later file's strings in it are not bad_type).
+            table = table.set_column(i, table.field(i).name, pa.nulls(len(column)))
+            continue
         if pa.types.is_dictionary(kind):
             # Parquet and Arrow IPC keep dictionary-encoded columns (pandas categoricals, say):
             # events carry the values (a null in the dictionary becomes a plain null), so roles
             # are checked on them and the lake's files unify whatever each file's dictionary.
+            if all(len(chunk.dictionary) == 0 for chunk in column.chunks):  # no values: as above
+                table = table.set_column(i, table.field(i).name, pa.nulls(len(column)))
+                continue
             kind = kind.value_type
         kind = _plain_type(kind)
         if kind == column.type:
@@ -1080,6 +1090,20 @@ def _plain_columns(table: pa.Table) -> pa.Table:
             continue  # values Arrow cannot cast to (dictionaries of structs, lists)
         table = table.set_column(i, table.field(i).name, values)
     return table
+
+
+def _empty_categoricals(schema: pa.Schema) -> set[str]:
+    """Columns pandas wrote from a categorical with no categories (its schema metadata says)."""
+    try:
+        columns = json.loads((schema.metadata or {})[b"pandas"])["columns"]
+        return {
+            c["field_name"]
+            for c in columns
+            if c.get("pandas_type") == "categorical"
+            and (c.get("metadata") or {}).get("num_categories") == 0
+        }
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return set()  # no pandas metadata, or not the shape pandas writes
 
 
 def _has_text(kind: pa.DataType) -> bool:

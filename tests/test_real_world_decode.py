@@ -324,6 +324,31 @@ def test_a_parquet_file_written_by_pandas_decodes_and_unifies_with_plain_columns
     ]  # fmt: skip
 
 
+def test_a_pandas_categorical_without_categories_takes_the_type_of_later_values(
+    tmp_path: Path,
+) -> None:
+    """pandas writes an all-null categorical as a double column: it fixed the stream's column
+    as double, and the next file's strings in it became bad_type dead letters."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame(
+        {"event_id": ["a", "b"], "player_id": ["p1", "p2"], "event_time": [T, T],
+         "event_type": ["login", "login"], "tier": pd.Categorical([None, None])}
+    )  # fmt: skip
+    frame.to_parquet(tmp_path / "a.parquet")
+    frame.assign(tier=pd.Categorical(["gold", None])).to_parquet(tmp_path / "b.parquet")
+    contract = new_contract(EventSchema())
+    outs = [
+        decode_arrow(pq.read_table(tmp_path / f), contract=contract)
+        for f in ("a.parquet", "b.parquet")
+    ]
+    assert [o.dead.num_rows for o in outs] == [0, 0]
+    assert concat_conformed([o.good for o in outs]).column("tier").to_pylist() == [
+        None, None, "gold", None
+    ]  # fmt: skip
+
+
 # -- columnar input (Parquet files, Arrow IPC) that decode_arrow raised on ---------------------
 
 BASE = {"event_id": ["a", "b", "c"], "player_id": ["p1", "p2", "p3"], "event_type": ["x"] * 3}
