@@ -10,6 +10,7 @@ lines``. Blank (whitespace-only) lines are not events and are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping
@@ -748,7 +749,10 @@ def _conform(
 
 
 def _empty(schema: pa.Schema) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist([], schema=schema)
+    try:
+        return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
+    except pa.ArrowException:  # a type Arrow builds no empty array of so
+        return pa.RecordBatch.from_pylist([], schema=schema)
 
 
 @dataclass
@@ -996,7 +1000,7 @@ def decode_arrow(
         # letter, both values kept in its raw JSON (Spark refuses such a file whole).
         index = np.arange(n, dtype=np.int64)
         dead = pa.RecordBatch.from_arrays(
-            [_raw_json(original), pa.array([f"duplicate_field:{twice[0]}"] * n), pa.array(index)],
+            [_raw_json(original, index), pa.array([f"duplicate_field:{twice[0]}"] * n), index],
             schema=DEAD_LETTER_SCHEMA,
         )
         good = _one_batch(contract.conform(pa.table({}))[0])
@@ -1004,10 +1008,10 @@ def decode_arrow(
     table = plain = _plain_columns(original)
     # Arrow IPC and Parquet carry strings unchecked: a row with invalid UTF-8 anywhere is a
     # dead letter (as in NDJSON), and the checks below never see it.
-    invalid = _invalid_utf8_rows(table)
-    kept = np.flatnonzero(~invalid)
-    if invalid.any():
-        table = table.filter(pa.array(~invalid))
+    invalid = _invalid_rows(table)
+    kept = np.array(sorted(set(range(n)) - set(invalid)), dtype=np.int64)
+    if invalid:
+        table = table.take(pa.array(kept))
     m = table.num_rows
     reason: pa.Array = pa.nulls(m, pa.string())
     for role in schema.string_roles:
@@ -1027,7 +1031,7 @@ def decode_arrow(
     # A role's own problem (missing, bad) comes first, as in decode_ndjson.
     reason = combined(pc.coalesce(checked, reason))
     is_bad = reason.is_valid().to_numpy(zero_copy_only=False)
-    bad = [(int(i), "invalid_utf8") for i in np.flatnonzero(invalid)]
+    bad = sorted(invalid.items())
     if is_bad.any():
         bad += zip(kept[is_bad].tolist(), reason.filter(pa.array(is_bad)).to_pylist(), strict=True)
         table = table.filter(pa.array(~is_bad))
@@ -1036,59 +1040,87 @@ def decode_arrow(
         bad.sort()
         index = np.array([i for i, _ in bad], dtype=np.int64)
         dead = pa.RecordBatch.from_arrays(
-            [_raw_json(plain.take(pa.array(index))), pa.array([r for _, r in bad]), index],
+            [_raw_json(plain, index), pa.array([r for _, r in bad]), index],
             schema=DEAD_LETTER_SCHEMA,
         )
     good = _one_batch(table)
     return Decoded(good=good, dead=dead, good_lines=kept[~is_bad], lines=n)
 
 
-def _plain_type(kind: pa.DataType) -> pa.DataType:
-    """``kind`` with Arrow's view layouts (``string_view``, ``binary_view``, list views: what
-    Polars and DuckDB hand out) as the classic ones, which every Arrow kernel takes."""
-    if kind == pa.string_view():
-        return pa.string()
-    if kind == pa.binary_view():
-        return pa.binary()
+def _has_view(kind: pa.DataType) -> bool:
+    """Whether ``kind`` holds a view layout or run-end encoding anywhere (nested included)."""
+    if kind in (pa.string_view(), pa.binary_view()):
+        return True
     if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
-        item = kind.value_field.with_type(_plain_type(kind.value_type))
-        return pa.list_(item) if pa.types.is_list_view(kind) else pa.large_list(item)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        item = kind.value_field.with_type(_plain_type(kind.value_type))
-        return pa.list_(item) if pa.types.is_list(kind) else pa.large_list(item)
+        return True
+    if pa.types.is_run_end_encoded(kind):
+        return True
+    if pa.types.is_dictionary(kind):
+        return _has_view(kind.value_type)
+    return any(_has_view(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _plain_array(values: pa.Array) -> pa.Array:
+    """``values`` with view layouts (``string_view``, ``binary_view``, list views: what Polars
+    and DuckDB hand out) and run-end encoding as the classic layouts, which every Arrow kernel
+    takes; inside lists and structs too. Other layouts are returned as they are."""
+    kind = values.type
+    if not _has_view(kind):
+        return values
+    if kind == pa.string_view():
+        return values.cast(pa.string())
+    if kind == pa.binary_view():
+        return values.cast(pa.binary())
+    if pa.types.is_run_end_encoded(kind):
+        return _plain_array(pc.run_end_decode(values))
+    large = pa.types.is_large_list(kind) or pa.types.is_large_list_view(kind)
+    if pa.types.is_list(kind) or large or pa.types.is_list_view(kind):
+        # Arrow 26 casts a list view to a list with one offset too few (an invalid array): the
+        # offsets are rebuilt from the lengths; a null list has none.
+        lengths = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False)
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64 if large else np.int32)
+        items = _plain_array(pc.list_flatten(values))
+        cls = pa.LargeListArray if large else pa.ListArray
+        return cls.from_arrays(pa.array(offsets), items, mask=values.is_null())
     if pa.types.is_struct(kind):
-        return pa.struct([f.with_type(_plain_type(f.type)) for f in kind])
-    return kind
+        children = [_plain_array(values.field(i)) for i in range(kind.num_fields)]
+        fields = [kind.field(i).with_type(c.type) for i, c in enumerate(children)]
+        return pa.StructArray.from_arrays(children, fields=fields, mask=values.is_null())
+    return values  # maps, fixed-size lists, unions holding views: kept (rare)
 
 
 def _plain_columns(table: pa.Table) -> pa.Table:
-    """Dictionary columns as their values and view layouts as classic ones (see
-    :func:`_plain_type`); a column Arrow cannot cast stays as it is."""
+    """Dictionary columns as their values, and view layouts as classic ones (see
+    :func:`_plain_array`); a column Arrow cannot convert stays as it is."""
     typeless = _empty_categoricals(table.schema)
     for i, column in enumerate(table.columns):
         kind = column.type
-        if table.field(i).name in typeless and column.null_count == len(column):
+        name = table.field(i).name
+        if name in typeless and column.null_count == len(column):
             # pandas writes a categorical without categories as a double column: its type says
             # nothing, so the column is null and takes the type of the first values that come
             # (a later file's strings in it are not bad_type).
-            table = table.set_column(i, table.field(i).name, pa.nulls(len(column)))
-            continue
-        if pa.types.is_dictionary(kind):
-            # Parquet and Arrow IPC keep dictionary-encoded columns (pandas categoricals, say):
-            # events carry the values (a null in the dictionary becomes a plain null), so roles
-            # are checked on them and the lake's files unify whatever each file's dictionary.
-            if all(len(chunk.dictionary) == 0 for chunk in column.chunks):  # no values: as above
-                table = table.set_column(i, table.field(i).name, pa.nulls(len(column)))
-                continue
-            kind = kind.value_type
-        kind = _plain_type(kind)
-        if kind == column.type:
+            table = table.set_column(i, name, pa.nulls(len(column)))
             continue
         try:
-            values = column.cast(kind)
+            if pa.types.is_dictionary(kind):
+                # Parquet and Arrow IPC keep dictionary-encoded columns (pandas categoricals):
+                # events carry the values (a null in the dictionary becomes a plain null), so
+                # roles are checked on them and the lake's files unify whatever the dictionary.
+                if all(len(chunk.dictionary) == 0 for chunk in column.chunks):  # as above
+                    table = table.set_column(i, name, pa.nulls(len(column)))
+                    continue
+                if not column.num_chunks:
+                    continue
+                column = pa.chunked_array(
+                    [_plain_array(c.dictionary).take(c.indices) for c in column.chunks]
+                )
+            if _has_view(column.type) and column.num_chunks:
+                column = pa.chunked_array([_plain_array(chunk) for chunk in column.chunks])
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-            continue  # values Arrow cannot cast to (dictionaries of structs, lists)
-        table = table.set_column(i, table.field(i).name, values)
+            continue  # values Arrow cannot convert (dictionaries of structs, lists): kept
+        if column.type != kind:
+            table = table.set_column(i, name, column)
     return table
 
 
@@ -1107,42 +1139,57 @@ def _empty_categoricals(schema: pa.Schema) -> set[str]:
 
 
 def _has_text(kind: pa.DataType) -> bool:
-    """Whether values of ``kind`` hold strings anywhere (nested included)."""
+    """Whether values of ``kind`` hold strings anywhere (nested and extension types included)."""
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or kind == pa.string_view():
         return True
+    if isinstance(kind, pa.ExtensionType):  # e.g. arrow.json: strings underneath
+        return _has_text(kind.storage_type)
     if pa.types.is_dictionary(kind):
         return _has_text(kind.value_type)
     return any(_has_text(kind.field(i).type) for i in range(kind.num_fields))
 
 
-def _invalid_utf8_rows(table: pa.Table) -> np.ndarray:
-    """Rows holding a string that is not valid UTF-8, in any column: one full validation per
-    text column (valid data, the usual case, costs that pass alone); halving only around bad
-    rows."""
-    invalid = np.zeros(table.num_rows, dtype=bool)
+def _invalid_rows(table: pa.Table) -> dict[int, str]:
+    """Rows Arrow's full validation rejects in a text column, with their reason: ``invalid_utf8``
+    (a string that is not UTF-8: what Arrow does not check when it reads), else
+    ``invalid_value:<column>``. One validation per text column: valid data (the usual case)
+    costs that pass alone; halving only around the bad rows."""
+    found: dict[int, str] = {}
 
-    def find(values: pa.Array, offset: int) -> None:
+    def problem(values: pa.Array) -> str | None:
         try:
             values.validate(full=True)
+            return None
+        except pa.ArrowInvalid as exc:
+            return str(exc)
+
+    def find(values: pa.Array, offset: int, name: str) -> None:
+        if pa.types.is_dictionary(values.type):  # each row's own value, not the whole dictionary
+            # (a layout take does not know: rows are checked with the whole dictionary)
+            with contextlib.suppress(pa.ArrowException):
+                values = values.dictionary.take(values.indices)
+        message = problem(values)
+        if message is not None and pa.types.is_nested(values.type):
+            # A slice of a nested array validates its children whole: its own rows, copied,
+            # are what it holds.
+            values = values.take(pa.array(np.arange(len(values))))
+            message = problem(values)
+        if message is None:
             return
-        except pa.ArrowInvalid:
-            pass
         if len(values) == 1:
-            invalid[offset] = True
+            found[offset] = "invalid_utf8" if "UTF8" in message else f"invalid_value:{name}"
             return
         half = len(values) // 2
-        for start, stop in ((0, half), (half, len(values))):
-            # A slice of a nested array validates its children whole: taken rows do not.
-            part = values.slice(start, stop - start)
-            if pa.types.is_nested(values.type):
-                part = values.take(pa.array(np.arange(start, stop)))
-            find(part, offset + start)
+        find(values.slice(0, half), offset, name)
+        find(values.slice(half), offset + half, name)
 
-    for column in table.columns:
+    for name, column in zip(table.column_names, table.columns, strict=True):
         if _has_text(column.type):
-            for chunk, start in zip(column.chunks, _chunk_starts(column), strict=True):
-                find(chunk, start)
-    return invalid
+            start = 0
+            for chunk in column.chunks:
+                find(chunk, start, name)
+                start += len(chunk)
+    return found
 
 
 def _text_as_bytes(kind: pa.DataType) -> pa.DataType:
@@ -1159,20 +1206,15 @@ def _text_as_bytes(kind: pa.DataType) -> pa.DataType:
     return kind
 
 
-def _chunk_starts(column: pa.ChunkedArray) -> list[int]:
-    starts, at = [], 0
-    for chunk in column.chunks:
-        starts.append(at)
-        at += len(chunk)
-    return starts
-
-
-def _raw_json(rows: pa.Table) -> pa.Array:
-    """Each row as one JSON object (the ``raw`` of a columnar dead letter), every column kept:
-    same-named columns both, and values Python cannot hold (a time past year 9999, a zone it
-    does not know, invalid UTF-8) as Arrow shows them (see :func:`_py_values`)."""
-    names = [json.dumps(name, ensure_ascii=False) for name in rows.column_names]
-    columns = [_py_values(column) for column in rows.columns]
+def _raw_json(table: pa.Table, index: np.ndarray) -> pa.Array:
+    """Rows ``index`` of ``table``, each as one JSON object (the ``raw`` of a columnar dead
+    letter), every column kept: same-named columns both, and values Python cannot hold (a time
+    past year 9999, a zone it does not know, invalid UTF-8) as Arrow has them (see
+    :func:`_py_values`)."""
+    names = [json.dumps(name, ensure_ascii=False) for name in table.column_names]
+    columns = [_py_values(column, index) for column in table.columns]
+    if not columns:
+        return pa.array([b"{}"] * len(index), pa.binary())
     return pa.array(
         [
             (
@@ -1184,42 +1226,39 @@ def _raw_json(rows: pa.Table) -> pa.Array:
                 + "}"
             ).encode()
             for values in zip(*columns, strict=True)
-        ]
-        if columns
-        else [b"{}"] * rows.num_rows,
+        ],
         pa.binary(),
     )
 
 
-def _py_values(column: pa.ChunkedArray) -> list[object]:
-    """A column's values as Python objects; one by one only where the column has a value
-    Python cannot hold: then that value as bytes (invalid UTF-8) or as Arrow prints it (a time
-    out of Python's range prints as its stored number)."""
+def _py_values(column: pa.ChunkedArray, index: np.ndarray) -> list[object]:
+    """The values at ``index`` as Python objects; one by one only where the column has a value
+    Python cannot hold: then that value as bytes (invalid UTF-8), as its stored number (a time
+    out of Python's range) or as Arrow prints it (anything else)."""
     try:
-        return column.to_pylist()
-    except (OverflowError, ValueError, UnicodeDecodeError, pa.ArrowException):
+        return column.take(pa.array(index)).to_pylist()
+    except Exception:  # any layout or value Python cannot hold: one by one below
         pass
     values: list[object] = []
-    for scalar in column:
-        try:
-            values.append(scalar.as_py())
-            continue
-        except (OverflowError, ValueError, UnicodeDecodeError, pa.ArrowException):
-            pass
-        one = pa.array([scalar], scalar.type)
-        if _has_text(one.type):  # its strings as their bytes
-            try:
-                values.append(one.cast(_text_as_bytes(one.type)).to_pylist()[0])
-                continue
-            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-                pass
-        if pa.types.is_temporal(one.type):  # its stored number, in the column's unit
-            values.append(
-                one.view(pa.int64() if one.type.bit_width == 64 else pa.int32())[0].as_py()
-            )
-        else:
-            values.append(one.to_string(indent=0, window=1, skip_new_lines=True))
+    for i in index.tolist():
+        one = column.slice(i, 1).combine_chunks()  # a slice needs no kernel, whatever the layout
+        values.append(_py_value(one))
     return values
+
+
+def _py_value(one: pa.Array) -> object:
+    try:
+        return one.to_pylist()[0]
+    except Exception:  # see _py_values
+        pass
+    try:
+        if _has_text(one.type):  # its strings as their bytes
+            return one.cast(_text_as_bytes(one.type)).to_pylist()[0]
+        if pa.types.is_temporal(one.type):  # its stored number, in the column's unit
+            return one.view(pa.int64() if one.type.bit_width == 64 else pa.int32())[0].as_py()
+    except Exception:  # see _py_values
+        pass
+    return one.to_string(indent=0, window=1, skip_new_lines=True)
 
 
 def row_json(row: Mapping[str, object]) -> bytes:
