@@ -362,7 +362,25 @@ def concat_conformed(tables: Iterable[pa.Table | pa.RecordBatch]) -> pa.Table:
 def _to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
     n = table.num_rows
     arrays = [
-        (table[f.name] if f.name in table.column_names else pa.nulls(n, f.type)).cast(f.type)
+        _cast_column(table[f.name], f.type) if f.name in table.column_names else pa.nulls(n, f.type)
         for f in schema
     ]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _cast_column(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    """``column`` cast to ``target`` (a wider type of the same contract).
+
+    Arrow 26 builds an invalid array casting a slice of some nested structs (an empty slice of a
+    struct holding a struct with a null-typed field: found by the pipeline's fuzz test); such a
+    column is rebuilt from its values instead (slow, and only for such columns).
+    """
+    if column.type == target:
+        return column
+    out = column.cast(target)
+    if pa.types.is_nested(target):
+        try:
+            out.validate()
+        except pa.ArrowInvalid:
+            out = pa.chunked_array([pa.array(column.to_pylist(), type=target)], target)
+    return out

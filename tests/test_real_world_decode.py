@@ -543,3 +543,19 @@ def test_a_slice_of_a_nested_column_is_judged_on_its_own_rows() -> None:
     out = decode_arrow(block.slice(1, 1))
     assert (out.good.num_rows, out.dead.num_rows) == (1, 0)
     assert out.good.column("meta").to_pylist() == [["x"]]
+
+
+def test_an_empty_slice_of_nested_structs_joins_the_contract_with_the_other_parts() -> None:
+    """Arrow 26 casts an empty slice of a struct holding a struct with a null-typed field into an
+    invalid array: the lake writer's join of a block's parts failed on it (found by the
+    pipeline's fuzz test, a block whose cold part was empty)."""
+    kind = pa.struct([("x", pa.struct([("b", pa.null()), ("c", pa.string())]))])
+    rows = pa.array([{"x": {"b": None, "c": "q"}}], kind)
+    empty = pa.table({"id": pa.array([], pa.string()), "q": rows.slice(0, 0)})
+    other = pa.table({"id": ["2"], "tier": ["vip"]})
+    joined = concat_conformed([empty, other, pa.table({"id": ["3"], "q": rows})])
+    joined.validate(full=True)
+    assert joined.to_pylist() == [
+        {"id": "2", "q": None, "tier": "vip"},
+        {"id": "3", "q": {"x": {"b": None, "c": "q"}}, "tier": None},
+    ]
