@@ -14,7 +14,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.installed
 
-.PHONY: setup setup-run setup-bench run test fuzz lint typecheck bench bench-router bench-kafka bench-checkpoint bench-files bench-cold bench-ingest kafka-jars mono clean
+.PHONY: setup setup-run setup-bench run test fuzz lint typecheck bench bench-router bench-kafka bench-checkpoint bench-files bench-cold bench-ingest bench-smoke kafka-jars mono clean
 
 setup: $(STAMP) $(KAFKA_STAMP) mono
 
@@ -67,6 +67,11 @@ lint: setup
 
 typecheck: setup
 	$(BIN)/mypy
+
+# Tiny runs of the longer benchmarks (each starts its own Ray; ~4 minutes in all here): they
+# check the benchmarks still run and check their own results. `make test` leaves them out.
+bench-smoke: setup
+	$(BIN)/python -m pytest -m bench_smoke tests/test_benchmarks_smoke.py
 
 bench-router: setup-run
 	$(BIN)/python -m benchmarks.router_throughput

@@ -1,4 +1,8 @@
-"""Tiny runs of the benchmarks: they start, check their own results, and print one JSON record."""
+"""Tiny runs of the benchmarks: they start, check their own results, and print one JSON record.
+
+The longer ones (a Ray of their own, Kafka, a lake of their own: 30-90 s each here) are marked
+``bench_smoke``: ``make bench-smoke`` runs them, ``make test`` does not (its 20-minute budget).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +58,7 @@ def test_router_throughput_smoke(tmp_path: Path) -> None:
 def test_end_to_end_smoke(tmp_path: Path) -> None:
     record = run_benchmark(
         "benchmarks.end_to_end", "--events", "20000", "--latency-events", "10000",
-        "--naive-events", "200", "--no-plot", results=tmp_path,
+        "--naive-events", "200", "--rounds", "1", "--no-plot", results=tmp_path,
     )  # fmt: skip
     assert record["events"] == 20_000
     assert sum(record["split"].values()) == 20_000
@@ -64,6 +70,7 @@ def test_end_to_end_smoke(tmp_path: Path) -> None:
     assert record["hot_latency_ms"]["p99_ms"] >= record["hot_latency_ms"]["p50_ms"] > 0
 
 
+@pytest.mark.bench_smoke
 def test_kafka_ingest_smoke(tmp_path: Path, kafka_bootstrap: str, monkeypatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP", kafka_bootstrap)  # the session's broker, not a new one
     record = run_benchmark(
@@ -84,6 +91,7 @@ def test_decode_telemetry_smoke(tmp_path: Path) -> None:
     assert all(rate > 0 for rate in rates.values())
 
 
+@pytest.mark.bench_smoke
 def test_checkpoint_smoke(tmp_path: Path) -> None:
     record = run_benchmark(
         "benchmarks.checkpoint", "--keys", "500", "--lake-files", "5,50", "--events", "5000",
@@ -96,6 +104,7 @@ def test_checkpoint_smoke(tmp_path: Path) -> None:
     assert all(p["recovery_ms"] >= 0 for p in record["by_lake_files"])
 
 
+@pytest.mark.bench_smoke
 def test_cold_files_smoke(tmp_path: Path) -> None:
     record = run_benchmark(
         "benchmarks.cold_files", "--minutes", "0.1", "--rate", "20000", "--target", "200KiB",
@@ -115,6 +124,7 @@ def test_cold_files_smoke(tmp_path: Path) -> None:
     assert after["files"] < files["files"] and files["folders_under_target"] >= 1
 
 
+@pytest.mark.bench_smoke
 def test_cold_job_smoke(tmp_path: Path) -> None:
     lake = ["--events", "40000", "--hours", "2", "--players", "2000", "--lake", str(tmp_path / "l")]
     # Not warmed, and Ray Data's groupby once (its default partitions): it costs ~8 s even on
