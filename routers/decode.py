@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -993,8 +994,7 @@ def decode_arrow(
     contract = contract or new_contract(schema)
     original = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
     n = original.num_rows
-    names = original.column_names
-    twice = sorted({name for name in names if names.count(name) > 1})
+    twice = sorted(name for name, c in Counter(original.column_names).items() if c > 1)
     if twice:
         # Which of two same-named columns is the field cannot be told: every row is a dead
         # letter, both values kept in its raw JSON (Spark refuses such a file whole).
@@ -1009,7 +1009,9 @@ def decode_arrow(
     # Arrow IPC and Parquet carry strings unchecked: a row with invalid UTF-8 anywhere is a
     # dead letter (as in NDJSON), and the checks below never see it.
     invalid = _invalid_rows(table)
-    kept = np.array(sorted(set(range(n)) - set(invalid)), dtype=np.int64)
+    good_rows = np.ones(n, dtype=bool)
+    good_rows[list(invalid)] = False
+    kept = np.flatnonzero(good_rows)
     if invalid:
         table = table.take(pa.array(kept))
     m = table.num_rows
