@@ -14,9 +14,9 @@ import contextlib
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -1049,17 +1049,30 @@ def decode_arrow(
     return Decoded(good=good, dead=dead, good_lines=kept[~is_bad], lines=n)
 
 
+def _holds(kind: pa.DataType, test: Callable[[pa.DataType], bool]) -> bool:
+    """Whether ``kind`` or any type nested in it (children, dictionary values, an extension's
+    storage) passes ``test``."""
+    if test(kind):
+        return True
+    if isinstance(kind, pa.ExtensionType):
+        return _holds(kind.storage_type, test)
+    if pa.types.is_dictionary(kind):
+        return _holds(kind.value_type, test)
+    return any(_holds(kind.field(i).type, test) for i in range(kind.num_fields))
+
+
+def _is_view(kind: pa.DataType) -> bool:
+    return (
+        kind in (pa.string_view(), pa.binary_view())
+        or pa.types.is_list_view(kind)
+        or pa.types.is_large_list_view(kind)
+        or pa.types.is_run_end_encoded(kind)
+    )
+
+
 def _has_view(kind: pa.DataType) -> bool:
     """Whether ``kind`` holds a view layout or run-end encoding anywhere (nested included)."""
-    if kind in (pa.string_view(), pa.binary_view()):
-        return True
-    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
-        return True
-    if pa.types.is_run_end_encoded(kind):
-        return True
-    if pa.types.is_dictionary(kind):
-        return _has_view(kind.value_type)
-    return any(_has_view(kind.field(i).type) for i in range(kind.num_fields))
+    return _holds(kind, _is_view)
 
 
 def _plain_array(values: pa.Array) -> pa.Array:
@@ -1142,13 +1155,10 @@ def _empty_categoricals(schema: pa.Schema) -> set[str]:
 
 def _has_text(kind: pa.DataType) -> bool:
     """Whether values of ``kind`` hold strings anywhere (nested and extension types included)."""
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or kind == pa.string_view():
-        return True
-    if isinstance(kind, pa.ExtensionType):  # e.g. arrow.json: strings underneath
-        return _has_text(kind.storage_type)
-    if pa.types.is_dictionary(kind):
-        return _has_text(kind.value_type)
-    return any(_has_text(kind.field(i).type) for i in range(kind.num_fields))
+    return _holds(
+        kind,
+        lambda k: pa.types.is_string(k) or pa.types.is_large_string(k) or k == pa.string_view(),
+    )
 
 
 def _invalid_rows(table: pa.Table) -> dict[int, str]:
@@ -1213,22 +1223,12 @@ def _raw_json(table: pa.Table, index: np.ndarray) -> pa.Array:
     letter), every column kept: same-named columns both, and values Python cannot hold (a time
     past year 9999, a zone it does not know, invalid UTF-8) as Arrow has them (see
     :func:`_py_values`)."""
-    names = [json.dumps(name, ensure_ascii=False) for name in table.column_names]
     columns = [_py_values(column, index) for column in table.columns]
     if not columns:
         return pa.array([b"{}"] * len(index), pa.binary())
+    names = table.column_names
     return pa.array(
-        [
-            (
-                "{"
-                + ",".join(
-                    f"{name}:{json.dumps(value, default=str, ensure_ascii=False)}"
-                    for name, value in zip(names, values, strict=True)
-                )
-                + "}"
-            ).encode()
-            for values in zip(*columns, strict=True)
-        ],
+        [row_json(zip(names, values, strict=True)) for values in zip(*columns, strict=True)],
         pa.binary(),
     )
 
@@ -1263,12 +1263,26 @@ def _py_value(one: pa.Array) -> object:
     return one.to_string(indent=0, window=1, skip_new_lines=True)
 
 
-def row_json(row: Mapping[str, object]) -> bytes:
+#: How a row without bytes of its own is written (values JSON has no form for: their str).
+_COMPACT: Final[dict[str, Any]] = {"default": str, "separators": (",", ":"), "ensure_ascii": False}
+
+
+def row_json(row: Mapping[str, object] | Iterable[tuple[str, object]]) -> bytes:
     """A row as compact JSON: the ``raw`` of a dead letter that has no bytes of its own (columnar
     input, a row a processor raised on); values JSON has no form for become their ``str``.
+
+    ``row`` may be (name, value) pairs: then a name that comes twice is written twice (columnar
+    input can hold two columns of one name).
 
     Example:
         >>> row_json({"player_id": "p1", "level": 3})
         b'{"player_id":"p1","level":3}'
+        >>> row_json([("id", 1), ("id", 2)])
+        b'{"id":1,"id":2}'
     """
-    return json.dumps(row, default=str, separators=(",", ":"), ensure_ascii=False).encode()
+    if isinstance(row, Mapping):
+        return json.dumps(row, **_COMPACT).encode()
+    fields = (
+        f"{json.dumps(name, **_COMPACT)}:{json.dumps(value, **_COMPACT)}" for name, value in row
+    )
+    return ("{" + ",".join(fields) + "}").encode()
