@@ -100,9 +100,9 @@ def test_kafka_to_s3_lake(kafka_bootstrap: str, topic: str, s3_lake: tuple[str, 
     assert set(cold.column_names) >= {"kafka_partition", "kafka_offset", "kafka_key", "dt", "hour"}
     dead = lake_table(fs, lake, "_dead_letter")
     assert dead.num_rows == malformed
-    assert sorted(dead["raw"].to_pylist()) == sorted(
-        line for line in lines if line in set(dead["raw"].to_pylist())
-    )
+    raws = dead["raw"].to_pylist()
+    dead_lines = set(raws)
+    assert sorted(raws) == sorted(line for line in lines if line in dead_lines)
     pairs = set(zip(dead["partition"].to_pylist(), dead["offset"].to_pylist(), strict=True))
     assert len(pairs) == malformed  # each with its own topic-partition and offset
     end, committed = end_and_committed(kafka_bootstrap, topic, group)
