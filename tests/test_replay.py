@@ -231,7 +231,6 @@ def test_a_kafka_range_replays_to_the_streaming_runs_outputs(
     kafka_bootstrap: str,
     topic: str,
     cli_config: Any,
-    cli_runs: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A streaming run over a topic, then its whole range replayed from the log: the same
@@ -251,10 +250,14 @@ def test_a_kafka_range_replays_to_the_streaming_runs_outputs(
     admin.create_topics([NewTopic(data["alerts_topic"], num_partitions=1, replication_factor=1)])
     admin.close()
     path.write_text(yaml.safe_dump(data))
-    first = cli_runs(path, "first").result(timeout=240)
+    config = load_config(path)
+    # In this session's Ray, as the replays below (`thermocline run` in its own process, with
+    # its own Ray, is what tests/test_kafka.py and tests/test_commit_protocol.py run).
+    streaming = Pipeline(config)
+    first: dict[str, Any] = streaming.run().to_json()
+    streaming.close()
     alerts = count_records(kafka_bootstrap, data["alerts_topic"])
     assert first["alerts"] == alerts > 0
-    config = load_config(path)
     lake = config.cold.lake_uri
     options = dict(config.cold.storage_options)
 
