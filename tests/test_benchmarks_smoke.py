@@ -55,6 +55,7 @@ def test_router_throughput_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "router_throughput.png").stat().st_size > 0
 
 
+@pytest.mark.bench_smoke
 def test_end_to_end_smoke(tmp_path: Path) -> None:
     record = run_benchmark(
         "benchmarks.end_to_end", "--events", "20000", "--latency-events", "10000",
