@@ -183,7 +183,12 @@ def write_config(folder: Path, **source: Any) -> Path:
             "lake_uri": source.pop("lake"),
             "flush_rows": 20_000,
             "flush_interval": "1s",
-            "storage_options": {"client_kwargs": {"endpoint_url": source.pop("endpoint")}},
+            "storage_options": {
+                "client_kwargs": {"endpoint_url": source.pop("endpoint")},
+                # For a run in the test session's Ray too (run_here), whose workers may have
+                # started before the S3 fixture put the credentials in the environment.
+                **_credentials(),
+            },
         },
         "checkpoint_interval": "500ms",
         "progress_every_s": 2,  # a timeline in the logs
@@ -201,6 +206,28 @@ def write_config(folder: Path, **source: Any) -> Path:
     path = folder / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def _credentials() -> dict[str, str]:
+    found = {
+        "key": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+def run_here(config: Path) -> dict[str, Any]:
+    """What ``thermocline run --config config --json`` prints, run in this test session's Ray
+    (the ``ray_local`` fixture): a restart that needs no Ray of its own to resume from the
+    checkpoints a crashed ``CliRun`` left."""
+    from engine.config import load_config
+    from engine.pipeline import Pipeline
+
+    pipeline = Pipeline(load_config(config))
+    try:
+        return pipeline.run().to_json()
+    finally:
+        pipeline.close()
 
 
 class CliRun:

@@ -35,6 +35,7 @@ from tests.kafka_helpers import (
     pipeline_config,
     produce,
     read_by_every_reader,
+    run_here,
     wait_for,
     workload,
 )
@@ -98,7 +99,9 @@ def test_a_crash_at_each_step_loses_and_doubles_nothing(
         json.loads(fs.cat(path))["feeds"]["cold"] + 1
         for path in fs.glob(f"{state}/*/epoch-*/{finished}.json")  # one run: one epoch each
     )
-    resumed = cli_runs(config, "resumed").result(timeout=240)
+    # The crash was a process's; the restart runs in this session's Ray (run_here).
+    request.getfixturevalue("ray_local")
+    resumed = run_here(config)
     assert resumed["events_in"] == 16_000 - resume  # from the checkpoint, not from the start
 
     fs.invalidate_cache()
@@ -114,7 +117,6 @@ def test_a_crash_at_each_step_loses_and_doubles_nothing(
 
     if step.startswith("snapshot"):  # files the crash left staged are still there, unseen
         assert staged_not_committed(fs, lake, storage, "events") > 0
-        request.getfixturevalue("ray_local")  # Ray Data reads in the session's Ray
         seen = read_by_every_reader(lake, storage, "events")
         assert seen == {r: ids(want["cold"]) for r in ("deltalake", "duckdb", "polars", "ray")}
 
