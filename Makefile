@@ -37,21 +37,17 @@ mono:
 	  apt-get install -y -qq --no-install-recommends $(MONO_PACKAGES) \
 	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(MONO_PACKAGES); }; }
 
-# uv installs the same packages as pip from the same registry (same versions, checked with
-# `pip freeze`), in ~10-15 s instead of pip's ~75 s here; the venv stays a plain venv.
-UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
-
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet uv==0.13.9
-	$(UV) -e '.[test]'
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 # The engines benchmarks/cold_job.py compares with (pyproject's `bench` group: PySpark, ~0.5 GB).
 setup-bench: $(BENCH_STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(UV) -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
 run: setup-run
@@ -72,7 +68,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-# Tiny runs of the longer benchmarks (each starts its own Ray; ~4 minutes in all here): they
+# Tiny runs of the longer benchmarks (each starts its own Ray; ~5 minutes in all here): they
 # check the benchmarks still run and check their own results. `make test` leaves them out.
 bench-smoke: setup
 	$(BIN)/python -m pytest -m bench_smoke tests/test_benchmarks_smoke.py

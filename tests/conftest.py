@@ -16,9 +16,9 @@ import pytest
 # Before Ray is imported anywhere: bind to loopback (PLATFORM_NOTES).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Ray Data 2.60's Parquet reader reads footers on a pool of 32 actors per read, each a new
-# worker process: on this 2-CPU Ray a read of 300 small files took 27 s with 32, 5 s with 2
-# (same rows). Readers still read with Ray Data's default (v2) reader, only with a smaller pool.
+# Ray Data 2.60's read_parquet reads footers on a pool of 32 actors per read, each a new worker
+# process: on this 2-CPU Ray a read of 300 small files took 27 s with 32, 5 s with 2 (same rows).
+# Tests still read with its default (v2) reader, only with a smaller pool (read in the driver).
 os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
 
 

@@ -2,7 +2,8 @@
 
 Real Kafka in, the real S3 server's lake out, ``thermocline run`` in its own process: the crash
 hook (``THERMOCLINE_CRASH_AT``) ends the process with ``os._exit`` right after a given step of a
-checkpoint, as a power cut would (no cleanup, nothing flushed). A second run resumes. Then
+checkpoint, as a power cut would (no cleanup, nothing flushed). A second run resumes (in this
+test session's Ray: ``tests.kafka_helpers.run_here``; a restart needs no Ray of its own). Then
 cold events, dead letters and warm outputs are each in the lake exactly once, the warm outputs
 equal a recompute, the hot state equals an uninterrupted run's, the group's offsets are at the
 end, and the four documented readers see committed rows only, never a file the crash left staged.
@@ -101,7 +102,7 @@ def test_a_crash_at_each_step_loses_and_doubles_nothing(
     )
     # The crash was a process's; the restart runs in this session's Ray (run_here).
     request.getfixturevalue("ray_local")
-    resumed = run_here(config)
+    resumed = run_here(config, storage)
     assert resumed["events_in"] == 16_000 - resume  # from the checkpoint, not from the start
 
     fs.invalidate_cache()

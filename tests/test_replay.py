@@ -254,8 +254,12 @@ def test_a_kafka_range_replays_to_the_streaming_runs_outputs(
     # In this session's Ray, as the replays below (`thermocline run` in its own process, with
     # its own Ray, is what tests/test_kafka.py and tests/test_commit_protocol.py run).
     streaming = Pipeline(config)
-    first: dict[str, Any] = streaming.run().to_json()
-    streaming.close()
+    try:
+        summary = streaming.run()
+    finally:
+        streaming.close()
+    assert summary.hot + summary.warm + summary.cold + summary.dead_letter == summary.events_in
+    first: dict[str, Any] = summary.to_json()
     alerts = count_records(kafka_bootstrap, data["alerts_topic"])
     assert first["alerts"] == alerts > 0
     lake = config.cold.lake_uri
