@@ -26,7 +26,7 @@ from engine.sources import SyntheticSource
 from engine.sources.lake import LakeSource
 from jobs.replay import main, replay_uri
 from routers import Router, decode_ndjson, new_contract
-from tests.kafka_helpers import arrival_ms, produce, workload
+from tests.kafka_helpers import arrival_ms, produce, run_here, workload
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -253,13 +253,7 @@ def test_a_kafka_range_replays_to_the_streaming_runs_outputs(
     config = load_config(path)
     # In this session's Ray, as the replays below (`thermocline run` in its own process, with
     # its own Ray, is what tests/test_kafka.py and tests/test_commit_protocol.py run).
-    streaming = Pipeline(config)
-    try:
-        summary = streaming.run()
-    finally:
-        streaming.close()
-    assert summary.hot + summary.warm + summary.cold + summary.dead_letter == summary.events_in
-    first: dict[str, Any] = summary.to_json()
+    first = run_here(path, dict(config.cold.storage_options))
     alerts = count_records(kafka_bootstrap, data["alerts_topic"])
     assert first["alerts"] == alerts > 0
     lake = config.cold.lake_uri
