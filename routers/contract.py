@@ -21,7 +21,13 @@ to it before it leaves the decoder:
   all as doubles, before any contract sees them). Declare the column ``int64`` (or ``string``)
   to keep 64-bit ids exact;
 - a column the segment lacks is added as nulls; column order is the contract's, never the
-  segment's.
+  segment's;
+- a field whose name equals another's but for case (``Level`` beside ``level``; ``A`` beside
+  ``a`` inside an object; compared by Unicode lowercase, Delta Lake's rule) makes the rows that
+  hold a value there dead letters ``duplicate_field:<path>`` (``tier.A``, ``tags[].C``), and the
+  field stays out of the schema: JSON keys are case-sensitive, Delta's column names are not, at
+  any depth, so the lake could store neither. The name the stream met first keeps the place (a
+  role, a declared column, the source's ``reserved`` arrival column come first).
 
 The contract only grows (columns are added, types widen), so every batch it produced casts safely
 to its latest schema: :func:`concat_conformed` does that before concatenating.
@@ -79,6 +85,8 @@ class SchemaContract:
         declared: column name to its declared type (payload columns; roles are typed by the
             decoder itself).
         fixed: columns whose type is fixed upstream (the roles): kept first, never widened.
+        reserved: columns added beside the contract's later (the source's arrival time): an
+            event's field of the same name but for case is a ``duplicate_field``.
 
     Example:
         >>> contract = SchemaContract({"amount": pa.float64()})
@@ -97,10 +105,15 @@ class SchemaContract:
         self,
         declared: Mapping[str, pa.DataType] | None = None,
         fixed: Mapping[str, pa.DataType] | None = None,
+        reserved: Iterable[str] = (),
     ) -> None:
         self.declared = dict(declared or {})
         self.fixed = dict(fixed or {})
         self._types: dict[str, pa.DataType] = {**self.fixed, **self.declared}
+        #: Every name the stream holds, by its lowercase (see :meth:`_owner`).
+        self._lower: dict[str, str] = {}
+        for name in [*self._types, *reserved]:
+            self._owner(name)
         #: How many times a column's type widened (a changed schema downstream).
         self.changes = 0
 
@@ -114,6 +127,11 @@ class SchemaContract:
         for f in schema:
             if f.name not in self.fixed and f.name not in self.declared:
                 self._types[f.name] = self._widen(self._types.get(f.name), f.type) or f.type
+                self._owner(f.name)
+
+    def _owner(self, name: str) -> str:
+        """The name the stream holds for ``name`` ignoring case (``name`` itself when new)."""
+        return self._lower.setdefault(name.lower(), name)
 
     def conform(self, table: pa.Table) -> tuple[pa.Table, pa.Array | None]:
         """``table`` with the contract's schema, and per row the reason it is bad (or None).
@@ -121,16 +139,18 @@ class SchemaContract:
         Returns:
             (table, reasons): reasons is None when every row conforms, else a string array
             with ``bad_type:<column>`` on the rows whose value could not take the column's type
-            (their value is null in the returned table; drop them).
+            (their value is null in the returned table) and ``duplicate_field:<path>`` on the
+            rows holding a field named like another but for case (that field is not in the
+            returned table); drop them.
         """
         n = table.num_rows
         reasons: pa.Array | None = None
         columns: dict[str, pa.Array | pa.ChunkedArray] = {}
 
-        def flag(name: str, bad: pa.Array) -> None:
+        def flag(reason: str, bad: pa.Array) -> None:
             nonlocal reasons
-            reason = pc.if_else(bad, pa.scalar(f"bad_type:{name}"), pa.scalar(None, pa.string()))
-            reasons = reason if reasons is None else pc.coalesce(reasons, reason)
+            marked = pc.if_else(bad, pa.scalar(reason), pa.scalar(None, pa.string()))
+            reasons = marked if reasons is None else pc.coalesce(reasons, marked)
 
         def exact(name: str, column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
             """An undeclared column without integers beyond 2^53 (their rows flagged)."""
@@ -140,14 +160,27 @@ class SchemaContract:
             inexact = _inexact_rows(array)
             if inexact is None:
                 return column
-            flag(name, inexact)
+            flag(f"bad_type:{name}", inexact)
             return pc.if_else(inexact, pa.scalar(None, column.type), array)
 
         for name, column in zip(table.column_names, table.columns, strict=True):
             if name in columns:
                 continue  # a duplicate name: Arrow never produces one from JSON objects
-            column = exact(name, column)
+            if self._owner(name) != name:
+                held = combined(column).is_valid()
+                if pc.any(held).as_py():
+                    flag(f"duplicate_field:{name}", held)
+                continue
             current = self._types.get(name)
+            if current != column.type and pa.types.is_nested(column.type):
+                clashes: list[tuple[str, pa.Array]] = []
+                array = combined(column)
+                kind = _without_clashes(array, current, name, clashes)
+                for path, held in clashes:
+                    flag(f"duplicate_field:{path}", held)
+                if kind != array.type:  # by name: the fields left out are dropped
+                    column = _cast_column(pa.chunked_array([array]), kind)
+            column = exact(name, column)
             if current is None:
                 self._types[name] = column.type
                 columns[name] = column
@@ -165,7 +198,7 @@ class SchemaContract:
                     continue
             values, bad = cast_rows(column, self._types[name])
             if bad is not None:
-                flag(name, bad)
+                flag(f"bad_type:{name}", bad)
             columns[name] = exact(name, values)  # e.g. quoted digits cast to an int64 column
         arrays = [
             columns[name] if name in columns else pa.nulls(n, kind)
@@ -263,6 +296,61 @@ def _inexact_rows(array: pa.Array) -> pa.Array | None:
     if found is None or not pc.any(found).as_py():
         return None
     return pc.and_(found, array.is_valid())
+
+
+def _without_clashes(
+    array: pa.Array, known: pa.DataType | None, path: str, found: list[tuple[str, pa.Array]]
+) -> pa.DataType:
+    """``array``'s type without the struct fields named like an earlier one but for case.
+
+    At every depth, the fields ``known`` (the stream's type so far) has come first, then the
+    array's own in order. For each field left out, ``found`` gets its path and, per row of
+    ``array``, whether the row holds a value there.
+
+    Example:
+        >>> found = []
+        >>> a = pa.array([{"a": 1}, {"A": 2}, {"b": [{"c": 1, "C": None}]}])
+        >>> _without_clashes(a, None, "x", found)
+        StructType(struct<a: int64, b: list<item: struct<c: int64>>>)
+        >>> [(path, rows.to_pylist()) for path, rows in found]
+        [('x.A', [False, True, False])]
+    """
+    kind = array.type
+    if pa.types.is_struct(kind):
+        old = known if known is not None and pa.types.is_struct(known) else pa.struct([])
+        taken = {f.name.lower(): f.name for f in old}
+        fields = []
+        inner: list[tuple[str, pa.Array]] = []
+        for i, f in enumerate(kind):
+            child = array.field(i)
+            where = f"{path}.{f.name}"
+            if taken.setdefault(f.name.lower(), f.name) != f.name:
+                inner.append((where, child.is_valid()))
+                continue
+            index = old.get_field_index(f.name)
+            sub = old.field(index).type if index >= 0 else None
+            fields.append(f.with_type(_without_clashes(child, sub, where, inner)))
+        valid = array.is_valid()
+        for where, rows in inner:
+            held = pc.and_(rows, valid)
+            if pc.any(held).as_py():
+                found.append((where, held))
+        return pa.struct(fields)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        old_items = None
+        if known is not None and (pa.types.is_list(known) or pa.types.is_large_list(known)):
+            old_items = known.value_type
+        items: list[tuple[str, pa.Array]] = []
+        inner_type = _without_clashes(array.flatten(), old_items, f"{path}[]", items)
+        if inner_type == kind.value_type:
+            return kind
+        parents = pc.list_parent_indices(array)
+        for where, rows in items:
+            hit = pc.unique(pc.filter(parents, rows))
+            found.append((where, pc.is_in(pa.array(np.arange(len(array))), value_set=hit)))
+        field = kind.value_field.with_type(inner_type)
+        return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
+    return kind
 
 
 def _children_widen(old: pa.DataType, new: pa.DataType) -> bool:

@@ -236,19 +236,25 @@ class _Lines:
         )
 
 
-def _read(buffer: pa.Buffer, schema: EventSchema, quoted: _Quoted) -> pa.Table:
+def _read(
+    buffer: pa.Buffer,
+    schema: EventSchema,
+    quoted: _Quoted,
+    typed: Mapping[str, pa.DataType] | None = None,
+) -> pa.Table:
     """One Arrow read; the id and key roles may be JSON integers (quoted first, exactly).
 
     Args:
         quoted: role columns whose integer values are put in quotes before reading; a read
             that fails on another of them adds it (a stream's :class:`DecodeHints` keep the set,
             so later blocks quote at once instead of failing first).
+        typed: payload columns read with this type instead of an inferred one.
     """
     pending = quoted.pending()
     data = _quote_numbers(buffer, pending) if pending else buffer
     while True:
         try:
-            return _read_json(data, schema)
+            return _read_json(data, schema, typed)
         except pa.ArrowInvalid as exc:
             column = _numeric_column(str(exc), schema, quoted.contract)
             if column is None or column in quoted:
@@ -259,20 +265,64 @@ def _read(buffer: pa.Buffer, schema: EventSchema, quoted: _Quoted) -> pa.Table:
             data = _quote_numbers(buffer, quoted.pending())
 
 
-def _read_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
-    table = _read_arrow_json(buffer, schema)
+def _read_json(
+    buffer: pa.Buffer, schema: EventSchema, typed: Mapping[str, pa.DataType] | None = None
+) -> pa.Table:
+    table = _read_arrow_json(buffer, schema, typed)
     # Arrow 26's reader can build an invalid nested array from valid JSON (a list holding null
     # and then a string, found by fuzzing): such a read is not used.
-    for name, column in zip(table.column_names, table.columns, strict=True):
+    for i, (name, column) in enumerate(zip(table.column_names, table.columns, strict=True)):
         if pa.types.is_nested(column.type):
             try:
                 column.validate(full=True)
             except pa.ArrowInvalid:
-                raise _Misaligned(f"unreadable:{name}") from None
+                repaired = _null_lists_rebuilt(column)
+                if repaired is None:
+                    raise _Misaligned(f"unreadable:{name}") from None
+                table = table.set_column(i, name, repaired)
     return table
 
 
-def _read_arrow_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
+def _null_lists_rebuilt(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """``column`` with its lists of nulls rebuilt, if that makes it valid (else None).
+
+    Arrow 26 reads a list of two or more nulls (``[null, null]``: a list of type null) with
+    fewer values than its offsets span. A null value holds no data, so such a list is rebuilt
+    exactly from its offsets; any other invalid read stays refused.
+
+    Example:
+        >>> bad = pj.read_json(pa.BufferReader(b'{"a": {"b": [null, null]}}'))["a"]
+        >>> _null_lists_rebuilt(bad).to_pylist()
+        [{'b': [None, None]}]
+    """
+    try:
+        repaired = pa.chunked_array([_rebuilt(chunk) for chunk in column.chunks], column.type)
+        repaired.validate(full=True)
+    except pa.ArrowInvalid:
+        return None
+    return repaired
+
+
+def _rebuilt(array: pa.Array) -> pa.Array:
+    kind = array.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        offsets = array.offsets
+        if pa.types.is_null(kind.value_type):
+            values: pa.Array = pa.nulls(offsets[-1].as_py())
+        else:
+            values = _rebuilt(array.values)
+        build = pa.ListArray if pa.types.is_list(kind) else pa.LargeListArray
+        return build.from_arrays(offsets, values, kind, mask=array.is_null())
+    if pa.types.is_struct(kind) and kind.num_fields:
+        children = [_rebuilt(array.field(i)) for i in range(kind.num_fields)]
+        return pa.StructArray.from_arrays(children, fields=list(kind), mask=array.is_null())
+    return array
+
+
+def _read_arrow_json(
+    buffer: pa.Buffer, schema: EventSchema, typed: Mapping[str, pa.DataType] | None = None
+) -> pa.Table:
+    explicit = [(name, pa.string()) for name in schema.string_roles] + list((typed or {}).items())
     return pj.read_json(
         pa.BufferReader(buffer),
         # One piece, on this thread. Arrow's reader in pieces (use_threads with a smaller
@@ -282,7 +332,7 @@ def _read_arrow_json(buffer: pa.Buffer, schema: EventSchema) -> pa.Table:
         # review, 2026-11-28; tests/test_real_world_decode.py keeps both inputs).
         read_options=pj.ReadOptions(use_threads=False, block_size=_WHOLE_BLOCK),
         parse_options=pj.ParseOptions(
-            explicit_schema=pa.schema([(name, pa.string()) for name in schema.string_roles]),
+            explicit_schema=pa.schema(explicit),
             unexpected_field_behavior="infer",
             newlines_in_values=False,
         ),
@@ -468,7 +518,11 @@ def _read_in_pieces(lines: _Lines, schema: EventSchema, quoted: _Quoted) -> _Rea
             continue
         except _Misaligned as exc:
             if stop - pos == 1:
-                bad.append((int(lines.index[pos]), exc.reason))
+                retyped = _read_retyped(lines, pos, schema, quoted, exc.reason)
+                if retyped is None:
+                    bad.append((int(lines.index[pos]), exc.reason))
+                else:
+                    segments.append((lines.index[pos:stop], retyped))
                 pos += 1
             else:
                 size = max((stop - pos) // 2, 1)
@@ -497,6 +551,34 @@ def _read_in_pieces(lines: _Lines, schema: EventSchema, quoted: _Quoted) -> _Rea
             bad.append((int(lines.index[pos + row]), reason))
             pos += row + 1
     return segments, bad
+
+
+def _read_retyped(
+    lines: _Lines, line: int, schema: EventSchema, quoted: _Quoted, reason: str
+) -> pa.Table | None:
+    """A line Arrow read into an invalid array, read again with that column's type given.
+
+    Arrow 26 infers a list that starts with nulls (``[null, 5]``, ``{"b": [null, "x"]}``) as a
+    list of nulls, and builds an invalid array when a value follows. Given the type (what
+    pyarrow infers from the value as Python parsed it) it reads the list right; a line that
+    still does not read stays a dead letter. Only single lines that failed get here: rare.
+    """
+    buffer = lines.span(line, line + 1)
+    typed: dict[str, pa.DataType] = {}
+    while reason.startswith("unreadable:"):
+        column = reason.partition(":")[2]
+        try:
+            if column in typed:
+                return None
+            typed[column] = pa.array([json.loads(buffer.to_pybytes())[column]]).type
+            table = _read(buffer, schema, quoted, typed=typed)
+        except _Misaligned as exc:  # another column of the line, maybe
+            reason = exc.reason
+            continue
+        except (ValueError, TypeError, KeyError, RecursionError, pa.ArrowException):
+            return None
+        return table if table.num_rows == 1 else None
+    return None
 
 
 def _invalid_utf8(lines: _Lines) -> list[tuple[int, str]]:
@@ -814,7 +896,7 @@ def decode_ndjson(
     schema = schema or EventSchema()
     hints = hints if hints is not None else DecodeHints()
     if contract is None:
-        contract = SchemaContract(schema.declared, fixed=_role_types(schema))
+        contract = new_contract(schema)
     lines: _Lines | None = None
     segments: list[tuple[np.ndarray, pa.Table]] = []
     bad: list[tuple[int, str]] = []
@@ -967,7 +1049,7 @@ def new_contract(schema: EventSchema) -> SchemaContract:
         >>> new_contract(EventSchema()).schema.names
         ['event_id', 'player_id', 'event_time', 'event_type']
     """
-    return SchemaContract(schema.declared, fixed=_role_types(schema))
+    return SchemaContract(schema.declared, fixed=_role_types(schema), reserved=[schema.arrival])
 
 
 def decode_arrow(

@@ -239,6 +239,17 @@ def _parse_schema(data: Any, path: str, problems: list[str]) -> EventSchema:
         if name in roles:
             problems.append(f"{path}.columns.{name}: a role column is typed by its role; remove it")
             return EventSchema()
+    # The lake (Delta) compares column names ignoring case: two such names cannot both be kept.
+    named: dict[str, str] = {}
+    arrival = values.get("arrival", EventSchema.arrival)
+    for name in [*roles, arrival, *(n for n, _ in values.get("columns", ()))]:
+        other = named.setdefault(name.lower(), name)
+        if other != name:
+            problems.append(
+                f"{path}: {other!r} and {name!r} differ only in case, and the lake's column "
+                "names do not tell them apart; rename one"
+            )
+            return EventSchema()
     return EventSchema(**values)
 
 

@@ -93,6 +93,13 @@ def test_schema_roles_checked() -> None:
     assert policy.schema.time == "event_time"
 
 
+def test_schema_names_equal_but_for_case_are_refused() -> None:
+    msg = load_error("schema: {key: Event_ID}")
+    assert "schema: 'event_id' and 'Event_ID' differ only in case" in msg and "rename one" in msg
+    msg = load_error("schema: {columns: {amount: double, Amount: int64}}")
+    assert "'amount' and 'Amount' differ only in case" in msg
+
+
 def test_yaml_syntax_error_and_missing_file(tmp_path) -> None:
     assert "not valid YAML" in load_error("rules: [unclosed")
     with pytest.raises(PolicyError, match=r"nope\.yaml: no such policy file"):

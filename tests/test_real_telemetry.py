@@ -594,7 +594,9 @@ ANY_JSON = st.recursive(
     | st.floats()
     | st.text(max_size=12),
     lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+        st.lists(inner, max_size=3)
+        # Keys that differ only in case too: JSON tells them apart, the lake (Delta) does not.
+        | st.dictionaries(st.text(max_size=4) | st.sampled_from(["a", "A"]), inner, max_size=3)
     ),
     max_leaves=6,
 )
@@ -612,7 +614,11 @@ PLAUSIBLE = {
     "quality_score": st.floats(-1, 2),
     "amount": st.floats(0, 1e6) | st.integers(0, 10**6),
 }
-EVENTS = st.fixed_dictionaries({}, optional={f: PLAUSIBLE[f] | ANY_JSON for f in FIELDS})
+EVENTS = st.fixed_dictionaries(
+    {},
+    optional={f: PLAUSIBLE[f] | ANY_JSON for f in FIELDS}
+    | {"Level": ANY_JSON, "Player_Id": ANY_JSON},  # named like a column but for case
+)
 GARBAGE = st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\n", b"?"))
 
 
@@ -646,6 +652,53 @@ def test_any_json_values_are_routed_or_dead_never_lost(
             pipeline.close()
     assert summary.events_in == expected
     assert summary.hot + summary.warm + summary.cold + summary.dead_letter == expected
+
+
+def test_fields_named_alike_but_for_case_are_dead_letters_and_the_run_goes_on(
+    tmp_path: Path,
+) -> None:
+    """JSON keys are case-sensitive and Delta's column names are not: ``Level`` beside
+    ``level`` (or ``A`` beside ``a`` in an object) stopped the lake writer on every retry (found
+    by the fuzz test below). The rows holding the later name are dead letters with their bytes;
+    the others reach the lake as sent."""
+    t = 1_764_154_800_000
+    lines = [
+        {"event_id": "a", "player_id": "p1", "event_time": t, "event_type": "social",
+         "level": 3, "tier": {"a": 1}},
+        {"event_id": "b", "player_id": "p2", "event_time": t, "event_type": "social",
+         "Level": 4},
+        {"event_id": "c", "player_id": "p3", "event_time": t, "event_type": "social",
+         "tier": {"A": 2}},
+        {"event_id": "d", "player_id": "p4", "event_time": t, "event_type": "social",
+         "tier": {"a": 5, "b": [{"x": 1, "X": None}]}},
+    ]  # fmt: skip
+    raw = [json.dumps(line).encode() for line in lines]
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"".join(r + b"\n" for r in raw))
+    lake = tmp_path / "lake"
+    config = make_config(lake).model_copy(
+        update={"policy": Policy.from_dict({"default": "cold", "rules": []})}
+    )
+    pipeline = Pipeline(config, source=FileSource(path, block_rows=2), clock=lambda: NOW)
+    try:
+        summary = pipeline.run()
+    finally:
+        pipeline.close()
+    assert (summary.events_in, summary.cold, summary.dead_letter) == (4, 2, 2)
+    dead = sorted(pq.read_table(lake / "_dead_letter").to_pylist(), key=lambda d: d["raw"])
+    assert [(d["raw"], d["reason"]) for d in dead] == [
+        (raw[1], "duplicate_field:Level"), (raw[2], "duplicate_field:tier.A")
+    ]  # fmt: skip
+    stored = Lake(str(lake)).read("events").sort_by("event_id").to_pylist()
+    assert [(r["event_id"], r["level"], r["tier"]) for r in stored] == [
+        ("a", 3.0, {"a": 1.0, "b": None}), ("d", None, {"a": 5.0, "b": [{"x": 1.0}]})
+    ]  # fmt: skip
+    files = cold_files(lake)
+    ids = duckdb.sql(
+        "select event_id from read_parquet($files, union_by_name=true, hive_partitioning=false)",
+        params={"files": files},
+    ).fetchall()
+    assert sorted(ids) == [("a",), ("d",)]
 
 
 def test_empty_objects_reach_the_lake(tmp_path: Path) -> None:

@@ -165,13 +165,20 @@ def test_contract_widens_and_never_narrows() -> None:
     assert bad is None and contract.changes == 2  # null to int64, int64 to double
 
 
-def test_a_value_arrow_reads_into_an_invalid_array_is_a_dead_letter() -> None:
-    # pyarrow 26 builds an invalid list array from [null, ""] (found by the fuzz test).
-    odd = line(1, tags=[None, ""])
-    (out,) = stream([[line(0), odd, line(2, tags=["a"])]])
-    assert out.good["event_id"].to_pylist() == ["e0", "e2"]
-    assert out.dead["raw"].to_pylist() == [odd]
-    assert out.dead["reason"].to_pylist() == ["unreadable:tags"]
+def test_lists_that_start_with_nulls_read_as_sent() -> None:
+    # pyarrow 26 infers a list starting with nulls as a list of nulls and builds an invalid
+    # array when a value follows ([null, ""], found by the fuzz test; [null, 0]) or when there
+    # are two nulls ([null, null]); such events were dead letters ``unreadable:<column>``.
+    events = [line(0), line(1, tags=[None, ""]), line(2, tags=["a"]), line(3, s=[None, 0]),
+              line(4, s=[None, None], m={"b": [None, None, 2.5]}, n=[[None], [None, 1]]),
+              line(5, s=[7], m={"b": [1.5]})]  # fmt: skip
+    (out,) = stream([events])
+    assert out.dead.num_rows == 0
+    got = out.good.to_pylist()
+    assert [r["tags"] for r in got] == [None, [None, ""], ["a"], None, None, None]
+    assert [r["s"] for r in got] == [None, None, None, [None, 0], [None, None], [7]]
+    assert got[4]["m"] == {"b": [None, None, 2.5]} and got[5]["m"] == {"b": [1.5]}
+    assert got[4]["n"] == [[None], [None, 1]]
 
 
 def test_a_column_mixing_numbers_strings_and_objects_in_a_block_never_raises() -> None:
@@ -455,7 +462,7 @@ def columns(draw: st.DrawFn, n: int) -> pa.Array:
         return pa.array(raw, pa.binary()).view(pa.string())
     if kind == "struct":
         inner = draw(columns(n))
-        return pa.StructArray.from_arrays([inner], ["a"])
+        return pa.StructArray.from_arrays([inner], [draw(st.sampled_from(["a", "A"]))])
     if kind in ("list", "list_view"):
         inner = draw(columns(draw(st.integers(0, 8))))
         lengths = draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
@@ -482,7 +489,9 @@ def columnar_blocks(draw: st.DrawFn) -> pa.Table:
     n = draw(st.integers(1, 6))
     names = draw(
         st.lists(
-            st.sampled_from(["event_id", "player_id", "event_time", "event_type", "tier", "x"]),
+            st.sampled_from(
+                ["event_id", "player_id", "event_time", "event_type", "tier", "x", "Tier"]
+            ),
             min_size=0,
             max_size=7,
         )
@@ -509,6 +518,7 @@ def test_columnar_input_of_any_shape_never_raises_and_accounts_for_every_row(
             range(block.num_rows)
         )
         out.good.validate(full=True)
+        _no_case_twins(out.good.schema)
         for raw, reason in zip(
             out.dead.column("raw").to_pylist(), out.dead.column("reason").to_pylist(), strict=True
         ):
@@ -559,3 +569,132 @@ def test_an_empty_slice_of_nested_structs_joins_the_contract_with_the_other_part
         {"id": "2", "q": None, "tier": "vip"},
         {"id": "3", "q": {"x": {"b": None, "c": "q"}}, "tier": None},
     ]
+
+
+# -- field names that differ only in case -----------------------------------------------------
+# JSON keys are case-sensitive; Delta Lake's are not (at any depth, by Unicode lowercase). So
+# "level" beside "Level" is two fields to a client and one to the lake, whose writer refused the
+# whole block on every retry (found by the pipeline's fuzz test).
+
+
+def _delta_accepts(schema: pa.Schema) -> None:
+    from deltalake.schema import Schema
+
+    Schema.from_arrow(schema)  # raises "Duplicate field name (case-insensitive)"
+
+
+def _no_case_twins(fields: pa.Schema | pa.DataType) -> None:
+    """Delta's rule on names alone, at every depth (for columnar types Delta stores otherwise,
+    such as timestamps in seconds, which the lake writer converts)."""
+    named = isinstance(fields, pa.Schema | pa.StructType)
+    names = [f.name.lower() for f in fields] if named else []
+    assert len(names) == len(set(names)), names
+    for kind in fields.types if isinstance(fields, pa.Schema) else []:
+        _no_case_twins(kind)
+    if isinstance(fields, pa.StructType):
+        for f in fields:
+            _no_case_twins(f.type)
+    if isinstance(fields, pa.ListType | pa.LargeListType):
+        _no_case_twins(fields.value_type)
+
+
+def test_a_field_named_like_another_but_for_case_makes_only_its_rows_dead() -> None:
+    blocks = [
+        [line(0, level=3), line(1, Level=4)],  # one block: the first name read wins
+        [line(2, Level=5, rank="gold"), line(3, level=6), line(4, LEVEL=None)],
+        [line(5, tier={"a": 1}), line(6, tier={"A": 2, "b": 3}), line(7, tier={"b": 4})],
+        [line(8, tags=[{"c": 1}]), line(9, tags=[{"d": 2}, {"C": 3}]), line(10, tags=[])],
+        [line(11, Player_ID="p9"), line(12, Event_Type="x")],  # a role's name, cased otherwise
+    ]
+    out = stream(blocks)
+    dead = [(raw, reason) for o in out for raw, reason in zip(
+        o.dead["raw"].to_pylist(), o.dead["reason"].to_pylist(), strict=True)]  # fmt: skip
+    assert dead == [
+        (line(1, Level=4), "duplicate_field:Level"),
+        (line(2, Level=5, rank="gold"), "duplicate_field:Level"),
+        (line(6, tier={"A": 2, "b": 3}), "duplicate_field:tier.A"),
+        (line(9, tags=[{"d": 2}, {"C": 3}]), "duplicate_field:tags[].C"),
+        (line(11, Player_ID="p9"), "duplicate_field:Player_ID"),
+        (line(12, Event_Type="x"), "duplicate_field:Event_Type"),
+    ]
+    good = concat_conformed([o.good for o in out])  # what the lake writer does
+    _delta_accepts(good.schema)
+    rows = {r["event_id"]: r for r in good.to_pylist()}
+    assert sorted(rows) == sorted(["e0", "e3", "e4", "e5", "e7", "e8", "e10"])
+    assert [rows[e]["level"] for e in ("e0", "e3", "e4")] == [3, 6, None]  # a null loses nothing
+    assert rows["e5"]["tier"] == {"a": 1, "b": None} and rows["e7"]["tier"] == {"a": None, "b": 4}
+    assert rows["e8"]["tags"] == [{"c": 1, "d": None}] and rows["e10"]["tags"] == []
+
+
+def test_an_event_field_named_like_the_arrival_column_but_for_case_is_dead() -> None:
+    # The source adds the arrival column after decoding: an event's "Arrival_Time" would sit
+    # beside it in the lake.
+    (out,) = stream([[line(0), line(1, Arrival_Time=T)]])
+    assert out.dead["reason"].to_pylist() == ["duplicate_field:Arrival_Time"]
+    assert out.good["event_id"].to_pylist() == ["e0"]
+
+
+def test_a_columnar_field_named_like_another_but_for_case_makes_its_rows_dead() -> None:
+    batch = pa.table({"event_id": ["a", "b"], "player_id": ["p1", "p2"], "event_time": [T, T],
+                      "event_type": ["x", "y"], "score": [1, None],
+                      "Score": [None, 2]})  # fmt: skip
+    out = decode_arrow(batch)
+    assert out.good["event_id"].to_pylist() == ["a"]
+    assert out.dead["reason"].to_pylist() == ["duplicate_field:Score"]
+    _delta_accepts(out.good.schema)
+
+
+# Keys that collide under Unicode lowercase (Delta's rule: "K" and the Kelvin sign do, "ß" and
+# "ss" do not), values that nest.
+KEYS = st.sampled_from(["a", "A", "k", "K", "\u212a", "ß", "ss", "SS", "é", "É"])
+NESTED = st.recursive(
+    st.none() | st.integers(-5, 5),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=5,
+)
+
+
+def _sent(value: object, stored: object) -> bool:
+    """Whether ``stored`` (a good row's value) says what ``value`` (the event's) said: every
+    key sent has its value, keys the event lacked or sent as null are null or absent (a null
+    under a name that differs from another's only in case is not stored)."""
+    if isinstance(value, dict):
+        return isinstance(stored, dict) and all(
+            _sent(value.get(k), v) for k, v in stored.items()
+        ) and {k for k, v in value.items() if v is not None} <= set(stored)  # fmt: skip
+    if isinstance(value, list):
+        return isinstance(stored, list) and len(value) == len(stored) and all(
+            _sent(a, b) for a, b in zip(value, stored, strict=True)
+        )  # fmt: skip
+    return value == stored
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    blocks=st.lists(
+        st.lists(st.dictionaries(KEYS, NESTED, max_size=4), min_size=1, max_size=5),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_any_mix_of_cased_names_gives_a_schema_delta_accepts_and_loses_nothing(
+    blocks: list[list[dict[str, object]]],
+) -> None:
+    sent_blocks = [
+        [line(i * 10 + j, **event) for j, event in enumerate(block)]
+        for i, block in enumerate(blocks)
+    ]
+    out = stream(sent_blocks)
+    for sent, o in zip(sent_blocks, out, strict=True):
+        assert o.good.num_rows + o.dead.num_rows == len(sent)
+        _delta_accepts(o.good.schema)
+        events = {json.loads(raw)["event_id"]: json.loads(raw) for raw in sent}
+        for row in o.good.to_pylist():
+            event = events[row["event_id"]]
+            for key, value in event.items():
+                if key != "event_time":
+                    assert _sent(value, row.get(key)), (key, value, row.get(key))
+        for raw, reason in zip(o.dead["raw"].to_pylist(), o.dead["reason"].to_pylist(),
+                               strict=True):  # fmt: skip
+            assert raw in sent and reason.split(":")[0] in ("duplicate_field", "bad_type")
+    _delta_accepts(concat_conformed([o.good for o in out]).schema)
