@@ -179,7 +179,7 @@ class SchemaContract:
                 for path, held in clashes:
                     flag(f"duplicate_field:{path}", held)
                 if kind != array.type:  # by name: the fields left out are dropped
-                    column = _cast_column(pa.chunked_array([array]), kind)
+                    column = _cast_column(array, kind)
             column = exact(name, column)
             if current is None:
                 self._types[name] = column.type
@@ -194,7 +194,7 @@ class SchemaContract:
                     if wider != current:
                         self._types[name] = wider
                         self.changes += 1
-                    columns[name] = column.cast(wider) if column.type != wider else column
+                    columns[name] = _cast_column(column, wider)
                     continue
             values, bad = cast_rows(column, self._types[name])
             if bad is not None:
@@ -206,8 +206,7 @@ class SchemaContract:
         ]
         # Columns that widened after this segment's first column was placed: cast them now.
         arrays = [
-            a if a.type == kind else a.cast(kind)
-            for a, kind in zip(arrays, self._types.values(), strict=True)
+            _cast_column(a, kind) for a, kind in zip(arrays, self._types.values(), strict=True)
         ]
         return pa.Table.from_arrays(arrays, schema=self.schema), reasons
 
@@ -381,6 +380,13 @@ def cast_rows(
     ):
         # true is no number and 1 no boolean (Arrow would cast them): every value is bad.
         return pa.nulls(len(array), target), array.is_valid()
+    if pa.types.is_string(array.type) and pa.types.is_timestamp(target) and target.tz:
+        # ISO-8601 with an offset, or without one (taken as UTC, as the time role does).
+        zoned = _cast_or_null(array, target)
+        bare = _cast_or_null(array, pa.timestamp(target.unit)).view(target)
+        values = pc.coalesce(zoned, bare)
+        bad = pc.and_(array.is_valid(), values.is_null())
+        return values, bad if pc.any(bad).as_py() else None
     text_to_number = pa.types.is_string(array.type) and numeric
     if not text_to_number:  # Arrow's cast would take "NaN" and "inf" for numbers: not JSON's
         try:
@@ -456,19 +462,24 @@ def _to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _cast_column(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
-    """``column`` cast to ``target`` (a wider type of the same contract).
+def _cast_column(
+    column: pa.Array | pa.ChunkedArray, target: pa.DataType
+) -> pa.Array | pa.ChunkedArray:
+    """``column`` cast to ``target`` (a wider type of the same contract, or fewer fields).
 
     Arrow 26 builds an invalid array casting a slice of some nested structs (an empty slice of a
-    struct holding a struct with a null-typed field: found by the pipeline's fuzz test); such a
-    column is rebuilt from its values instead (slow, and only for such columns).
+    struct holding a struct with a null-typed field; a struct holding a list of nulls: both
+    found by fuzz tests); such a column is rebuilt from its values instead (slow, and only for
+    such columns).
     """
     if column.type == target:
         return column
     out = column.cast(target)
     if pa.types.is_nested(target):
         try:
-            out.validate()
+            out.validate(full=True)
         except pa.ArrowInvalid:
-            out = pa.chunked_array([pa.array(column.to_pylist(), type=target)], target)
+            rebuilt = pa.array(column.to_pylist(), type=target)
+            chunked = isinstance(out, pa.ChunkedArray)
+            out = pa.chunked_array([rebuilt], target) if chunked else rebuilt
     return out

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from routers.contract import SchemaContract, combined, concat_conformed
+from routers.contract import SchemaContract, cast_rows, combined, concat_conformed
 from routers.records import max_depth
 from routers.schema import TIME_TYPE, EventSchema
 
@@ -269,6 +269,9 @@ def _read_json(
     buffer: pa.Buffer, schema: EventSchema, typed: Mapping[str, pa.DataType] | None = None
 ) -> pa.Table:
     table = _read_arrow_json(buffer, schema, typed)
+    texts = _inferred_times(table.schema, schema, typed or {})
+    if texts:
+        table = _read_arrow_json(buffer, schema, {**(typed or {}), **texts})
     # Arrow 26's reader can build an invalid nested array from valid JSON (a list holding null
     # and then a string, found by fuzzing): such a read is not used.
     for i, (name, column) in enumerate(zip(table.column_names, table.columns, strict=True)):
@@ -281,6 +284,77 @@ def _read_json(
                     raise _Misaligned(f"unreadable:{name}") from None
                 table = table.set_column(i, name, repaired)
     return table
+
+
+def _inferred_times(
+    read: pa.Schema, schema: EventSchema, typed: Mapping[str, pa.DataType]
+) -> dict[str, pa.DataType]:
+    """Payload columns Arrow read as timestamps, each with its type holding strings instead.
+
+    Arrow's JSON reader takes any column whose strings all look like ISO-8601 times for a
+    zone-less ``timestamp[s]``: ``"2026-01-01"`` and ``"2026-01-01 00:00"`` would come back as
+    another text, and the lake (Delta) refuses a zone-less or seconds timestamp. A payload string
+    stays the text the client sent (as Spark's JSON reader does since 3.0: ``inferTimestamp``
+    is off); declare a column ``timestamp`` or ``date`` to have it read as one. The time role
+    has its own normalization.
+
+    Example:
+        >>> read = pa.schema([("at", pa.timestamp("s")), ("n", pa.int64())])
+        >>> _inferred_times(read, EventSchema(), {})
+        {'at': DataType(string)}
+    """
+    kept = {name for name, kind in schema.columns if kind in ("timestamp", "date")}
+    texts = {}
+    for column in read:
+        if column.name == schema.time or column.name in kept or column.name in typed:
+            continue
+        text = _map_times(column.type, lambda _: pa.string())
+        if text != column.type:
+            texts[column.name] = text
+    return texts
+
+
+def _storable_times(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array | None] | None:
+    """A columnar payload column's timestamps, at any depth, as the lake stores them:
+    ``timestamp[us, UTC]`` (None when it holds no other timestamp).
+
+    Delta Lake has one timestamp type, UTC microseconds (a zone-less one needs a table feature
+    Thermocline's writer does not take on, seconds none at all). Arrow stores every timestamp
+    as UTC, its zone being metadata, so a zone-less time is taken as UTC, as an ISO-8601 time
+    without an offset is, and any zone names the same instant. Nanoseconds are cut to
+    microseconds; a time microseconds cannot hold (beyond about 292,000 years) makes its row a
+    ``bad_value`` (the second item: per row, whether it did).
+
+    Example:
+        >>> c = pa.chunked_array([pa.array([1, 2**62], pa.timestamp("s"))])
+        >>> times, wrong = _storable_times(c)
+        >>> times.type, times[0].as_py().isoformat(), wrong.to_pylist()
+        (TimestampType(timestamp[us, tz=UTC]), '1970-01-01T00:00:01+00:00', [False, True])
+    """
+    kind = column.type
+    target = _map_times(kind, lambda t: pa.timestamp("us", "UTC"))
+    if target == kind:
+        return None
+    array = combined(column).view(_map_times(kind, lambda t: pa.timestamp(t.unit, "UTC")))
+    fine = _map_times(array.type, lambda t: pa.timestamp("us", "UTC") if t.unit == "ns" else t)
+    if fine != array.type:
+        array = pc.cast(array, fine, safe=False)  # below a microsecond: dropped, never overflows
+    if fine == target:
+        return array, None
+    return cast_rows(array, target)
+
+
+def _map_times(kind: pa.DataType, to: Callable[[pa.TimestampType], pa.DataType]) -> pa.DataType:
+    """``kind`` with every timestamp type inside it mapped by ``to``."""
+    if pa.types.is_timestamp(kind):
+        return to(kind)
+    if pa.types.is_struct(kind):
+        return pa.struct([f.with_type(_map_times(f.type, to)) for f in kind])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_map_times(kind.value_type, to)))
+    if pa.types.is_large_list(kind):
+        return pa.large_list(kind.value_field.with_type(_map_times(kind.value_type, to)))
+    return kind
 
 
 def _null_lists_rebuilt(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
@@ -1111,6 +1185,16 @@ def decode_arrow(
             wrong = column.is_valid()
         reason = pc.if_else(pc.and_(reason.is_null(), wrong), f"bad_type:{role}", reason)
         table = table.set_column(table.column_names.index(role), role, text)
+    declared = {name for name, _ in schema.columns}
+    for i, name in enumerate(table.column_names):
+        if name == schema.time or name in declared:
+            continue  # the role has its own normalization; a declared type is cast to
+        times = _storable_times(table.column(i))
+        if times is not None:
+            table = table.set_column(i, name, times[0])
+            if times[1] is not None:
+                wrong = times[1]
+                reason = pc.if_else(pc.and_(reason.is_null(), wrong), f"bad_value:{name}", reason)
     table, checked = _conform(table, schema, contract)
     # A role's own problem (missing, bad) comes first, as in decode_ndjson.
     reason = combined(pc.coalesce(checked, reason))

@@ -701,6 +701,51 @@ def test_fields_named_alike_but_for_case_are_dead_letters_and_the_run_goes_on(
     assert sorted(ids) == [("a",), ("d",)]
 
 
+def test_times_in_the_payload_reach_the_lake(tmp_path: Path) -> None:
+    """An ISO-looking string in an event (``"seen": "2026-01-01"``) was read by Arrow as a
+    zone-less ``timestamp[s]``, which Delta refuses: the lake writer stopped the run on every
+    retry. A Parquet file from pandas (zone-less nanosecond datetimes) made the writer create a
+    ``timestampNtz`` table it then refused to append to. Now the string stays the text sent,
+    and columnar times are stored as UTC microseconds."""
+    import pandas as pd
+
+    t = 1_764_154_800_000
+    lines = [
+        {"event_id": "a", "player_id": "p1", "event_time": t, "event_type": "social",
+         "seen": "2026-01-01", "m": {"at": "2026-01-01 10:00:00"}},
+        {"event_id": "b", "player_id": "p2", "event_time": t, "event_type": "social",
+         "seen": "2026-01-02"},
+    ]  # fmt: skip
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    columnar = tmp_path / "columnar"
+    columnar.mkdir()
+    frame = pd.DataFrame({
+        "event_id": ["c", "d"], "player_id": ["p3", "p4"], "event_time": [t, t],
+        "event_type": ["social", "social"],
+        "last_login": pd.to_datetime(["2026-11-25 08:30:00.123456789", None]),
+    })  # fmt: skip
+    frame.to_parquet(columnar / "0.parquet")
+    assert pq.read_schema(columnar / "0.parquet").field("last_login").type == pa.timestamp("ns")
+    config = make_config(tmp_path / "lake").model_copy(
+        update={"policy": Policy.from_dict({"default": "cold", "rules": []})}
+    )
+    for source in (FileSource(path), FileSource(columnar)):
+        pipeline = Pipeline(config, source=source, clock=lambda: NOW)
+        try:
+            summary = pipeline.run()
+        finally:
+            pipeline.close()
+        assert (summary.events_in, summary.cold, summary.dead_letter) == (2, 2, 0)
+    stored = Lake(str(tmp_path / "lake")).read("events").sort_by("event_id")
+    rows = stored.to_pylist()
+    assert [r["seen"] for r in rows] == ["2026-01-01", "2026-01-02", None, None]
+    assert rows[0]["m"] == {"at": "2026-01-01 10:00:00"}
+    assert stored.schema.field("last_login").type == pa.timestamp("us", "UTC")
+    login = datetime(2026, 11, 25, 8, 30, 0, 123456, tzinfo=timezone.utc)
+    assert [r["last_login"] for r in rows] == [None, None, login, None]
+
+
 def test_empty_objects_reach_the_lake(tmp_path: Path) -> None:
     """A client sending ``{}`` (or ``[{}]``) for a field: Arrow reads an empty struct, which
     Parquet refuses; the lake writer used to fail the run on it (found by the fuzz test above).

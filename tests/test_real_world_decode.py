@@ -698,3 +698,58 @@ def test_any_mix_of_cased_names_gives_a_schema_delta_accepts_and_loses_nothing(
                                strict=True):  # fmt: skip
             assert raw in sent and reason.split(":")[0] in ("duplicate_field", "bad_type")
     _delta_accepts(concat_conformed([o.good for o in out]).schema)
+
+
+# -- times in the payload ---------------------------------------------------------------------
+
+
+def test_iso_looking_strings_in_the_payload_stay_the_text_sent() -> None:
+    # Arrow's JSON reader took them for zone-less timestamp[s]: the text came back changed
+    # ("2026-01-01" as "2026-01-01 00:00:00"), and the lake (Delta) refused the type, which
+    # stopped the run on every retry.
+    nested = {"t": "2026-01-01T00:00:00+02:00"}
+    days = ["2026-01-01", "2026-01-02"]
+    first = [line(0, seen="2026-01-01", at="2026-01-01 10:00:00", m=nested, days=days)]
+    later = [line(1, seen="yesterday", at="2026-01-01T10:00:00Z", m={"t": "soon"}, days=["x"])]
+    out = stream([first, later])
+    assert all(o.dead.num_rows == 0 for o in out)
+    rows = concat_conformed([o.good for o in out]).to_pylist()
+    assert [r["seen"] for r in rows] == ["2026-01-01", "yesterday"]
+    assert [r["at"] for r in rows] == ["2026-01-01 10:00:00", "2026-01-01T10:00:00Z"]
+    assert [r["m"]["t"] for r in rows] == ["2026-01-01T00:00:00+02:00", "soon"]
+    assert [r["days"] for r in rows] == [["2026-01-01", "2026-01-02"], ["x"]]
+    _delta_accepts(out[0].good.schema)
+
+
+def test_a_column_declared_timestamp_still_reads_iso_times() -> None:
+    schema = EventSchema(columns=(("played_at", "timestamp"),))
+    (out,) = stream([[line(0, played_at="2026-01-01T10:00:00"), line(1, played_at="later")]],
+                    schema)  # fmt: skip
+    assert out.good["played_at"].to_pylist() == [datetime(2026, 1, 1, 10, tzinfo=timezone.utc)]
+    assert out.dead["reason"].to_pylist() == ["bad_type:played_at"]
+
+
+def test_columnar_payload_times_are_stored_as_utc_microseconds() -> None:
+    # Parquet from pandas holds zone-less nanoseconds; Delta has only UTC microseconds (a
+    # zone-less column made the lake writer create a table it then refused to append to).
+    n = 3
+    batch = pa.table({
+        "event_id": ["a", "b", "c"], "player_id": ["p"] * n, "event_time": [T] * n,
+        "event_type": ["x"] * n,
+        "naive_ns": pa.array([1_764_000_000_123_456_789, None, 0], pa.timestamp("ns")),
+        "paris_ms": pa.array([T, T, T], pa.timestamp("ms", "Europe/Paris")),
+        "secs": pa.array([1_764_000_000, 2**62, 5], pa.timestamp("s")),
+        "nested": pa.array([{"at": 5}, None, {"at": 6}], pa.struct([("at", pa.timestamp("s"))])),
+    })  # fmt: skip
+    out = decode_arrow(batch)
+    assert out.dead["reason"].to_pylist() == ["bad_value:secs"]  # 2**62 s: beyond microseconds
+    good = out.good
+    _delta_accepts(good.schema)
+    utc_us = pa.timestamp("us", "UTC")
+    assert [good.schema.field(c).type for c in ("naive_ns", "paris_ms", "secs")] == [utc_us] * 3
+    assert good.schema.field("nested").type == pa.struct([("at", utc_us)])
+    micros = good["naive_ns"].cast(pa.int64()).to_pylist()
+    assert micros == [1_764_000_000_123_456, 0]  # the same instant, cut to microseconds
+    assert good["paris_ms"].cast(pa.int64()).to_pylist() == [T * 1000] * 2  # the same instant
+    assert good["secs"].cast(pa.int64()).to_pylist() == [1_764_000_000_000_000, 5_000_000]
+    assert good["nested"].to_pylist()[1]["at"] == datetime(1970, 1, 1, 0, 0, 6, tzinfo=timezone.utc)
