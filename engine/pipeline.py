@@ -529,6 +529,9 @@ class Pipeline:
         """Good rows (with the source's columns), dead letters (with their offsets), the number
         of lines, and each good row's line in the block."""
         schema = self.config.policy.schema
+        # The source's own columns (kafka_offset...) go beside the events' in the lake: an
+        # event's field named like one but for case would sit beside it (Delta refuses).
+        self.contract.reserve(block.meta)
         if block.data is not None:
             hints = self._hints.setdefault(block.partition, DecodeHints())
             decoded = decode_ndjson(block.data, schema, hints, self.contract, block.raw_lines)

@@ -123,11 +123,23 @@ class SchemaContract:
         return pa.schema(list(self._types.items()))
 
     def seed(self, schema: pa.Schema) -> None:
-        """Start from a schema saved earlier (a checkpoint), so a resumed run types alike."""
+        """Start from a schema saved earlier (a checkpoint), so a resumed run types alike.
+
+        A name equal to one the stream holds but for case is left out, at any depth (a schema
+        saved before such names were refused may hold both).
+        """
         for f in schema:
-            if f.name not in self.fixed and f.name not in self.declared:
-                self._types[f.name] = self._widen(self._types.get(f.name), f.type) or f.type
-                self._owner(f.name)
+            if f.name in self.fixed or f.name in self.declared or self._owner(f.name) != f.name:
+                continue
+            kind = _type_without_twins(f.type)
+            self._types[f.name] = self._widen(self._types.get(f.name), kind) or kind
+
+    def reserve(self, names: Iterable[str]) -> None:
+        """Columns added beside the contract's from now on (a source's own, such as
+        ``kafka_offset``): a field named like one of them but for case is a
+        ``duplicate_field`` from now on."""
+        for name in names:
+            self._owner(name)
 
     def _owner(self, name: str) -> str:
         """The name the stream holds for ``name`` ignoring case (``name`` itself when new)."""
@@ -286,10 +298,9 @@ def _inexact_rows(array: pa.Array) -> pa.Array | None:
             if child is not None:
                 found = child if found is None else pc.or_(found, child)
     elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        values = array.flatten()
+        values, parents = _items(array)
         inner = _inexact_rows(values)
         if inner is not None:
-            parents = pc.list_parent_indices(array)
             rows = pc.unique(pc.filter(parents, inner))
             found = pc.is_in(pa.array(np.arange(len(array))), value_set=rows)
     if found is None or not pc.any(found).as_py():
@@ -300,7 +311,8 @@ def _inexact_rows(array: pa.Array) -> pa.Array | None:
 def _without_clashes(
     array: pa.Array, known: pa.DataType | None, path: str, found: list[tuple[str, pa.Array]]
 ) -> pa.DataType:
-    """``array``'s type without the struct fields named like an earlier one but for case.
+    """``array``'s type without the struct fields named like an earlier one, or alike but for
+    case.
 
     At every depth, the fields ``known`` (the stream's type so far) has come first, then the
     array's own in order. For each field left out, ``found`` gets its path and, per row of
@@ -317,15 +329,18 @@ def _without_clashes(
     kind = array.type
     if pa.types.is_struct(kind):
         old = known if known is not None and pa.types.is_struct(known) else pa.struct([])
-        taken = {f.name.lower(): f.name for f in old}
-        fields = []
+        taken: dict[str, str] = {}
+        for f in old:
+            taken.setdefault(f.name.lower(), f.name)
+        fields, kept = [], set()
         inner: list[tuple[str, pa.Array]] = []
         for i, f in enumerate(kind):
             child = array.field(i)
             where = f"{path}.{f.name}"
-            if taken.setdefault(f.name.lower(), f.name) != f.name:
+            if taken.setdefault(f.name.lower(), f.name) != f.name or f.name in kept:
                 inner.append((where, child.is_valid()))
                 continue
+            kept.add(f.name)
             index = old.get_field_index(f.name)
             sub = old.field(index).type if index >= 0 else None
             fields.append(f.with_type(_without_clashes(child, sub, where, inner)))
@@ -335,19 +350,85 @@ def _without_clashes(
             if pc.any(held).as_py():
                 found.append((where, held))
         return pa.struct(fields)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+    if _list_like(kind):
         old_items = None
-        if known is not None and (pa.types.is_list(known) or pa.types.is_large_list(known)):
-            old_items = known.value_type
+        if known is not None and _list_like(known):
+            old_items = _item_type(known)
+        values, parents = _items(array)
         items: list[tuple[str, pa.Array]] = []
-        inner_type = _without_clashes(array.flatten(), old_items, f"{path}[]", items)
-        if inner_type == kind.value_type:
+        inner_type = _without_clashes(values, old_items, f"{path}[]", items)
+        if inner_type == _item_type(kind):
             return kind
-        parents = pc.list_parent_indices(array)
-        for where, rows in items:
-            hit = pc.unique(pc.filter(parents, rows))
-            found.append((where, pc.is_in(pa.array(np.arange(len(array))), value_set=hit)))
+        rows = pa.array(np.arange(len(array)))
+        for where, held in items:
+            hit = pc.unique(pc.filter(parents, held))
+            found.append((where, pc.and_(pc.is_in(rows, value_set=hit), array.is_valid())))
+        if pa.types.is_map(kind):
+            return pa.map_(inner_type.field(0), inner_type.field(1))
         field = kind.value_field.with_type(inner_type)
+        if pa.types.is_fixed_size_list(kind):
+            return pa.list_(field, kind.list_size)
+        return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
+    return kind
+
+
+def _list_like(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_list(kind)
+        or pa.types.is_large_list(kind)
+        or pa.types.is_fixed_size_list(kind)
+        or pa.types.is_map(kind)
+    )
+
+
+def _item_type(kind: pa.DataType) -> pa.DataType:
+    """A list-like type's items (a map's: its entries, ``struct<key, value>``)."""
+    if pa.types.is_map(kind):
+        return pa.struct([kind.key_field, kind.item_field])
+    return kind.value_type
+
+
+def _items(array: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """A list-like array's items over its rows' range (those under a null slot included), and
+    per item the row it belongs to: ``flatten`` skips the items under a null slot,
+    ``list_parent_indices`` counts them, so the two do not line up when a null slot spans some.
+
+    Example:
+        >>> null_first = pa.array([True, False])
+        >>> a = pa.ListArray.from_arrays([0, 2, 3], pa.array([1, 2, 3]), mask=null_first)
+        >>> [x.to_pylist() for x in _items(a)]
+        [[1, 2, 3], [0, 0, 1]]
+    """
+    if pa.types.is_fixed_size_list(array.type):
+        size = array.type.list_size
+        values = array.values.slice(array.offset * size, len(array) * size)
+        return values, pa.array(np.repeat(np.arange(len(array)), size))
+    offsets = array.offsets.to_numpy()
+    first, last = int(offsets[0]), int(offsets[-1])
+    if pa.types.is_map(array.type):
+        values = pa.StructArray.from_arrays(
+            [array.keys.slice(first, last - first), array.items.slice(first, last - first)],
+            fields=[array.type.key_field, array.type.item_field],
+        )
+    else:
+        values = array.values.slice(first, last - first)
+    # From the offsets (pc.list_parent_indices aborts the process on a map array in Arrow 26).
+    return values, pa.array(np.repeat(np.arange(len(array)), np.diff(offsets)))
+
+
+def _type_without_twins(kind: pa.DataType) -> pa.DataType:
+    """``kind`` keeping, at every depth, the first of the struct fields named alike but for
+    case."""
+    if pa.types.is_struct(kind):
+        taken: set[str] = set()
+        fields = []
+        for f in kind:
+            if f.name.lower() not in taken:
+                taken.add(f.name.lower())
+                fields.append(f.with_type(_type_without_twins(f.type)))
+        return pa.struct(fields)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        field = kind.value_field.with_type(_type_without_twins(kind.value_type))
         return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
     return kind
 

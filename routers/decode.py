@@ -630,29 +630,43 @@ def _read_in_pieces(lines: _Lines, schema: EventSchema, quoted: _Quoted) -> _Rea
 def _read_retyped(
     lines: _Lines, line: int, schema: EventSchema, quoted: _Quoted, reason: str
 ) -> pa.Table | None:
-    """A line Arrow read into an invalid array, read again with that column's type given.
+    """A line Arrow read into an invalid array, read again with its nested columns typed.
 
     Arrow 26 infers a list that starts with nulls (``[null, 5]``, ``{"b": [null, "x"]}``) as a
-    list of nulls, and builds an invalid array when a value follows. Given the type (what
-    pyarrow infers from the value as Python parsed it) it reads the list right; a line that
-    still does not read stays a dead letter. Only single lines that failed get here: rare.
+    list of nulls, and builds an invalid array when a value follows. Given the types (what
+    pyarrow infers from each object or array value as Python's ``json`` parsed it, integers
+    beyond 64 bits as doubles as Arrow reads them; a value it cannot type is left to Arrow), it
+    reads the lists right,
+    in one more read of the line whatever the number of columns. A line that still does not
+    read stays a dead letter. Only single lines that failed get here.
     """
+    if not reason.startswith("unreadable:"):
+        return None
     buffer = lines.span(line, line + 1)
+    try:
+        # An integer beyond 64 bits as a double, as Arrow's reader takes it.
+        event = json.loads(buffer.to_pybytes(), parse_int=_int_or_double)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(event, dict):
+        return None
     typed: dict[str, pa.DataType] = {}
-    while reason.startswith("unreadable:"):
-        column = reason.partition(":")[2]
-        try:
-            if column in typed:
-                return None
-            typed[column] = pa.array([json.loads(buffer.to_pybytes())[column]]).type
-            table = _read(buffer, schema, quoted, typed=typed)
-        except _Misaligned as exc:  # another column of the line, maybe
-            reason = exc.reason
-            continue
-        except (ValueError, TypeError, KeyError, RecursionError, pa.ArrowException):
-            return None
-        return table if table.num_rows == 1 else None
-    return None
+    for column, value in event.items():
+        if isinstance(value, list | dict) and column not in schema.string_roles:
+            try:
+                typed[column] = pa.array([value]).type
+            except (pa.ArrowException, OverflowError, TypeError, ValueError, RecursionError):
+                continue
+    try:
+        table = _read(buffer, schema, quoted, typed=typed)
+    except pa.ArrowInvalid:  # _Misaligned included
+        return None
+    return table if table.num_rows == 1 else None
+
+
+def _int_or_double(text: str) -> int | float:
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else float(value)
 
 
 def _invalid_utf8(lines: _Lines) -> list[tuple[int, str]]:

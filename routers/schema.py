@@ -64,6 +64,13 @@ class EventSchema:
             parse_type(kind)  # raises with the known names
             if name in self.required:
                 raise ValueError(f"columns.{name}: a role column is typed by its role")
+        named: dict[str, str] = {}
+        for name in [*self.required, self.arrival, *(n for n, _ in self.columns)]:
+            if named.setdefault(name.lower(), name) != name:
+                raise ValueError(
+                    f"{named[name.lower()]!r} and {name!r} differ only in case, and the lake's "
+                    "column names do not tell them apart; rename one"
+                )
 
     @property
     def declared(self) -> dict[str, pa.DataType]:

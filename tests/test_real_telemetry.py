@@ -701,6 +701,40 @@ def test_fields_named_alike_but_for_case_are_dead_letters_and_the_run_goes_on(
     assert sorted(ids) == [("a",), ("d",)]
 
 
+def test_a_field_named_like_a_source_column_but_for_case_is_a_dead_letter(
+    tmp_path: Path,
+) -> None:
+    """The Kafka source puts ``kafka_offset`` (and its key, partition, timestamp) beside each
+    event in the lake: an event's own ``Kafka_Offset`` would sit beside it, which Delta refuses
+    (found by review). Blocks carry such columns as ``meta``, as the Kafka source's do."""
+    from engine.sources import MemorySource
+    from engine.sources.base import SourceBlock
+
+    t = 1_764_154_800_000
+    lines = [
+        {"event_id": "a", "player_id": "p1", "event_time": t, "event_type": "social"},
+        {"event_id": "b", "player_id": "p2", "event_time": t, "event_type": "social",
+         "Kafka_Offset": 7},
+    ]  # fmt: skip
+    raw = [json.dumps(line).encode() for line in lines]
+    block = SourceBlock("events-0", 10, 11, data=b"\n".join(raw),
+                        meta={"kafka_offset": pa.array([10, 11], pa.int64())})  # fmt: skip
+    lake = tmp_path / "lake"
+    config = make_config(lake).model_copy(
+        update={"policy": Policy.from_dict({"default": "cold", "rules": []})}
+    )
+    pipeline = Pipeline(config, source=MemorySource([block]), clock=lambda: NOW)
+    try:
+        summary = pipeline.run()
+    finally:
+        pipeline.close()
+    assert (summary.events_in, summary.cold, summary.dead_letter) == (2, 1, 1)
+    dead = pq.read_table(lake / "_dead_letter").to_pylist()
+    assert [(d["raw"], d["reason"]) for d in dead] == [(raw[1], "duplicate_field:Kafka_Offset")]
+    stored = Lake(str(lake)).read("events").to_pylist()
+    assert [(r["event_id"], r["kafka_offset"]) for r in stored] == [("a", 10)]
+
+
 def test_times_in_the_payload_reach_the_lake(tmp_path: Path) -> None:
     """An ISO-looking string in an event (``"seen": "2026-01-01"``) was read by Arrow as a
     zone-less ``timestamp[s]``, which Delta refuses: the lake writer stopped the run on every
