@@ -209,7 +209,9 @@ def test_drift_strings_and_new_fields_only_from_mid_stream() -> None:
     for event in new:
         assert set(event) >= DRIFT_FIELDS
         assert event["ab_bucket"] in ("A", "B", "control")
-        assert set(event["device"]) == {"model", "os"}
+        assert set(event["device"]) == {"model", "os", "installed_at", "cohort_day"}
+        installed = datetime.fromisoformat(event["device"]["installed_at"])
+        assert event["device"]["cohort_day"] == f"{installed:%Y-%m-%d}"
         assert event.get("app_version", "2.0.0") == "2.0.0"
     # Drift changes nothing before mid-stream.
     assert calm[:midpoint] == drifted[:midpoint]

@@ -40,8 +40,11 @@ outside :data:`EVENT_MIX` (from a custom ``event_mix``) gets the common fields o
 - **Drift** (``drift`` = d in 0..1, default 0): from event ``events // 2`` on (mid-stream), a share
   d of events comes from a new client release. Such an event has ``app_version`` ``"2.0.0"`` (when
   the field is present), always carries two new fields, ``ab_bucket`` (``"A"``, ``"B"`` or
-  ``"control"``) and a nested ``device`` object (``{"model": ..., "os": ...}``, matching the
-  platform), and sends numbers as strings: ``level`` as ``"12"`` (``"max"`` for levels 95..100) and
+  ``"control"``) and a nested ``device`` object (``{"model": ..., "os": ..., "installed_at":
+  ..., "cohort_day": ...}``, matching the platform; ``installed_at`` is an ISO-8601 time as that
+  SDK writes it: Unity's seven fraction digits, JavaScript's milliseconds, or a zone-less local
+  time; ``cohort_day`` its date, ``"2025-09-14"``: text Arrow's JSON reader would take for a
+  timestamp), and sends numbers as strings: ``level`` as ``"12"`` (``"max"`` for levels 95..100) and
   ``amount`` as ``"4.99"``. Before mid-stream, and with d = 0, no event has them. All other bytes
   are the same whatever d is (the drift draw is made either way).
 
@@ -99,6 +102,15 @@ _DEVICES: Final = (
     ("Desktop", "Windows 11"), ("Desktop", "Windows 10"),
     ("Chrome 124", "macOS 14"), ("Firefox 125", "Windows 11"),
     ("HAC-001", "Horizon 18"), ("HEG-001", "Horizon 18"),
+)  # fmt: skip
+#: When each of those devices installed the game, as its SDK writes a time (Unity's "o" format,
+#: JavaScript's toISOString, a console's zone-less local time): text that looks like a time.
+_INSTALLED: Final = (
+    "2025-09-14T08:03:11.5230000Z", "2025-07-02T19:45:00.0000000Z",
+    "2025-10-30T12:00:07.1000000Z", "2025-08-21T06:30:59.9990000Z",
+    "2025-05-05T21:14:33.000Z", "2025-11-11T11:11:11.111Z",
+    "2025-06-18T17:20:45.250Z", "2025-03-09T02:00:00.000Z",
+    "2025-12-24 18:00:00", "2025-04-01 07:30:00",
 )  # fmt: skip
 _APP_VERSIONS: Final = ("1.3.0", "1.4.2", "1.5.0", "2.0.0")
 _APP_VERSION_P: Final = (0.1, 0.3, 0.6)  # "2.0.0" is only the drifted release
@@ -595,7 +607,10 @@ class SyntheticSource(Source):
         if not drifted.any():
             return pa.nulls(len(drifted), _TEXT)
         bucket = _choice("ab_bucket", _AB_BUCKETS, _pick(bucket_roll[drifted], (1, 1, 1)))
-        devices = [f',"device":{{"model":"{m}","os":"{o}"}}' for m, o in _DEVICES]
+        devices = [
+            f',"device":{{"model":"{m}","os":"{o}","installed_at":"{at}","cohort_day":"{at[:10]}"}}'
+            for (m, o), at in zip(_DEVICES, _INSTALLED, strict=True)
+        ]
         device_index = platform[drifted] * 2 + (device_roll[drifted] < 0.5)
         device = pc.take(pa.array(devices, _TEXT), device_index)
         return _merge(len(drifted), [(drifted, pc.binary_join_element_wise(bucket, device, ""))])
