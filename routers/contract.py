@@ -427,8 +427,14 @@ def _type_without_twins(kind: pa.DataType) -> pa.DataType:
                 taken.add(f.name.lower())
                 fields.append(f.with_type(_type_without_twins(f.type)))
         return pa.struct(fields)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+    if pa.types.is_map(kind):
+        return pa.map_(
+            kind.key_field, kind.item_field.with_type(_type_without_twins(kind.item_type))
+        )
+    if _list_like(kind):
         field = kind.value_field.with_type(_type_without_twins(kind.value_type))
+        if pa.types.is_fixed_size_list(kind):
+            return pa.list_(field, kind.list_size)
         return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
     return kind
 
@@ -461,13 +467,21 @@ def cast_rows(
     ):
         # true is no number and 1 no boolean (Arrow would cast them): every value is bad.
         return pa.nulls(len(array), target), array.is_valid()
-    if pa.types.is_string(array.type) and pa.types.is_timestamp(target) and target.tz:
-        # ISO-8601 with an offset, or without one (taken as UTC, as the time role does).
-        zoned = _cast_or_null(array, target)
-        bare = _cast_or_null(array, pa.timestamp(target.unit)).view(target)
-        values = pc.coalesce(zoned, bare)
+    text = pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+    if text and pa.types.is_timestamp(target) and target.tz:
+        values = _text_to_time(array, target)
         bad = pc.and_(array.is_valid(), values.is_null())
         return values, bad if pc.any(bad).as_py() else None
+    coarser = (
+        pa.types.is_timestamp(array.type)
+        and pa.types.is_timestamp(target)
+        and _UNIT_DIGITS[array.type.unit] > _UNIT_DIGITS[target.unit]
+    )
+    if coarser:
+        try:  # the digits beyond the target's unit are cut (such a cast never overflows)
+            return pc.cast(array, target, safe=False), None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
     text_to_number = pa.types.is_string(array.type) and numeric
     if not text_to_number:  # Arrow's cast would take "NaN" and "inf" for numbers: not JSON's
         try:
@@ -484,6 +498,44 @@ def cast_rows(
         values = _cast_or_null(array, target)
     bad = pc.and_(array.is_valid(), values.is_null())
     return values, bad if pc.any(bad).as_py() else None
+
+
+#: Fraction digits of each timestamp unit.
+_UNIT_DIGITS: Final[dict[str, int]] = {"s": 0, "ms": 3, "us": 6, "ns": 9}
+#: An ISO-8601 date and time with a zone offset (``Z``, ``+02:00``, ``+0200``, ``+02``), and
+#: one with or without.
+_ZONED: Final[str] = (
+    r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)\s*$"
+)
+_ISO: Final[str] = (
+    r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?)?\s*$"
+)
+
+
+def _text_to_time(array: pa.Array, target: pa.TimestampType) -> pa.Array:
+    """ISO-8601 texts as ``target`` (a zoned timestamp): with an offset, or without one (taken
+    as UTC, as the time role does); fraction digits beyond the unit cut (the earlier instant,
+    as the digits count forward); null where a text is no time.
+
+    Regex passes sort the texts with an offset from those without and from those that are no
+    time, so each kind takes one cast (not one per value, which failing casts would cost).
+
+    Example:
+        >>> t = pa.array(["2026-01-01T10:00:00.1234567Z", "2026-01-01 10:00", "x", None])
+        >>> [v and v.isoformat() for v in _text_to_time(t, pa.timestamp("ms", "UTC")).to_pylist()]
+        ['2026-01-01T10:00:00.123000+00:00', '2026-01-01T10:00:00+00:00', None, None]
+    """
+    text = array.cast(pa.string()) if not pa.types.is_string(array.type) else array
+    digits = _UNIT_DIGITS[target.unit]
+    fraction = rf"(\.\d{{{digits}}})\d+" if digits else r"\.\d+"
+    text = pc.replace_substring_regex(text, fraction, r"\1" if digits else "")
+    iso = pc.fill_null(pc.match_substring_regex(text, _ISO), False)  # no cast tries the rest
+    zoned = pc.and_(iso, pc.fill_null(pc.match_substring_regex(text, _ZONED), False))
+    none = pa.scalar(None, pa.string())
+    with_offset = _cast_or_null(pc.if_else(zoned, text, none), target)
+    bare_text = pc.if_else(pc.and_(iso, pc.invert(zoned)), text, none)
+    bare = _cast_or_null(bare_text, pa.timestamp(target.unit))
+    return pc.coalesce(with_offset, bare.view(target))
 
 
 def combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -322,7 +322,8 @@ def _storable_times(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array | None]
     Thermocline's writer does not take on, seconds none at all). Arrow stores every timestamp
     as UTC, its zone being metadata, so a zone-less time is taken as UTC, as an ISO-8601 time
     without an offset is, and any zone names the same instant. Nanoseconds are cut to
-    microseconds; a time microseconds cannot hold (beyond about 292,000 years) makes its row a
+    microseconds (toward zero: a time before 1970 moves up to 999 ns later); a time microseconds
+    cannot hold (beyond about 292,000 years) makes its row a
     ``bad_value`` (the second item: per row, whether it did).
 
     Example:
@@ -335,7 +336,11 @@ def _storable_times(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array | None]
     target = _map_times(kind, lambda t: pa.timestamp("us", "UTC"))
     if target == kind:
         return None
-    array = combined(column).view(_map_times(kind, lambda t: pa.timestamp(t.unit, "UTC")))
+    array = combined(column)
+    plain = _map_times(kind, lambda t: t)  # dictionaries of times as their values
+    if plain != kind:
+        array = pc.cast(array, plain)
+    array = array.view(_map_times(plain, lambda t: pa.timestamp(t.unit, "UTC")))
     fine = _map_times(array.type, lambda t: pa.timestamp("us", "UTC") if t.unit == "ns" else t)
     if fine != array.type:
         array = pc.cast(array, fine, safe=False)  # below a microsecond: dropped, never overflows
@@ -345,16 +350,82 @@ def _storable_times(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array | None]
 
 
 def _map_times(kind: pa.DataType, to: Callable[[pa.TimestampType], pa.DataType]) -> pa.DataType:
-    """``kind`` with every timestamp type inside it mapped by ``to``."""
+    """``kind`` with every timestamp type inside it mapped by ``to`` (at any depth: structs,
+    lists of any layout, maps; a dictionary of timestamps becomes its values' type)."""
     if pa.types.is_timestamp(kind):
         return to(kind)
+    if pa.types.is_dictionary(kind):
+        holds_times = _map_times(kind.value_type, lambda _: pa.null()) != kind.value_type
+        return _map_times(kind.value_type, to) if holds_times else kind
     if pa.types.is_struct(kind):
         return pa.struct([f.with_type(_map_times(f.type, to)) for f in kind])
-    if pa.types.is_list(kind):
-        return pa.list_(kind.value_field.with_type(_map_times(kind.value_type, to)))
-    if pa.types.is_large_list(kind):
-        return pa.large_list(kind.value_field.with_type(_map_times(kind.value_type, to)))
+    if pa.types.is_map(kind):
+        key, item = kind.key_field, kind.item_field
+        return pa.map_(
+            key.with_type(_map_times(key.type, to)), item.with_type(_map_times(item.type, to))
+        )
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        field = kind.value_field.with_type(_map_times(kind.value_type, to))
+        if pa.types.is_fixed_size_list(kind):
+            return pa.list_(field, kind.list_size)
+        return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
     return kind
+
+
+def _lake_type(kind: pa.DataType) -> pa.DataType | None:
+    """The type a columnar column takes so that the lake (Delta) can store it, at any depth;
+    None when it holds a type Delta has no place for (a duration, an interval, a union, a
+    decimal wider than 38 digits).
+
+    Lossless conversions only: a half float as a float, a 256-bit decimal of at most 38 digits
+    as a 128-bit one, a time of day as its ISO-8601 text (``"10:30:00.000000"``).
+
+    Example:
+        >>> _lake_type(pa.struct([("t", pa.time64("us")), ("h", pa.float16())]))
+        StructType(struct<t: string, h: float>)
+        >>> _lake_type(pa.list_(pa.duration("s"))) is None
+        True
+    """
+    if pa.types.is_float16(kind):
+        return pa.float32()
+    if pa.types.is_decimal256(kind):
+        return pa.decimal128(kind.precision, kind.scale) if kind.precision <= 38 else None
+    if pa.types.is_time(kind):
+        return pa.string()
+    if pa.types.is_dictionary(kind):
+        inner = _lake_type(kind.value_type)
+        return kind if inner == kind.value_type else inner
+    if pa.types.is_struct(kind):
+        fields = [f.with_type(_lake_type(f.type)) for f in kind if _lake_type(f.type) is not None]
+        return pa.struct(fields) if len(fields) == kind.num_fields else None
+    if pa.types.is_map(kind):
+        key, item = _lake_type(kind.key_type), _lake_type(kind.item_type)
+        if key is None or item is None:
+            return None
+        return pa.map_(kind.key_field.with_type(key), kind.item_field.with_type(item))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        inner = _lake_type(kind.value_type)
+        if inner is None:
+            return None
+        field = kind.value_field.with_type(inner)
+        if pa.types.is_fixed_size_list(kind):
+            return pa.list_(field, kind.list_size)
+        return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
+    plain = (
+        pa.types.is_null(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal128(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_fixed_size_binary(kind)
+        or pa.types.is_date(kind)
+        or pa.types.is_timestamp(kind)
+    )
+    return kind if plain else None
 
 
 def _null_lists_rebuilt(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
@@ -1209,6 +1280,17 @@ def decode_arrow(
             if times[1] is not None:
                 wrong = times[1]
                 reason = pc.if_else(pc.and_(reason.is_null(), wrong), f"bad_value:{name}", reason)
+    unstorable = []
+    for i, name in enumerate(table.column_names):
+        kind = table.schema.field(i).type
+        stored = _lake_type(kind)
+        if stored is None:  # a type the lake has no place for: its values cannot be kept
+            held = combined(table.column(i)).is_valid()
+            reason = pc.if_else(pc.and_(reason.is_null(), held), f"bad_type:{name}", reason)
+            unstorable.append(name)
+        elif stored != kind:
+            table = table.set_column(i, name, pc.cast(table.column(i), stored))
+    table = table.drop_columns(unstorable)
     table, checked = _conform(table, schema, contract)
     # A role's own problem (missing, bad) comes first, as in decode_ndjson.
     reason = combined(pc.coalesce(checked, reason))

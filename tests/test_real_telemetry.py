@@ -15,7 +15,7 @@ import tempfile
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -758,26 +758,32 @@ def test_times_in_the_payload_reach_the_lake(tmp_path: Path) -> None:
         "event_id": ["c", "d"], "player_id": ["p3", "p4"], "event_time": [t, t],
         "event_type": ["social", "social"],
         "last_login": pd.to_datetime(["2026-11-25 08:30:00.123456789", None]),
+        "opens_at": [time(9, 30), None],  # a time of day: stored as its ISO text
+        "played": pd.to_timedelta([None, "90s"]),  # Delta has no duration type
     })  # fmt: skip
     frame.to_parquet(columnar / "0.parquet")
     assert pq.read_schema(columnar / "0.parquet").field("last_login").type == pa.timestamp("ns")
     config = make_config(tmp_path / "lake").model_copy(
         update={"policy": Policy.from_dict({"default": "cold", "rules": []})}
     )
-    for source in (FileSource(path), FileSource(columnar)):
+    for source, dead in ((FileSource(path), 0), (FileSource(columnar), 1)):
         pipeline = Pipeline(config, source=source, clock=lambda: NOW)
         try:
             summary = pipeline.run()
         finally:
             pipeline.close()
-        assert (summary.events_in, summary.cold, summary.dead_letter) == (2, 2, 0)
+        assert (summary.events_in, summary.cold, summary.dead_letter) == (2, 2 - dead, dead)
     stored = Lake(str(tmp_path / "lake")).read("events").sort_by("event_id")
     rows = stored.to_pylist()
-    assert [r["seen"] for r in rows] == ["2026-01-01", "2026-01-02", None, None]
+    assert [r["seen"] for r in rows] == ["2026-01-01", "2026-01-02", None]
     assert rows[0]["m"] == {"at": "2026-01-01 10:00:00"}
     assert stored.schema.field("last_login").type == pa.timestamp("us", "UTC")
     login = datetime(2026, 11, 25, 8, 30, 0, 123456, tzinfo=timezone.utc)
-    assert [r["last_login"] for r in rows] == [None, None, login, None]
+    assert [(r["event_id"], r["last_login"], r["opens_at"]) for r in rows[2:]] == [
+        ("c", login, "09:30:00.000000")
+    ]
+    (letter,) = pq.read_table(tmp_path / "lake" / "_dead_letter").to_pylist()
+    assert letter["reason"] == "bad_type:played" and json.loads(letter["raw"])["event_id"] == "d"
 
 
 def test_empty_objects_reach_the_lake(tmp_path: Path) -> None:

@@ -437,7 +437,8 @@ TEXT = st.text(max_size=6) | st.binary(max_size=6).map(lambda b: b.decode("latin
 def columns(draw: st.DrawFn, n: int) -> pa.Array:
     kind = draw(st.sampled_from(["str", "view", "large", "int", "float", "bool", "time",
                                  "dict", "dict_view", "bad_utf8", "struct", "list", "list_view",
-                                 "run_end", "null"]))  # fmt: skip
+                                 "run_end", "null", "duration", "time_of_day", "half",
+                                 "map"]))  # fmt: skip
     nulls = st.none() | st.just(1)
     if kind in ("str", "view", "large", "dict"):
         values = draw(st.lists(TEXT | st.none(), min_size=n, max_size=n))
@@ -478,6 +479,19 @@ def columns(draw: st.DrawFn, n: int) -> pa.Array:
         return pa.array(
             draw(st.lists(TEXT, min_size=n, max_size=n)), pa.string_view()
         ).dictionary_encode()
+    if kind == "duration":
+        return pa.array(draw(st.lists(st.integers(0, 10**6) | st.none(), min_size=n, max_size=n)),
+                        pa.duration("s"))  # fmt: skip
+    if kind == "time_of_day":
+        seconds = st.integers(0, 86_399) | st.none()
+        return pa.array(draw(st.lists(seconds, min_size=n, max_size=n)), pa.time32("s"))
+    if kind == "half":
+        halves = st.floats(-100, 100, width=16) | st.none()
+        return pa.array(draw(st.lists(halves, min_size=n, max_size=n)), pa.float16())
+    if kind == "map":
+        inner = draw(columns(n))
+        keys = pa.array([f"k{i}" for i in range(n)])
+        return pa.MapArray.from_arrays(pa.array(range(n + 1), pa.int32()), keys, inner)
     if kind == "run_end" and n:
         value = draw(TEXT | st.none())
         return pa.RunEndEncodedArray.from_arrays(pa.array([n], pa.int32()), pa.array([value]))
@@ -519,6 +533,7 @@ def test_columnar_input_of_any_shape_never_raises_and_accounts_for_every_row(
         )
         out.good.validate(full=True)
         _no_case_twins(out.good.schema)
+        _delta_accepts(_as_lake_writes(out.good.schema))
         for raw, reason in zip(
             out.dead.column("raw").to_pylist(), out.dead.column("reason").to_pylist(), strict=True
         ):
@@ -581,6 +596,14 @@ def _delta_accepts(schema: pa.Schema) -> None:
     from deltalake.schema import Schema
 
     Schema.from_arrow(schema)  # raises "Duplicate field name (case-insensitive)"
+
+
+def _as_lake_writes(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as the lake writer turns it before Delta sees it (null columns left out, null
+    children as strings, empty structs given a child)."""
+    from engine.lake import deltable
+
+    return deltable(schema.empty_table()).schema
 
 
 def _no_case_twins(fields: pa.Schema | pa.DataType) -> None:
@@ -806,3 +829,65 @@ def test_columnar_names_alike_in_any_nested_layout_make_their_rows_dead() -> Non
         assert out.good.num_rows == n - len(dead)
         _no_case_twins(out.good.schema)
         out.good.validate(full=True)
+
+
+def test_columnar_times_in_maps_fixed_size_lists_and_dictionaries_are_stored_too() -> None:
+    # Found by review: Spark's INT96 times come back as map values, and a zone-less time in a
+    # fixed-size list made the lake writer create a table it then refused.
+    n = 2
+    stamps = pa.array([1, 2, 3, 4], pa.timestamp("s"))
+    batch = pa.table({
+        "event_id": ["a", "b"], "player_id": ["p"] * n, "event_time": [T] * n,
+        "event_type": ["x"] * n,
+        "m": pa.MapArray.from_arrays([0, 1, 2], ["k", "j"], pa.array([5, 6], pa.timestamp("ns"))),
+        "f": pa.FixedSizeListArray.from_arrays(stamps, 2),
+        "d": pa.StructArray.from_arrays([stamps.slice(0, 2).dictionary_encode()], ["at"]),
+    })  # fmt: skip
+    out = decode_arrow(batch)
+    assert out.dead.num_rows == 0
+    _delta_accepts(out.good.schema)
+    utc_us = pa.timestamp("us", "UTC")
+    assert out.good.schema.field("m").type == pa.map_(pa.string(), utc_us)
+    assert out.good.schema.field("f").type == pa.list_(utc_us, 2)
+    assert out.good.schema.field("d").type == pa.struct([("at", utc_us)])
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert out.good["f"].to_pylist()[1] == [
+        epoch + timedelta(seconds=3),
+        epoch + timedelta(seconds=4),
+    ]
+    assert out.good["d"].to_pylist()[0] == {"at": epoch + timedelta(seconds=1)}
+    resumed = new_contract(EventSchema())
+    twins = pa.map_(pa.string(), pa.struct([("A", pa.int64()), ("a", pa.int64())]))
+    resumed.seed(pa.schema([("mm", twins), ("ff", pa.list_(twins.item_type, 2))]))
+    _delta_accepts(resumed.schema)
+
+
+def test_a_column_declared_timestamp_takes_the_times_clients_write() -> None:
+    # Found by review: Python's isoformat (6 fraction digits), Unity's "o" format (7), pandas'
+    # large strings and sub-millisecond Parquet times were bad_type in a declared column.
+    schema = EventSchema(columns=(("at", "timestamp"),))
+    sent = ["2026-01-01T10:00:00.123456+00:00", "2026-01-01T10:00:00.1234567Z",
+            "2026-01-01 12:00:00", "0001-01-01T00:00:00Z", "soon"]  # fmt: skip
+    (out,) = stream([[line(i, at=a) for i, a in enumerate(sent)]], schema)
+    assert out.dead["reason"].to_pylist() == ["bad_type:at"]
+    ms = timedelta(milliseconds=123)
+    assert out.good["at"].to_pylist() == [
+        datetime(2026, 1, 1, 10, tzinfo=timezone.utc) + ms,
+        datetime(2026, 1, 1, 10, tzinfo=timezone.utc) + ms,
+        datetime(2026, 1, 1, 12, tzinfo=timezone.utc),
+        datetime(1, 1, 1, tzinfo=timezone.utc),
+    ]
+    n = 2
+    columnar = pa.table({
+        "event_id": ["a", "b"], "player_id": ["p"] * n, "event_time": [T] * n,
+        "event_type": ["x"] * n,
+        "at": pa.array(["2026-01-01 10:00:00", None], pa.large_string()),
+    })  # fmt: skip
+    assert decode_arrow(columnar, schema).good["at"].to_pylist()[0] == datetime(
+        2026, 1, 1, 10, tzinfo=timezone.utc
+    )
+    fine = columnar.set_column(
+        4, "at", pa.array([T * 1_000_000 + 456_789, None], pa.timestamp("ns"))
+    )
+    got = decode_arrow(fine, schema)
+    assert got.dead.num_rows == 0 and got.good["at"].cast(pa.int64()).to_pylist()[0] == T
