@@ -428,9 +428,8 @@ def _type_without_twins(kind: pa.DataType) -> pa.DataType:
                 fields.append(f.with_type(_type_without_twins(f.type)))
         return pa.struct(fields)
     if pa.types.is_map(kind):
-        return pa.map_(
-            kind.key_field, kind.item_field.with_type(_type_without_twins(kind.item_type))
-        )
+        item = kind.item_field.with_type(_type_without_twins(kind.item_type))
+        return pa.map_(kind.key_field, item, kind.keys_sorted)
     if _list_like(kind):
         field = kind.value_field.with_type(_type_without_twins(kind.value_type))
         if pa.types.is_fixed_size_list(kind):
@@ -505,17 +504,18 @@ _UNIT_DIGITS: Final[dict[str, int]] = {"s": 0, "ms": 3, "us": 6, "ns": 9}
 #: An ISO-8601 date and time with a zone offset (``Z``, ``+02:00``, ``+0200``, ``+02``), and
 #: one with or without.
 _ZONED: Final[str] = (
-    r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)\s*$"
+    r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)\s*$"
 )
 _ISO: Final[str] = (
-    r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?)?\s*$"
+    r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?)?\s*$"
 )
 
 
 def _text_to_time(array: pa.Array, target: pa.TimestampType) -> pa.Array:
     """ISO-8601 texts as ``target`` (a zoned timestamp): with an offset, or without one (taken
-    as UTC, as the time role does); fraction digits beyond the unit cut (the earlier instant,
-    as the digits count forward); null where a text is no time.
+    as UTC, the time role's rule); fraction digits beyond the unit cut (the earlier instant, as
+    the digits count forward: before 1970 too, where a columnar time cast to a coarser unit
+    moves toward zero instead); null where a text is no time.
 
     Regex passes sort the texts with an offset from those without and from those that are no
     time, so each kind takes one cast (not one per value, which failing casts would cost).

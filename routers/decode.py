@@ -339,7 +339,10 @@ def _storable_times(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array | None]
     array = combined(column)
     plain = _map_times(kind, lambda t: t)  # dictionaries of times as their values
     if plain != kind:
-        array = pc.cast(array, plain)
+        decoded = _converted(array, plain)
+        if decoded is None:
+            return None  # left to _lake_type, which makes its rows bad_type
+        array = combined(decoded)
     array = array.view(_map_times(plain, lambda t: pa.timestamp(t.unit, "UTC")))
     fine = _map_times(array.type, lambda t: pa.timestamp("us", "UTC") if t.unit == "ns" else t)
     if fine != array.type:
@@ -372,6 +375,24 @@ def _map_times(kind: pa.DataType, to: Callable[[pa.TimestampType], pa.DataType])
     return kind
 
 
+def _converted(
+    column: pa.Array | pa.ChunkedArray, target: pa.DataType
+) -> pa.Array | pa.ChunkedArray | None:
+    """``column`` cast to ``target``; Arrow 26 cannot cast some nested dictionaries (of
+    structs, of lists) to their values: those are rebuilt from Python values (slow, rare).
+    None when neither works."""
+    if column.type == target:
+        return column
+    try:
+        return pc.cast(column, target)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    try:
+        return pa.array(combined(column).to_pylist(), type=target)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        return None
+
+
 def _lake_type(kind: pa.DataType) -> pa.DataType | None:
     """The type a columnar column takes so that the lake (Delta) can store it, at any depth;
     None when it holds a type Delta has no place for (a duration, an interval, a union, a
@@ -386,15 +407,18 @@ def _lake_type(kind: pa.DataType) -> pa.DataType | None:
         >>> _lake_type(pa.list_(pa.duration("s"))) is None
         True
     """
+    if isinstance(kind, pa.BaseExtensionType):  # JSON, bool8...: written as before
+        return kind if _lake_type(kind.storage_type) == kind.storage_type else None
     if pa.types.is_float16(kind):
         return pa.float32()
-    if pa.types.is_decimal256(kind):
-        return pa.decimal128(kind.precision, kind.scale) if kind.precision <= 38 else None
+    if pa.types.is_decimal(kind) and (kind.scale < 0 or pa.types.is_decimal256(kind)):
+        # Delta: at most 38 digits, no negative scale (12300 as decimal(3, -2) has 5 digits).
+        digits = kind.precision - min(kind.scale, 0)
+        return pa.decimal128(digits, max(kind.scale, 0)) if digits <= 38 else None
     if pa.types.is_time(kind):
         return pa.string()
-    if pa.types.is_dictionary(kind):
-        inner = _lake_type(kind.value_type)
-        return kind if inner == kind.value_type else inner
+    if pa.types.is_dictionary(kind):  # stored as its values (Delta has no dictionary type)
+        return _lake_type(kind.value_type)
     if pa.types.is_struct(kind):
         fields = [f.with_type(_lake_type(f.type)) for f in kind if _lake_type(f.type) is not None]
         return pa.struct(fields) if len(fields) == kind.num_fields else None
@@ -1282,14 +1306,17 @@ def decode_arrow(
                 reason = pc.if_else(pc.and_(reason.is_null(), wrong), f"bad_value:{name}", reason)
     unstorable = []
     for i, name in enumerate(table.column_names):
+        if name in schema.required:
+            continue  # the role checks judge them (a time of another type is bad_type there)
         kind = table.schema.field(i).type
         stored = _lake_type(kind)
-        if stored is None:  # a type the lake has no place for: its values cannot be kept
+        converted = None if stored is None else _converted(table.column(i), stored)
+        if converted is None:  # a type the lake has no place for: its values cannot be kept
             held = combined(table.column(i)).is_valid()
             reason = pc.if_else(pc.and_(reason.is_null(), held), f"bad_type:{name}", reason)
             unstorable.append(name)
         elif stored != kind:
-            table = table.set_column(i, name, pc.cast(table.column(i), stored))
+            table = table.set_column(i, name, converted)
     table = table.drop_columns(unstorable)
     table, checked = _conform(table, schema, contract)
     # A role's own problem (missing, bad) comes first, as in decode_ndjson.

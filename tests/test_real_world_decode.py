@@ -891,3 +891,32 @@ def test_a_column_declared_timestamp_takes_the_times_clients_write() -> None:
     )
     got = decode_arrow(fine, schema)
     assert got.dead.num_rows == 0 and got.good["at"].cast(pa.int64()).to_pylist()[0] == T
+
+
+def test_columnar_layouts_a_review_sent_decode_without_raising() -> None:
+    # A dictionary of structs inside a struct (Arrow IPC): Arrow 26 cannot cast it to its
+    # values, and decode_arrow raised; extension columns (JSON, bool8) were kept before and are
+    # kept; a role of a type the lake cannot store is judged by the role checks.
+    n = 3
+    roles = {"event_id": ["a", "b", "c"], "player_id": ["p"] * n, "event_time": [T] * n,
+             "event_type": ["x"] * n}  # fmt: skip
+    times = pa.array([{"t": 1_000}, {"t": 2_000}], pa.struct([("t", pa.timestamp("ns"))]))
+    nested = pa.StructArray.from_arrays(
+        [pa.DictionaryArray.from_arrays(pa.array([0, 1, 0]), times)], ["x"]
+    )
+    out = decode_arrow(pa.table({**roles, "s": nested}))
+    assert out.dead.num_rows == 0
+    assert out.good.schema.field("s").type == pa.struct(
+        [("x", pa.struct([("t", pa.timestamp("us", "UTC"))]))]
+    )
+    assert [r["x"]["t"].microsecond for r in out.good["s"].to_pylist()] == [1, 2, 1]
+    json_column = pa.array(['{"a": 1}', None, "[1]"], pa.json_(pa.string()))
+    kept = decode_arrow(pa.table({**roles, "j": json_column}))
+    assert kept.dead.num_rows == 0 and kept.good["j"].to_pylist()[0] == '{"a": 1}'
+    late = decode_arrow(pa.table({**roles, "event_time": pa.array([1, 2, None], pa.duration("s"))}))
+    assert late.dead["reason"].to_pylist() == ["bad_type:event_time"] * 2 + [
+        "missing_field:event_time"
+    ]
+    hours = EventSchema(columns=(("at", "timestamp"),))
+    (by_hour,) = stream([[line(0, at="2026-01-01T10"), line(1, at="2026-01-01T10+01:00")]], hours)
+    assert [t.hour for t in by_hour.good["at"].to_pylist()] == [10, 9]
