@@ -466,6 +466,13 @@ def cast_rows(
     ):
         # true is no number and 1 no boolean (Arrow would cast them): every value is bad.
         return pa.nulls(len(array), target), array.is_valid()
+    if pa.types.is_nested(target):
+        mixed = _bool_meets_number(array, target)
+        if mixed is not None and pc.any(mixed).as_py():
+            # Arrow casts true to 1 and 0 to false inside lists and structs: those rows are bad.
+            kept = pc.if_else(mixed, pa.scalar(None, array.type), array)
+            values, bad = cast_rows(kept, target)
+            return values, mixed if bad is None else pc.or_(mixed, bad)
     text = pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
     if text and pa.types.is_timestamp(target) and target.tz:
         values = _text_to_time(array, target)
@@ -536,6 +543,39 @@ def _text_to_time(array: pa.Array, target: pa.TimestampType) -> pa.Array:
     bare_text = pc.if_else(pc.and_(iso, pc.invert(zoned)), text, none)
     bare = _cast_or_null(bare_text, pa.timestamp(target.unit))
     return pc.coalesce(with_offset, bare.view(target))
+
+
+def _bool_meets_number(array: pa.Array, target: pa.DataType) -> pa.Array | None:
+    """Per row of ``array``, whether it holds a value where its type has a boolean and
+    ``target`` a number, or the reverse, at any depth (None: the types never meet so).
+
+    Example:
+        >>> a = pa.array([{"z": [True]}, {"z": []}, None])
+        >>> _bool_meets_number(a, pa.struct([("z", pa.list_(pa.int64()))])).to_pylist()
+        [True, False, False]
+    """
+    kind = array.type
+    number = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+    wanted = pa.types.is_integer(target) or pa.types.is_floating(target)
+    if (pa.types.is_boolean(kind) and wanted) or (number and pa.types.is_boolean(target)):
+        return pc.fill_null(array.is_valid(), False)
+    found: pa.Array | None = None
+    if pa.types.is_struct(kind) and pa.types.is_struct(target):
+        for i, f in enumerate(kind):
+            index = target.get_field_index(f.name)
+            if index >= 0:
+                child = _bool_meets_number(array.field(i), target.field(index).type)
+                if child is not None:
+                    found = child if found is None else pc.or_(found, child)
+    elif _list_like(kind) and _list_like(target) and not pa.types.is_map(kind):
+        values, parents = _items(array)
+        inner = _bool_meets_number(values, target.value_type)
+        if inner is not None:
+            rows = pc.unique(pc.filter(parents, inner))
+            found = pc.is_in(pa.array(np.arange(len(array))), value_set=rows)
+    if found is None:
+        return None
+    return pc.and_(found, array.is_valid())
 
 
 def combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:

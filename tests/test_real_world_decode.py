@@ -920,3 +920,16 @@ def test_columnar_layouts_a_review_sent_decode_without_raising() -> None:
     hours = EventSchema(columns=(("at", "timestamp"),))
     (by_hour,) = stream([[line(0, at="2026-01-01T10"), line(1, at="2026-01-01T10+01:00")]], hours)
     assert [t.hour for t in by_hour.good["at"].to_pylist()] == [10, 9]
+
+
+def test_true_is_no_number_inside_lists_and_objects_either() -> None:
+    # Found by review: Arrow casts true to 1 and 0 to false inside lists and structs, so a
+    # nested value of the other kind was stored changed (at the top level it was bad_type).
+    out = stream([
+        [line(0, a=[1], s={"z": True})],
+        [line(1, a=[None, True]), line(2, a=[2]), line(3, s={"z": 7}), line(4, s={"z": False})],
+    ])  # fmt: skip
+    assert out[1].dead["reason"].to_pylist() == ["bad_type:a", "bad_type:s"]
+    assert out[1].dead["raw"].to_pylist() == [line(1, a=[None, True]), line(3, s={"z": 7})]
+    rows = out[1].good.to_pylist()
+    assert [(r["a"], r["s"]) for r in rows] == [([2], None), (None, {"z": False})]
