@@ -467,9 +467,10 @@ def cast_rows(
         # true is no number and 1 no boolean (Arrow would cast them): every value is bad.
         return pa.nulls(len(array), target), array.is_valid()
     if pa.types.is_nested(target):
-        mixed = _bool_meets_number(array, target)
+        mixed = _changed_by_cast(array, target)
         if mixed is not None and pc.any(mixed).as_py():
-            # Arrow casts true to 1 and 0 to false inside lists and structs: those rows are bad.
+            # Arrow casts true to 1 and 0 to false inside lists and structs, and drops the fields
+            # the target lacks: rows that hold such values are bad (nothing changed or lost).
             kept = pc.if_else(mixed, pa.scalar(None, array.type), array)
             values, bad = cast_rows(kept, target)
             return values, mixed if bad is None else pc.or_(mixed, bad)
@@ -545,14 +546,15 @@ def _text_to_time(array: pa.Array, target: pa.TimestampType) -> pa.Array:
     return pc.coalesce(with_offset, bare.view(target))
 
 
-def _bool_meets_number(array: pa.Array, target: pa.DataType) -> pa.Array | None:
-    """Per row of ``array``, whether it holds a value where its type has a boolean and
-    ``target`` a number, or the reverse, at any depth (None: the types never meet so).
+def _changed_by_cast(array: pa.Array, target: pa.DataType) -> pa.Array | None:
+    """Per row of ``array``, whether Arrow's cast to ``target`` would change or drop a value it
+    holds, at any depth: a boolean where ``target`` has a number or the reverse, or a struct
+    field ``target`` lacks (None: no row can be).
 
     Example:
-        >>> a = pa.array([{"z": [True]}, {"z": []}, None])
-        >>> _bool_meets_number(a, pa.struct([("z", pa.list_(pa.int64()))])).to_pylist()
-        [True, False, False]
+        >>> a = pa.array([{"z": [True]}, {"z": []}, {"y": 1}, None])
+        >>> _changed_by_cast(a, pa.struct([("z", pa.list_(pa.int64()))])).to_pylist()
+        [True, False, True, False]
     """
     kind = array.type
     number = pa.types.is_integer(kind) or pa.types.is_floating(kind)
@@ -564,12 +566,14 @@ def _bool_meets_number(array: pa.Array, target: pa.DataType) -> pa.Array | None:
         for i, f in enumerate(kind):
             index = target.get_field_index(f.name)
             if index >= 0:
-                child = _bool_meets_number(array.field(i), target.field(index).type)
-                if child is not None:
-                    found = child if found is None else pc.or_(found, child)
+                child = _changed_by_cast(array.field(i), target.field(index).type)
+            else:  # dropped by the cast
+                child = pc.fill_null(array.field(i).is_valid(), False)
+            if child is not None:
+                found = child if found is None else pc.or_(found, child)
     elif _list_like(kind) and _list_like(target) and not pa.types.is_map(kind):
         values, parents = _items(array)
-        inner = _bool_meets_number(values, target.value_type)
+        inner = _changed_by_cast(values, target.value_type)
         if inner is not None:
             rows = pc.unique(pc.filter(parents, inner))
             found = pc.is_in(pa.array(np.arange(len(array))), value_set=rows)

@@ -933,3 +933,15 @@ def test_true_is_no_number_inside_lists_and_objects_either() -> None:
     assert out[1].dead["raw"].to_pylist() == [line(1, a=[None, True]), line(3, s={"z": 7})]
     rows = out[1].good.to_pylist()
     assert [(r["a"], r["s"]) for r in rows] == [([2], None), (None, {"z": False})]
+
+
+def test_an_object_whose_field_kind_clashes_loses_none_of_its_other_fields() -> None:
+    # Found by review: when an object's field met the stream's type as another kind, the
+    # object was cast to the stream's type by name, and its fields the stream lacked were
+    # dropped without a word.
+    out = stream(
+        [[line(0, tier={"a": "x"})], [line(1, tier={"a": 5, "new": "y"}), line(2, tier={"a": 7})]]
+    )
+    assert out[1].dead["raw"].to_pylist() == [line(1, tier={"a": 5, "new": "y"})]
+    assert out[1].dead["reason"].to_pylist() == ["bad_type:tier"]
+    assert out[1].good["tier"].to_pylist() == [{"a": "7"}]  # cast as a top-level 7 to a string
