@@ -42,7 +42,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["SchemaContract", "cast_rows", "combined", "concat_conformed", "parse_type"]
+__all__ = [
+    "SchemaContract",
+    "cast_rows",
+    "combined",
+    "concat_conformed",
+    "parse_type",
+    "with_items",
+]
 
 #: Type names a policy may declare, and the Arrow type each means.
 TYPE_NAMES: Final[dict[str, pa.DataType]] = {
@@ -365,11 +372,21 @@ def _without_clashes(
             found.append((where, pc.and_(pc.is_in(rows, value_set=hit), array.is_valid())))
         if pa.types.is_map(kind):
             return pa.map_(inner_type.field(0), inner_type.field(1))
-        field = kind.value_field.with_type(inner_type)
-        if pa.types.is_fixed_size_list(kind):
-            return pa.list_(field, kind.list_size)
-        return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
+        return with_items(kind, inner_type)
     return kind
+
+
+def with_items(kind: pa.DataType, items: pa.DataType) -> pa.DataType:
+    """A list type (plain, large or fixed-size) like ``kind``, holding ``items`` instead.
+
+    Example:
+        >>> with_items(pa.list_(pa.int64(), 2), pa.string())
+        FixedSizeListType(fixed_size_list<item: string>[2])
+    """
+    field = kind.value_field.with_type(items)
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(field, kind.list_size)
+    return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
 
 
 def _list_like(kind: pa.DataType) -> bool:
@@ -431,10 +448,7 @@ def _type_without_twins(kind: pa.DataType) -> pa.DataType:
         item = kind.item_field.with_type(_type_without_twins(kind.item_type))
         return pa.map_(kind.key_field, item, kind.keys_sorted)
     if _list_like(kind):
-        field = kind.value_field.with_type(_type_without_twins(kind.value_type))
-        if pa.types.is_fixed_size_list(kind):
-            return pa.list_(field, kind.list_size)
-        return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
+        return with_items(kind, _type_without_twins(kind.value_type))
     return kind
 
 

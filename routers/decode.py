@@ -23,7 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from routers.contract import SchemaContract, cast_rows, combined, concat_conformed
+from routers.contract import (
+    SchemaContract,
+    cast_rows,
+    combined,
+    concat_conformed,
+    with_items,
+)
 from routers.records import max_depth
 from routers.schema import TIME_TYPE, EventSchema
 
@@ -368,10 +374,7 @@ def _map_times(kind: pa.DataType, to: Callable[[pa.TimestampType], pa.DataType])
             key.with_type(_map_times(key.type, to)), item.with_type(_map_times(item.type, to))
         )
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        field = kind.value_field.with_type(_map_times(kind.value_type, to))
-        if pa.types.is_fixed_size_list(kind):
-            return pa.list_(field, kind.list_size)
-        return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
+        return with_items(kind, _map_times(kind.value_type, to))
     return kind
 
 
@@ -431,10 +434,7 @@ def _lake_type(kind: pa.DataType) -> pa.DataType | None:
         inner = _lake_type(kind.value_type)
         if inner is None:
             return None
-        field = kind.value_field.with_type(inner)
-        if pa.types.is_fixed_size_list(kind):
-            return pa.list_(field, kind.list_size)
-        return pa.list_(field) if pa.types.is_list(kind) else pa.large_list(field)
+        return with_items(kind, inner)
     plain = (
         pa.types.is_null(kind)
         or pa.types.is_boolean(kind)
